@@ -1,0 +1,169 @@
+//! The `LockBackend` trait: what every backend implements.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+use crate::lease::{AcquireRequest, Lease, LockInfo};
+use crate::name::LockName;
+use crate::wait::{PollPolicy, WakeSubscription, wait_and_acquire};
+
+/// What a backend can do, so callers and the conformance suite know what to
+/// expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Waiters are granted the lock in the order they asked (a queue).
+    pub fifo: bool,
+    /// Waiters are woken by a push (pub/sub, NOTIFY, watch) rather than only
+    /// by polling.
+    pub push_wakeup: bool,
+    /// Fencing tokens survive a restart of the backend server (durable
+    /// storage), so they keep increasing across restarts.
+    pub durable_tokens: bool,
+    /// The finest TTL the backend stores; TTLs are rounded up to it.
+    pub ttl_granularity: Duration,
+    /// How late, beyond the TTL, the backend may free an abandoned lock
+    /// (clock granularity, session timeouts).
+    pub expiry_slack: Duration,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            fifo: false,
+            push_wakeup: false,
+            durable_tokens: false,
+            ttl_granularity: Duration::from_millis(1),
+            expiry_slack: Duration::from_millis(50),
+        }
+    }
+}
+
+/// A place where leases live: the contract every backend implements.
+///
+/// Object-safe: use it as `Arc<dyn LockBackend>`, so the backend can be chosen
+/// at run time (`lockkit::connect(url)`). Applications normally use
+/// [`Locker`](crate::Locker) on top of it, which adds renewal, loss signals,
+/// metrics and validation of plain-string input.
+///
+/// Every method takes already validated input ([`LockName`], an
+/// [`AcquireRequest`] built by [`AcquireRequest::new`]), so a backend never
+/// sees an invalid name or TTL.
+///
+/// Invariants (checked by the conformance kit, `feature = "conformance"`):
+/// mutual exclusion by the backend's clock, strictly increasing fencing
+/// tokens per name, only the holder of a lease id can extend or release it,
+/// expiry decided by the backend, no leftovers after release, timeout or
+/// cancellation.
+#[async_trait]
+pub trait LockBackend: Send + Sync + Debug {
+    /// A short, stable name for metrics and logs: `"memory"`, `"sqlite"`, …
+    fn kind(&self) -> &'static str;
+
+    /// What this backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Tries once to take the lock. `Ok(None)` means someone else holds it
+    /// (or, for fair backends, others are queued for it).
+    ///
+    /// The returned lease's deadline is counted from an instant taken before
+    /// the request was sent.
+    ///
+    /// # Errors
+    /// [`Error::Transient`](crate::Error::Transient) or
+    /// [`Error::Backend`](crate::Error::Backend) when the backend fails.
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>>;
+
+    /// Waits until the lock is granted or `deadline` passes (`None`: no
+    /// deadline).
+    ///
+    /// The default tries, then waits for a release hint from
+    /// [`subscribe_releases`](Self::subscribe_releases) or a jittered, capped
+    /// poll interval ([`poll_policy`](Self::poll_policy)), whichever comes
+    /// first, and never sleeps past the deadline. Transient errors while
+    /// waiting are retried. Backends with a queue override it.
+    ///
+    /// Dropping the future cancels the wait and leaves nothing behind.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`](crate::Error::Timeout) when the deadline passes,
+    /// permanent backend errors as they happen.
+    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
+        wait_and_acquire(self, req, deadline).await
+    }
+
+    /// Extends a lease it still holds to `ttl` from now (by the backend's
+    /// clock) and returns the renewed lease.
+    ///
+    /// # Errors
+    /// [`Error::Lost`](crate::Error::Lost) when the lease is no longer held
+    /// under this lease id (expired, taken over, force-released); backend
+    /// errors otherwise.
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease>;
+
+    /// Releases a lease. Returns `true` if it was still held by this lease id
+    /// and is now free, `false` if it was not held (already released, expired
+    /// or taken over); the current holder is never touched.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn release(&self, lease: &Lease) -> Result<bool>;
+
+    /// The current, unexpired holder of `name`, if any.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>>;
+
+    /// Every currently held lock, sorted by name.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn list(&self) -> Result<Vec<LockInfo>>;
+
+    /// Admin: frees `name` whoever holds it. Returns `true` if a live lease
+    /// was removed. The holder's guard finds out at its next renewal (or at
+    /// once, for backends with loss notifications).
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn force_release(&self, name: &LockName) -> Result<bool>;
+
+    /// Deletes records of expired leases and returns how many were removed.
+    /// Backends that expire records themselves return `Ok(0)`.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn cleanup_expired(&self) -> Result<u64>;
+
+    /// Subscribes to "this lock may have been released" hints for `name`.
+    /// `Ok(None)` (the default) means the backend has no push notifications
+    /// and waiters poll.
+    ///
+    /// Called *before* a try, so a release between the try and the wait is
+    /// not missed.
+    ///
+    /// # Errors
+    /// Backend errors setting up the subscription.
+    async fn subscribe_releases(&self, name: &LockName) -> Result<Option<WakeSubscription>> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// How the default [`acquire`](Self::acquire) polls.
+    fn poll_policy(&self) -> PollPolicy {
+        PollPolicy::default()
+    }
+
+    /// A token the backend cancels when it knows `lease` is gone (its
+    /// session died, an admin removed it). `None` (the default) means loss
+    /// is found by renewal only.
+    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+        let _ = lease;
+        None
+    }
+}

@@ -1,0 +1,148 @@
+//! A backend wrapper that counts calls (to prove validation happens before
+//! I/O) and injects extend failures (to exercise renewal retries).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Capabilities, LockBackend};
+use crate::error::{Error, Result};
+use crate::lease::{AcquireRequest, Lease, LockInfo};
+use crate::name::LockName;
+use crate::wait::{PollPolicy, WakeSubscription};
+
+/// Wraps a backend, counts every call that could reach the server, and can
+/// make the next `extend` calls fail (a fault hook for renewal tests).
+#[derive(Debug)]
+pub struct CountingBackend {
+    inner: Arc<dyn LockBackend>,
+    calls: AtomicUsize,
+    failing_extends: AtomicUsize,
+    failure_is_transient: AtomicBool,
+}
+
+/// The kind of failure [`CountingBackend::fail_extends`] injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedFailure {
+    /// [`Error::Transient`]: renewal should retry.
+    Transient,
+    /// [`Error::Backend`]: renewal should give up and report the loss.
+    Permanent,
+}
+
+impl CountingBackend {
+    /// Wraps `inner`.
+    pub fn wrap(inner: Arc<dyn LockBackend>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            calls: AtomicUsize::new(0),
+            failing_extends: AtomicUsize::new(0),
+            failure_is_transient: AtomicBool::new(true),
+        })
+    }
+
+    /// Calls made so far.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next `count` calls to `extend` fail with `failure`
+    /// without reaching the backend.
+    pub fn fail_extends(&self, count: usize, failure: InjectedFailure) {
+        self.failure_is_transient
+            .store(failure == InjectedFailure::Transient, Ordering::SeqCst);
+        self.failing_extends.store(count, Ordering::SeqCst);
+    }
+
+    /// Extend failures still to be injected.
+    pub fn pending_extend_failures(&self) -> usize {
+        self.failing_extends.load(Ordering::SeqCst)
+    }
+
+    fn injected_extend_failure(&self) -> Option<Error> {
+        self.failing_extends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()?;
+        let message = "injected extend failure";
+        Some(if self.failure_is_transient.load(Ordering::SeqCst) {
+            Error::transient(self.inner.kind(), message, None)
+        } else {
+            Error::backend(self.inner.kind(), message, None)
+        })
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl LockBackend for CountingBackend {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
+        self.count();
+        self.inner.try_acquire(req).await
+    }
+
+    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
+        self.count();
+        self.inner.acquire(req, deadline).await
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        self.count();
+        if let Some(err) = self.injected_extend_failure() {
+            return Err(err);
+        }
+        self.inner.extend(lease, ttl).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.count();
+        self.inner.release(lease).await
+    }
+
+    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+        self.count();
+        self.inner.current(name).await
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>> {
+        self.count();
+        self.inner.list().await
+    }
+
+    async fn force_release(&self, name: &LockName) -> Result<bool> {
+        self.count();
+        self.inner.force_release(name).await
+    }
+
+    async fn cleanup_expired(&self) -> Result<u64> {
+        self.count();
+        self.inner.cleanup_expired().await
+    }
+
+    async fn subscribe_releases(&self, name: &LockName) -> Result<Option<WakeSubscription>> {
+        self.count();
+        self.inner.subscribe_releases(name).await
+    }
+
+    fn poll_policy(&self) -> PollPolicy {
+        self.inner.poll_policy()
+    }
+
+    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+        self.inner.loss_signal(lease)
+    }
+}

@@ -1,0 +1,228 @@
+//! Expiry, crash release, renewal and loss signals.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Harness, LONG_TTL, assert_clean, request, unique_name};
+use crate::error::{Error, LostReason};
+use crate::locker::Locker;
+use crate::options::{LockOptions, Renewal};
+
+/// A lease left alone frees the lock after its TTL (plus the backend's
+/// slack) and not before.
+pub async fn expiry_frees_after_ttl_not_before<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let ttl = timing.short_ttl;
+    let name = unique_name("expiry");
+    let (a, b) = (h.client().await, h.client().await);
+    let sent = Instant::now();
+    let held = a
+        .try_acquire(&request(&name, "a", ttl))
+        .await
+        .expect("try")
+        .expect("free");
+    if sent.elapsed() < ttl / 2 {
+        assert!(
+            b.try_acquire(&request(&name, "b", ttl))
+                .await
+                .expect("try")
+                .is_none(),
+            "the lock must be held before its TTL passes"
+        );
+    }
+    let bound = ttl + timing.expiry_slack + timing.wake_latency;
+    let lease = b
+        .acquire(&request(&name, "b", LONG_TTL), Some(sent + bound))
+        .await
+        .expect("the lock must be free after TTL + slack");
+    let freed_after = sent.elapsed();
+    // The backend granted after `sent`, so expiry cannot be earlier than
+    // sent + ttl; allow a few milliseconds of clock granularity.
+    assert!(
+        freed_after + Duration::from_millis(5) >= ttl,
+        "freed after {freed_after:?}, before the TTL {ttl:?}"
+    );
+    assert!(lease.token > held.token);
+    assert!(b.release(&lease).await.expect("release"));
+    assert!(
+        !a.release(&held).await.expect("release"),
+        "the expired lease is not held"
+    );
+    assert_clean(h, &*b, &name).await;
+}
+
+/// A holder that dies without releasing (no renewal, no release) does not
+/// block the lock for longer than TTL + slack.
+pub async fn crash_releases_after_ttl<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let ttl = timing.short_ttl;
+    let name = unique_name("crash");
+    let doomed = h.client().await;
+    let sent = Instant::now();
+    let held = doomed
+        .try_acquire(&request(&name, "doomed", ttl))
+        .await
+        .expect("try")
+        .expect("free");
+    h.crash(doomed).await;
+    let survivor = h.client().await;
+    let bound = ttl + timing.expiry_slack + timing.wake_latency;
+    let lease = survivor
+        .acquire(&request(&name, "survivor", LONG_TTL), Some(sent + bound))
+        .await
+        .expect("a crashed holder must not block beyond TTL + slack");
+    assert!(sent.elapsed() <= bound);
+    assert!(lease.token > held.token);
+    assert!(survivor.release(&lease).await.expect("release"));
+    assert_clean(h, &*survivor, &name).await;
+}
+
+/// Without renewal, the guard's loss signal fires when the local deadline
+/// passes (not before), and the lock becomes free for others.
+pub async fn lost_fires_on_expiry<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let ttl = timing.short_ttl;
+    let name = unique_name("lost-on-expiry");
+    let locker = Locker::new(h.client().await, "forgetful")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(ttl).renewal(Renewal::Off)))
+        .expect("locker");
+    let before = Instant::now();
+    let guard = locker.acquire(&name).await.expect("acquire");
+    let reason = tokio::time::timeout(ttl + Duration::from_secs(2), guard.lost())
+        .await
+        .expect("lost must fire once the TTL passes");
+    let after = before.elapsed();
+    assert!(
+        after >= ttl,
+        "lost fired after {after:?}, before the TTL {ttl:?}"
+    );
+    assert!(
+        matches!(reason, LostReason::Expired | LostReason::NotHeld),
+        "unexpected reason {reason:?}"
+    );
+    assert!(guard.is_lost());
+    assert_eq!(guard.remaining(), Duration::ZERO);
+    assert!(guard.ensure_held().is_err());
+    let other = h.client().await;
+    let deadline = Instant::now() + timing.expiry_slack + timing.wake_latency;
+    let lease = other
+        .acquire(&request(&name, "other", LONG_TTL), Some(deadline))
+        .await
+        .expect("free after the holder's lease expired");
+    assert!(lease.token > guard.token());
+    assert!(
+        !guard.release().await.expect("release"),
+        "a lost lease is not held"
+    );
+    assert!(other.release(&lease).await.expect("release"));
+    assert_clean(h, &*other, &name).await;
+}
+
+/// When an admin force-releases a held lock, the holder's guard reports the
+/// loss within a renewal interval (or at once with loss notifications).
+pub async fn lost_fires_on_force_release<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let ttl = timing.short_ttl;
+    let name = unique_name("lost-on-force");
+    let locker = Locker::new(h.client().await, "victim")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(ttl)))
+        .expect("locker");
+    let guard = locker.acquire(&name).await.expect("acquire");
+    let admin = h.client().await;
+    assert!(admin.force_release(&name).await.expect("force"));
+    let reason = tokio::time::timeout(
+        ttl + timing.expiry_slack + Duration::from_secs(1),
+        guard.lost(),
+    )
+    .await
+    .expect("lost must fire after a force-release");
+    assert!(
+        matches!(reason, LostReason::NotHeld | LostReason::SessionLost(_)),
+        "unexpected reason {reason:?}"
+    );
+    assert!(guard.is_lost());
+    assert_eq!(guard.remaining(), Duration::ZERO);
+    assert!(!guard.release().await.expect("release"));
+    assert_clean(h, &*admin, &name).await;
+}
+
+/// With renewal on, a lease outlives its TTL several times over, keeping
+/// its token and lease id; nobody else gets in.
+pub async fn renewal_keeps_lease_alive<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let ttl = timing.short_ttl;
+    let name = unique_name("renewal");
+    let locker = Locker::new(h.client().await, "renewer")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(ttl)))
+        .expect("locker");
+    let guard = locker.acquire(&name).await.expect("acquire");
+    let token = guard.token();
+    let other = h.client().await;
+    let until = Instant::now() + ttl * 3;
+    while Instant::now() < until {
+        tokio::time::sleep(ttl / 4).await;
+        assert!(
+            other
+                .try_acquire(&request(&name, "other", ttl))
+                .await
+                .expect("try")
+                .is_none(),
+            "a renewed lease must stay held"
+        );
+        assert!(
+            !guard.is_lost(),
+            "renewal must keep the lease: {:?}",
+            guard.lost_reason()
+        );
+    }
+    let info = other.current(&name).await.expect("current").expect("held");
+    assert_eq!(info.lease_id, guard.lease().lease_id);
+    assert_eq!(info.token, token);
+    assert_eq!(guard.token(), token);
+    assert!(guard.release().await.expect("release"));
+    assert_clean(h, &*other, &name).await;
+}
+
+/// `run_exclusive` returns the work's output and frees the lock; when the
+/// lease is taken away mid-run, the work is dropped and `Lost` is returned.
+pub async fn run_exclusive_stops_on_loss<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let ttl = timing.short_ttl;
+    let name = unique_name("run-exclusive");
+    let locker = Locker::new(h.client().await, "runner").expect("locker");
+    let opts = LockOptions::new().ttl(ttl);
+
+    let out = locker
+        .run_exclusive(&name, &opts, |lease| async move { lease.token.get() })
+        .await
+        .expect("run_exclusive");
+    assert!(out > 0);
+    let admin = h.client().await;
+    assert_eq!(
+        admin.current(&name).await.expect("current"),
+        None,
+        "released after the work"
+    );
+
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let task = {
+        let (locker, name, opts) = (locker.clone(), name.clone(), opts.clone());
+        tokio::spawn(async move {
+            locker
+                .run_exclusive(&name, &opts, |_lease| async move {
+                    let _ = started_tx.send(());
+                    std::future::pending::<()>().await;
+                })
+                .await
+        })
+    };
+    started_rx.await.expect("work started");
+    assert!(admin.force_release(&name).await.expect("force"));
+    let result = tokio::time::timeout(ttl + timing.expiry_slack + Duration::from_secs(1), task)
+        .await
+        .expect("run_exclusive must stop when the lease is lost")
+        .expect("task");
+    assert!(matches!(result, Err(Error::Lost { .. })), "got {result:?}");
+    assert_clean(h, &*admin, &name).await;
+}

@@ -1,0 +1,271 @@
+//! The public conformance kit: the contract as executable properties.
+//!
+//! Every property is a plain `pub async fn` taking a [`Harness`] — a factory
+//! of independent clients of one backend (separate connections, as separate
+//! processes would have) plus fault hooks. Third-party backend authors run
+//! the whole kit with [`conformance_suite!`](crate::conformance_suite):
+//!
+//! ```ignore
+//! lockkit_core::conformance_suite! {
+//!     harness: MyHarness::start().await,
+//!     run: [mutual_exclusion, try_acquire_single_winner, /* … every property … */],
+//!     unsupported: [fifo_order => "unsupported: rows have no queue; waiters poll"],
+//! }
+//! ```
+//!
+//! The macro stamps one `#[tokio::test]` per property (the calling crate
+//! needs `tokio` with the `macros` and `rt-multi-thread` features), one
+//! ignored test per unsupported property whose ignore message carries the
+//! reason (so `cargo test` lists it), and a `conformance_suite_is_complete`
+//! test that fails when a property in [`PROPERTIES`] is neither run nor
+//! declared unsupported.
+//!
+//! Properties panic (like `assert!`) when the backend breaks the contract.
+//! Lock names are unique per run, so suites can share one server.
+
+mod counting;
+mod exclusion;
+mod expiry;
+mod input;
+mod ownership;
+mod waiting;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use self::counting::{CountingBackend, InjectedFailure};
+pub use self::exclusion::{
+    fencing_tokens_increase, fifo_order, mutual_exclusion, names_independent_and_case_sensitive,
+    try_acquire_single_winner,
+};
+pub use self::expiry::{
+    crash_releases_after_ttl, expiry_frees_after_ttl_not_before, lost_fires_on_expiry,
+    lost_fires_on_force_release, renewal_keeps_lease_alive, run_exclusive_stops_on_loss,
+};
+pub use self::input::{
+    hostile_names_work, invalid_names_rejected_before_io, invalid_ttl_and_owner_rejected_before_io,
+};
+pub use self::ownership::{
+    cleanup_expired_removes_only_expired, current_and_list_report_holder, extend_moves_expiry,
+    force_release_frees_lock, only_owner_can_extend_or_release, release_is_idempotent,
+};
+pub use self::waiting::{
+    acquire_timeout_leaves_nothing, cancelled_acquire_leaves_nothing, release_wakes_waiter,
+    would_deadlock_on_reentry,
+};
+use crate::backend::{Capabilities, LockBackend};
+use crate::lease::AcquireRequest;
+use crate::name::LockName;
+
+/// Every property of the kit, by function name.
+pub const PROPERTIES: &[&str] = &[
+    "mutual_exclusion",
+    "try_acquire_single_winner",
+    "fencing_tokens_increase",
+    "names_independent_and_case_sensitive",
+    "fifo_order",
+    "only_owner_can_extend_or_release",
+    "expiry_frees_after_ttl_not_before",
+    "crash_releases_after_ttl",
+    "lost_fires_on_expiry",
+    "lost_fires_on_force_release",
+    "renewal_keeps_lease_alive",
+    "run_exclusive_stops_on_loss",
+    "release_wakes_waiter",
+    "acquire_timeout_leaves_nothing",
+    "cancelled_acquire_leaves_nothing",
+    "would_deadlock_on_reentry",
+    "current_and_list_report_holder",
+    "force_release_frees_lock",
+    "cleanup_expired_removes_only_expired",
+    "extend_moves_expiry",
+    "release_is_idempotent",
+    "hostile_names_work",
+    "invalid_names_rejected_before_io",
+    "invalid_ttl_and_owner_rejected_before_io",
+];
+
+/// Time bounds a backend is held to. Derive them from its capabilities with
+/// [`Timing::for_capabilities`] and loosen only with a documented reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timing {
+    /// TTL used by expiry properties (a multiple of the TTL granularity).
+    pub short_ttl: Duration,
+    /// How late after the TTL an abandoned lock may be freed.
+    pub expiry_slack: Duration,
+    /// How soon after a release a waiter must hold the lock (a push, or the
+    /// longest poll interval, plus scheduling margin).
+    pub wake_latency: Duration,
+}
+
+impl Timing {
+    /// Bounds derived from what a backend says about itself: a one-second
+    /// (or one-granule) short TTL, the backend's expiry slack plus 250 ms of
+    /// scheduling margin, and a wake latency of 1 s with push wake-ups or
+    /// the longest poll interval plus 1 s without.
+    pub fn for_capabilities(caps: &Capabilities, max_poll: Duration) -> Self {
+        let short_ttl = crate::ttl::round_up_ttl(Duration::from_secs(1), caps.ttl_granularity);
+        let margin = Duration::from_millis(250);
+        let wake_latency = if caps.push_wakeup {
+            Duration::from_secs(1)
+        } else {
+            max_poll + Duration::from_secs(1)
+        };
+        Self {
+            short_ttl,
+            expiry_slack: caps.expiry_slack + margin,
+            wake_latency,
+        }
+    }
+}
+
+/// What a property needs from a backend under test.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// A new, independent client: its own connections/session, as a
+    /// separate process would have.
+    async fn client(&self) -> Arc<dyn LockBackend>;
+
+    /// The time bounds for this backend.
+    async fn timing(&self) -> Timing {
+        let client = self.client().await;
+        Timing::for_capabilities(&client.capabilities(), client.poll_policy().max)
+    }
+
+    /// Raw records the backend still stores for `name` (rows, keys, znodes,
+    /// queue entries), described for an assertion message. Empty means
+    /// nothing is left. The default inspects nothing.
+    async fn leftovers(&self, name: &LockName) -> Vec<String> {
+        let _ = name;
+        Vec::new()
+    }
+
+    /// Fault hook: the process owning `client` dies without releasing
+    /// anything. The default drops the client; backends with sessions
+    /// should kill the session without a clean close.
+    async fn crash(&self, client: Arc<dyn LockBackend>) {
+        drop(client);
+    }
+}
+
+/// Fails unless every property in [`PROPERTIES`] is either run or declared
+/// unsupported, and no name is unknown or listed twice. The
+/// [`conformance_suite!`](crate::conformance_suite) macro calls it.
+///
+/// # Panics
+/// When the lists are incomplete or inconsistent.
+pub fn assert_complete(run: &[&str], unsupported: &[&str]) {
+    let mut problems = Vec::new();
+    for property in PROPERTIES {
+        let ran = run.contains(property);
+        let skipped = unsupported.contains(property);
+        match (ran, skipped) {
+            (false, false) => problems.push(format!(
+                "`{property}` is neither run nor declared unsupported"
+            )),
+            (true, true) => {
+                problems.push(format!("`{property}` is both run and declared unsupported"))
+            }
+            _ => {}
+        }
+    }
+    for name in run.iter().chain(unsupported) {
+        if !PROPERTIES.contains(name) {
+            problems.push(format!("`{name}` is not a conformance property"));
+        }
+    }
+    let mut all: Vec<&&str> = run.iter().chain(unsupported).collect();
+    all.sort();
+    for pair in all.windows(2) {
+        if pair[0] == pair[1] {
+            problems.push(format!("`{}` is listed twice", pair[0]));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "the conformance suite is incomplete:\n  {}",
+        problems.join("\n  ")
+    );
+    for skipped in unsupported {
+        eprintln!("conformance: `{skipped}` declared unsupported by this backend");
+    }
+}
+
+/// Stamps the conformance kit into tests for one backend; see the
+/// [module docs](crate::conformance).
+///
+/// `harness` is an expression (it may `.await`) evaluated afresh in each
+/// test; `run` lists properties to run; `unsupported` lists properties the
+/// backend cannot support, each with the reason (shown by `cargo test` as
+/// the ignore message).
+#[macro_export]
+macro_rules! conformance_suite {
+    (
+        harness: $harness:expr,
+        run: [$($prop:ident),* $(,)?]
+        $(, unsupported: [$($skip:ident => $why:literal),* $(,)?])?
+        $(,)?
+    ) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $prop() {
+                let harness = $harness;
+                $crate::conformance::$prop(&harness).await;
+            }
+        )*
+        $($(
+            #[test]
+            #[ignore = $why]
+            fn $skip() {}
+        )*)?
+        #[test]
+        fn conformance_suite_is_complete() {
+            $crate::conformance::assert_complete(
+                &[$(stringify!($prop)),*],
+                &[$($(stringify!($skip)),*)?],
+            );
+        }
+    };
+}
+
+/// A lock name unique to this run, under `lockkit-conformance/<tag>/`.
+pub fn unique_name(tag: &str) -> LockName {
+    LockName::new(format!(
+        "lockkit-conformance/{tag}/{:016x}",
+        fastrand::u64(..)
+    ))
+    .expect("generated names are valid")
+}
+
+/// A request for `name` by `owner` with `ttl`.
+pub(crate) fn request(name: &LockName, owner: &str, ttl: Duration) -> AcquireRequest {
+    AcquireRequest::new(name.clone(), owner, ttl).expect("valid request")
+}
+
+/// A long TTL for holders that must not expire during a property.
+pub(crate) const LONG_TTL: Duration = Duration::from_secs(30);
+
+/// Asserts that nothing is held or stored for `name` any more.
+pub(crate) async fn assert_clean<H: Harness + ?Sized>(
+    h: &H,
+    client: &dyn LockBackend,
+    name: &LockName,
+) {
+    assert_eq!(
+        client.current(name).await.expect("current"),
+        None,
+        "{name:?} should be free"
+    );
+    let listed = client.list().await.expect("list");
+    assert!(
+        listed.iter().all(|info| &info.name != name),
+        "{name:?} should not be listed"
+    );
+    let left = h.leftovers(name).await;
+    assert!(
+        left.is_empty(),
+        "records left behind for {name:?}: {left:?}"
+    );
+}

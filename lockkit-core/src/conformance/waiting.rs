@@ -1,0 +1,163 @@
+//! Waiting: wake-ups, timeouts, cancellation, re-entry.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Harness, LONG_TTL, assert_clean, request, unique_name};
+use crate::error::Error;
+use crate::locker::Locker;
+use crate::options::LockOptions;
+
+/// A waiter is granted the lock promptly after the holder releases: within
+/// the backend's wake latency, far below the holder's TTL and the waiter's
+/// timeout — so it was woken by the release, not by expiry or timeout.
+pub async fn release_wakes_waiter<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let name = unique_name("wake");
+    let opts = LockOptions::new()
+        .ttl(LONG_TTL)
+        .wait_timeout(Duration::from_secs(20));
+    let holder = Locker::new(h.client().await, "holder")
+        .and_then(|l| l.with_options(opts.clone()))
+        .expect("locker");
+    let waiter = Locker::new(h.client().await, "waiter")
+        .and_then(|l| l.with_options(opts))
+        .expect("locker");
+    let guard = holder.acquire(&name).await.expect("acquire");
+    let task = {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let guard = waiter.acquire(&name).await;
+            (guard, Instant::now())
+        })
+    };
+    // Let the waiter start waiting; the assertion below holds either way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "the waiter cannot hold the lock yet");
+    let released_at = Instant::now();
+    assert!(guard.release().await.expect("release"));
+    let (granted, granted_at) = task.await.expect("waiter task");
+    let granted = granted.expect("the waiter gets the lock");
+    let latency = granted_at - released_at;
+    assert!(
+        latency <= timing.wake_latency,
+        "the waiter got the lock {latency:?} after the release; the bound is {:?}",
+        timing.wake_latency
+    );
+    assert!(granted.release().await.expect("release"));
+    assert_clean(h, &*h.client().await, &name).await;
+}
+
+/// An acquire with a deadline fails with `Timeout` at the deadline (not
+/// much later) and leaves nothing behind.
+pub async fn acquire_timeout_leaves_nothing<H: Harness + ?Sized>(h: &H) {
+    let name = unique_name("timeout");
+    let holder = h.client().await;
+    let held = holder
+        .try_acquire(&request(&name, "holder", LONG_TTL))
+        .await
+        .expect("try")
+        .expect("free");
+    let locker = Locker::new(h.client().await, "impatient")
+        .and_then(|l| {
+            l.with_options(
+                LockOptions::new()
+                    .ttl(LONG_TTL)
+                    .wait_timeout(Duration::from_millis(300)),
+            )
+        })
+        .expect("locker");
+    let started = Instant::now();
+    let result = locker.acquire(&name).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "expected Timeout, got {result:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(299),
+        "gave up early, after {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_millis(300) + Duration::from_millis(1500),
+        "gave up late, after {waited:?}"
+    );
+    assert!(holder.release(&held).await.expect("release"));
+    assert_clean(h, &*holder, &name).await;
+    let guard = locker
+        .try_acquire(&name)
+        .await
+        .expect("no WouldDeadlock after a timeout")
+        .expect("free");
+    assert!(guard.release().await.expect("release"));
+    assert_clean(h, &*holder, &name).await;
+}
+
+/// A waiting acquire that is cancelled (its future dropped) leaves nothing
+/// behind: the next client gets the lock at once after the release.
+pub async fn cancelled_acquire_leaves_nothing<H: Harness + ?Sized>(h: &H) {
+    let name = unique_name("cancel");
+    let holder = h.client().await;
+    let held = holder
+        .try_acquire(&request(&name, "holder", LONG_TTL))
+        .await
+        .expect("try")
+        .expect("free");
+    let waiter = h.client().await;
+    let task = {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            waiter
+                .acquire(&request(&name, "waiter", LONG_TTL), Some(deadline))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    task.abort();
+    let joined = task.await;
+    assert!(
+        joined.as_ref().is_err_and(|e| e.is_cancelled()),
+        "the waiter was cancelled: {joined:?}"
+    );
+    assert!(holder.release(&held).await.expect("release"));
+    let next = h.client().await;
+    let lease = next
+        .try_acquire(&request(&name, "next", LONG_TTL))
+        .await
+        .expect("try")
+        .expect("a cancelled waiter must not keep a place in line");
+    assert!(next.release(&lease).await.expect("release"));
+    assert_clean(h, &*next, &name).await;
+}
+
+/// A locker asked for a name it already holds fails at once with
+/// `WouldDeadlock`; another owner just finds it busy; after release it works.
+pub async fn would_deadlock_on_reentry<H: Harness + ?Sized>(h: &H) {
+    let name = unique_name("reentry");
+    let locker = Locker::new(h.client().await, "p1").expect("locker");
+    let guard = locker.acquire(&name).await.expect("acquire");
+    let started = Instant::now();
+    assert!(matches!(
+        locker.acquire(&name).await,
+        Err(Error::WouldDeadlock { .. })
+    ));
+    assert!(matches!(
+        locker.clone().try_acquire(&name).await,
+        Err(Error::WouldDeadlock { .. })
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "WouldDeadlock must be immediate"
+    );
+    let other = locker.for_owner("p2").expect("other owner");
+    assert!(
+        other.try_acquire(&name).await.expect("try").is_none(),
+        "another owner sees it busy"
+    );
+    assert!(guard.release().await.expect("release"));
+    let again = locker.acquire(&name).await.expect("acquire after release");
+    assert!(again.release().await.expect("release"));
+    assert_clean(h, &*h.client().await, &name).await;
+}

@@ -1,0 +1,70 @@
+//! # lockkit-core
+//!
+//! The lease contract shared by every lockkit backend.
+//!
+//! - [`LockName`], [`Lease`], [`FencingToken`], [`LockInfo`]: the words.
+//! - [`LockBackend`]: the object-safe trait a backend implements (try,
+//!   acquire with a deadline, extend, release, inspect, force-release,
+//!   clean up, capabilities).
+//! - [`Locker`] and [`LockGuard`]: what applications use — validation,
+//!   renewal at about TTL/3, a loss signal, `run_exclusive`, metrics and
+//!   tracing.
+//! - [`memory::MemoryBackend`]: the reference implementation of the contract.
+//! - `conformance` (feature `conformance`): the public test kit every
+//!   backend runs.
+//!
+//! Shared logic lives here once: waiting ([`wait`]), renewal (the guard),
+//! validation ([`LockName::new`], [`validate_ttl`]), metrics ([`metrics`]),
+//! redaction ([`redact_url`]). Backends only talk to their server.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use lockkit_core::{Locker, LockOptions, memory::MemoryBackend};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> lockkit_core::Result<()> {
+//! let locker = Locker::new(Arc::new(MemoryBackend::new()), "pipeline_1")?
+//!     .with_options(LockOptions::new().ttl(Duration::from_secs(600)))?;
+//! let guard = locker.acquire("node_b").await?;
+//! // … run the sub-task, passing guard.token() to storage that checks it …
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod error;
+mod guard;
+mod lease;
+mod locker;
+mod name;
+mod options;
+mod redact;
+mod ttl;
+
+pub mod memory;
+pub mod metrics;
+pub mod wait;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use crate::backend::{Capabilities, LockBackend};
+pub use crate::error::{BoxError, Error, LostReason, Result};
+pub use crate::guard::LockGuard;
+pub use crate::lease::{
+    AcquireRequest, FencingToken, Lease, LeaseId, LockInfo, system_time_from_millis, validate_owner,
+};
+pub use crate::locker::Locker;
+pub use crate::name::{IntoLockName, LockName, MAX_NAME_BYTES};
+pub use crate::options::{LockOptions, Renewal};
+pub use crate::redact::redact_url;
+pub use crate::ttl::{MAX_TTL, MIN_TTL, round_up_ttl, ttl_millis, validate_ttl};
+
+/// Re-exports for macros; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+    pub use tokio;
+}

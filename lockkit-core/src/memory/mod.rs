@@ -1,0 +1,541 @@
+//! The in-memory reference backend.
+//!
+//! It is the contract in its plainest form, used to check the conformance
+//! kit itself and to run application tests without a server. It is *not* a
+//! distributed lock: it works between tasks of one process (clients made
+//! with [`MemoryBackend::client`] share one lock table).
+//!
+//! Behaviour:
+//! - **FIFO**: waiters are queued per name and granted in arrival order;
+//!   `try_acquire` fails while anyone is queued, so nobody jumps the queue.
+//! - **Push wake-up**: a release or a waiter leaving the queue wakes the
+//!   queue at once; a holder's expiry wakes it at the expiry instant.
+//! - **Fencing**: a per-name counter, kept after the lock is released (one
+//!   `u64` per name ever used, like Redis's fence keys).
+//! - **Clock**: real time by default; [`MemoryBackend::with_manual_clock`]
+//!   gives a clock that only moves when the test advances it, for
+//!   deterministic expiry tests.
+//! - **Loss**: force-release and observed expiry cancel the holder's
+//!   [`loss_signal`](LockBackend::loss_signal), so its guard reports loss at once.
+
+mod clock;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::clock::Clock;
+pub use self::clock::ManualClock;
+use crate::backend::{Capabilities, LockBackend};
+use crate::error::{Error, LostReason, Result};
+use crate::lease::{AcquireRequest, FencingToken, Lease, LeaseId, LockInfo};
+use crate::name::LockName;
+use crate::wait::{WakeHub, WakeSubscription};
+
+/// The in-memory reference backend (see the [module docs](self)).
+///
+/// ```
+/// use std::time::Duration;
+/// use lockkit_core::{AcquireRequest, LockBackend, LockName, memory::MemoryBackend};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> lockkit_core::Result<()> {
+/// let (backend, clock) = MemoryBackend::with_manual_clock();
+/// let name = LockName::new("node_b")?;
+/// let a = AcquireRequest::new(name.clone(), "pipeline_1", Duration::from_secs(10))?;
+/// let b = AcquireRequest::new(name.clone(), "pipeline_2", Duration::from_secs(10))?;
+///
+/// let lease = backend.try_acquire(&a).await?.expect("free");
+/// assert!(backend.try_acquire(&b).await?.is_none());
+/// clock.advance(Duration::from_secs(10)); // the lease expires, deterministically
+/// let next = backend.try_acquire(&b).await?.expect("expired");
+/// assert!(next.token > lease.token);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    clock: Clock,
+    hub: Arc<WakeHub>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: HashMap<LockName, Slot>,
+    fences: HashMap<LockName, u64>,
+    next_ticket: u64,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    holder: Option<Holder>,
+    queue: VecDeque<u64>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    owner: String,
+    lease_id: LeaseId,
+    token: u64,
+    acquired_at: Duration,
+    expires_at: Duration,
+    lost: CancellationToken,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// A new, empty lock table on the real clock.
+    pub fn new() -> Self {
+        Self::with_clock(Clock::system())
+    }
+
+    /// A new, empty lock table on a [`ManualClock`], returned alongside.
+    pub fn with_manual_clock() -> (Self, ManualClock) {
+        let clock = ManualClock::new();
+        (Self::with_clock(Clock::Manual(clock.clone())), clock)
+    }
+
+    fn with_clock(clock: Clock) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                clock,
+                hub: WakeHub::new(),
+            }),
+        }
+    }
+
+    /// Another client of the same lock table (what a second process would
+    /// be for a server backend).
+    pub fn client(&self) -> Self {
+        self.clone()
+    }
+
+    /// How many waiters are queued for `name`.
+    pub fn waiting(&self, name: &LockName) -> usize {
+        self.state()
+            .slots
+            .get(name)
+            .map_or(0, |slot| slot.queue.len())
+    }
+
+    /// Whether anything (a holder, live or expired, or a waiter) is stored
+    /// for `name`.
+    pub fn has_record(&self, name: &LockName) -> bool {
+        self.state().slots.contains_key(name)
+    }
+
+    /// How many names have a record (a holder, live or expired, or waiters).
+    /// Zero when nothing is held or awaited: released, timed-out and
+    /// cancelled acquires leave nothing behind.
+    pub fn records(&self) -> usize {
+        self.state().slots.len()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn info(&self, name: &LockName, holder: &Holder) -> LockInfo {
+        LockInfo::new(
+            name.clone(),
+            holder.owner.clone(),
+            holder.lease_id.clone(),
+            FencingToken::new(holder.token),
+            self.inner.clock.wall(holder.acquired_at),
+            Some(self.inner.clock.wall(holder.expires_at)),
+        )
+    }
+
+    fn lease_for(&self, req: &AcquireRequest, token: u64, sent_at: Instant) -> Lease {
+        Lease::granted(req, FencingToken::new(token), sent_at)
+    }
+}
+
+impl State {
+    /// Drops the holder of `name` if it has expired by `now`, firing its
+    /// loss signal; returns the slot.
+    fn slot(&mut self, name: &LockName, now: Duration) -> &mut Slot {
+        let slot = self.slots.entry(name.clone()).or_default();
+        if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now) {
+            if let Some(expired) = slot.holder.take() {
+                expired.lost.cancel();
+            }
+        }
+        slot
+    }
+
+    /// Forgets `name` if nothing is held or awaited.
+    fn prune(&mut self, name: &LockName) {
+        if self
+            .slots
+            .get(name)
+            .is_some_and(|s| s.holder.is_none() && s.queue.is_empty())
+        {
+            self.slots.remove(name);
+        }
+    }
+
+    /// Grants `name` to `req` (the caller has checked it is free).
+    fn grant(&mut self, req: &AcquireRequest, now: Duration) -> u64 {
+        let fence = self.fences.entry(req.name.clone()).or_insert(0);
+        *fence += 1;
+        let token = *fence;
+        let slot = self.slots.entry(req.name.clone()).or_default();
+        slot.holder = Some(Holder {
+            owner: req.owner.clone(),
+            lease_id: req.lease_id.clone(),
+            token,
+            acquired_at: now,
+            expires_at: now + req.ttl,
+            lost: CancellationToken::new(),
+        });
+        token
+    }
+}
+
+/// A place in a name's queue; leaving it (timeout, cancellation) removes it
+/// and wakes the others.
+struct Ticket<'a> {
+    backend: &'a MemoryBackend,
+    name: LockName,
+    id: u64,
+    queued: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.queued {
+            let mut state = self.backend.state();
+            if let Some(slot) = state.slots.get_mut(&self.name) {
+                slot.queue.retain(|t| *t != self.id);
+            }
+            state.prune(&self.name);
+            drop(state);
+            self.backend.inner.hub.notify(&self.name);
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fifo: true,
+            push_wakeup: true,
+            durable_tokens: false,
+            ttl_granularity: Duration::from_nanos(1),
+            expiry_slack: Duration::from_millis(5),
+        }
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
+        let sent_at = Instant::now();
+        let now = self.inner.clock.now();
+        let mut state = self.state();
+        let slot = state.slot(&req.name, now);
+        if slot.holder.is_some() || !slot.queue.is_empty() {
+            return Ok(None);
+        }
+        let token = state.grant(req, now);
+        Ok(Some(self.lease_for(req, token, sent_at)))
+    }
+
+    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
+        let started = Instant::now();
+        let mut wake = self.inner.hub.subscribe(&req.name);
+        let mut ticket = {
+            let now = self.inner.clock.now();
+            let mut state = self.state();
+            let slot = state.slot(&req.name, now);
+            if slot.holder.is_none() && slot.queue.is_empty() {
+                let token = state.grant(req, now);
+                return Ok(self.lease_for(req, token, started));
+            }
+            state.next_ticket += 1;
+            let id = state.next_ticket;
+            state.slot(&req.name, now).queue.push_back(id);
+            Ticket {
+                backend: self,
+                name: req.name.clone(),
+                id,
+                queued: true,
+            }
+        };
+        loop {
+            let sent_at = Instant::now();
+            let holder_expiry = {
+                let now = self.inner.clock.now();
+                let mut state = self.state();
+                let slot = state.slot(&req.name, now);
+                if slot.holder.is_none() && slot.queue.front() == Some(&ticket.id) {
+                    slot.queue.pop_front();
+                    ticket.queued = false;
+                    let token = state.grant(req, now);
+                    return Ok(self.lease_for(req, token, sent_at));
+                }
+                slot.holder.as_ref().map(|h| h.expires_at)
+            };
+            tokio::select! {
+                () = wake.changed() => {}
+                () = sleep_until_clock(self, holder_expiry) => {}
+                () = sleep_until_deadline(deadline) => {
+                    return Err(Error::Timeout { name: req.name.clone(), waited: started.elapsed() });
+                }
+            }
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        let sent_at = Instant::now();
+        let now = self.inner.clock.now();
+        let mut state = self.state();
+        let slot = state.slot(&lease.name, now);
+        match slot.holder.as_mut() {
+            Some(holder) if holder.lease_id == lease.lease_id => {
+                holder.expires_at = now + ttl;
+                Ok(lease.renewed(ttl, sent_at))
+            }
+            _ => {
+                state.prune(&lease.name);
+                Err(Error::Lost {
+                    name: lease.name.clone(),
+                    reason: LostReason::NotHeld,
+                })
+            }
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let now = self.inner.clock.now();
+        let mut state = self.state();
+        let slot = state.slots.entry(lease.name.clone()).or_default();
+        let ours = slot
+            .holder
+            .as_ref()
+            .is_some_and(|h| h.lease_id == lease.lease_id);
+        let mut was_live = false;
+        if ours {
+            if let Some(holder) = slot.holder.take() {
+                was_live = holder.expires_at > now;
+                if !was_live {
+                    holder.lost.cancel();
+                }
+            }
+        }
+        state.prune(&lease.name);
+        drop(state);
+        if ours {
+            self.inner.hub.notify(&lease.name);
+        }
+        Ok(was_live)
+    }
+
+    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+        let now = self.inner.clock.now();
+        let mut state = self.state();
+        let info = state
+            .slot(name, now)
+            .holder
+            .as_ref()
+            .map(|h| self.info(name, h));
+        state.prune(name);
+        Ok(info)
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>> {
+        let now = self.inner.clock.now();
+        let state = self.state();
+        let mut infos: Vec<LockInfo> = state
+            .slots
+            .iter()
+            .filter_map(|(name, slot)| {
+                slot.holder
+                    .as_ref()
+                    .filter(|h| h.expires_at > now)
+                    .map(|h| self.info(name, h))
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos)
+    }
+
+    async fn force_release(&self, name: &LockName) -> Result<bool> {
+        let now = self.inner.clock.now();
+        let mut state = self.state();
+        let removed = state.slot(name, now).holder.take();
+        state.prune(name);
+        drop(state);
+        let removed = removed.is_some_and(|holder| {
+            holder.lost.cancel();
+            true
+        });
+        if removed {
+            self.inner.hub.notify(name);
+        }
+        Ok(removed)
+    }
+
+    async fn cleanup_expired(&self) -> Result<u64> {
+        let now = self.inner.clock.now();
+        let mut state = self.state();
+        let mut removed = 0;
+        for slot in state.slots.values_mut() {
+            if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now) {
+                if let Some(holder) = slot.holder.take() {
+                    holder.lost.cancel();
+                    removed += 1;
+                }
+            }
+        }
+        state
+            .slots
+            .retain(|_, s| s.holder.is_some() || !s.queue.is_empty());
+        Ok(removed)
+    }
+
+    async fn subscribe_releases(&self, name: &LockName) -> Result<Option<WakeSubscription>> {
+        Ok(Some(self.inner.hub.subscribe(name)))
+    }
+
+    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+        let state = self.state();
+        state
+            .slots
+            .get(&lease.name)
+            .and_then(|slot| slot.holder.as_ref())
+            .filter(|h| h.lease_id == lease.lease_id)
+            .map(|h| h.lost.clone())
+    }
+}
+
+async fn sleep_until_clock(backend: &MemoryBackend, at: Option<Duration>) {
+    match at {
+        Some(at) => backend.inner.clock.sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, owner: &str, ttl_secs: u64) -> AcquireRequest {
+        AcquireRequest::new(
+            LockName::new(name).unwrap(),
+            owner,
+            Duration::from_secs(ttl_secs),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn manual_clock_expiry_is_exact() {
+        let (backend, clock) = MemoryBackend::with_manual_clock();
+        let a = backend
+            .try_acquire(&req("n", "a", 10))
+            .await
+            .unwrap()
+            .unwrap();
+        clock.advance(Duration::from_millis(9_999));
+        assert!(
+            backend
+                .try_acquire(&req("n", "b", 10))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(backend.current(&a.name).await.unwrap().is_some());
+        clock.advance(Duration::from_millis(1));
+        assert!(backend.current(&a.name).await.unwrap().is_none());
+        let b = backend
+            .try_acquire(&req("n", "b", 10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.token.get(), a.token.get() + 1);
+        assert!(matches!(
+            backend.extend(&a, Duration::from_secs(1)).await,
+            Err(Error::Lost { .. })
+        ));
+        assert!(!backend.release(&a).await.unwrap());
+        assert!(backend.release(&b).await.unwrap());
+        assert_eq!(backend.records(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiter_is_granted_when_manual_clock_passes_expiry() {
+        let (backend, clock) = MemoryBackend::with_manual_clock();
+        let a = backend
+            .try_acquire(&req("n", "a", 5))
+            .await
+            .unwrap()
+            .unwrap();
+        let waiter = {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.acquire(&req("n", "b", 5), None).await })
+        };
+        while backend.waiting(&a.name) == 0 {
+            tokio::task::yield_now().await;
+        }
+        clock.advance(Duration::from_secs(5));
+        let b = waiter.await.unwrap().unwrap();
+        assert!(b.token > a.token);
+        assert_eq!(backend.waiting(&a.name), 0);
+    }
+
+    #[tokio::test]
+    async fn cleanup_removes_expired_only() {
+        let (backend, clock) = MemoryBackend::with_manual_clock();
+        backend
+            .try_acquire(&req("short", "a", 1))
+            .await
+            .unwrap()
+            .unwrap();
+        backend
+            .try_acquire(&req("long", "a", 100))
+            .await
+            .unwrap()
+            .unwrap();
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(backend.cleanup_expired().await.unwrap(), 1);
+        assert_eq!(backend.records(), 1);
+        let names: Vec<_> = backend
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name.into_string())
+            .collect();
+        assert_eq!(names, ["long"]);
+    }
+}

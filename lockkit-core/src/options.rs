@@ -1,0 +1,133 @@
+//! Per-acquisition settings: TTL, how long to wait, renewal, maximum hold.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::ttl::validate_ttl;
+
+/// How a held lease is kept alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Renewal {
+    /// No renewal: the lease ends after its TTL; the guard reports it lost
+    /// when the local deadline passes.
+    Off,
+    /// Renew at about a third of the TTL (the default), retrying transient
+    /// errors until the local deadline.
+    #[default]
+    EveryThirdOfTtl,
+    /// Renew at this interval, which must be shorter than the TTL.
+    Every(Duration),
+}
+
+/// Settings for one acquisition; a [`Locker`](crate::Locker) holds defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use lockkit_core::{LockOptions, Renewal};
+///
+/// let opts = LockOptions::new()
+///     .ttl(Duration::from_secs(600))          // the seed's "lock_duration: 10 mins"
+///     .wait_timeout(Duration::from_secs(30))
+///     .renewal(Renewal::EveryThirdOfTtl)
+///     .max_hold(Duration::from_secs(3600));
+/// assert!(opts.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockOptions {
+    /// Lease TTL. Default 30 s.
+    pub ttl: Duration,
+    /// How long `acquire` waits; `None` waits without limit. Default 60 s.
+    pub wait: Option<Duration>,
+    /// How the lease is kept alive. Default: renew every TTL/3.
+    pub renewal: Renewal,
+    /// After this long the guard gives the lock up and reports
+    /// [`LostReason::MaxHoldExceeded`](crate::LostReason::MaxHoldExceeded).
+    /// Default: no limit.
+    pub max_hold: Option<Duration>,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            wait: Some(Duration::from_secs(60)),
+            renewal: Renewal::default(),
+            max_hold: None,
+        }
+    }
+}
+
+impl LockOptions {
+    /// The defaults (TTL 30 s, wait 60 s, renew every TTL/3, no max hold).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the lease TTL.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Waits at most `wait` in `acquire`.
+    #[must_use]
+    pub fn wait_timeout(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Waits without limit in `acquire`.
+    #[must_use]
+    pub fn wait_forever(mut self) -> Self {
+        self.wait = None;
+        self
+    }
+
+    /// Sets the renewal policy.
+    #[must_use]
+    pub fn renewal(mut self, renewal: Renewal) -> Self {
+        self.renewal = renewal;
+        self
+    }
+
+    /// Gives the lock up after `max_hold`.
+    #[must_use]
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTtl`] for a TTL out of bounds, [`Error::InvalidInput`]
+    /// for a renewal interval not shorter than the TTL or a zero max hold.
+    pub fn validate(&self) -> Result<()> {
+        validate_ttl(self.ttl)?;
+        if let Renewal::Every(every) = self.renewal {
+            if every.is_zero() || every >= self.ttl {
+                return Err(Error::InvalidInput(format!(
+                    "renewal interval {every:?} must be above zero and shorter than the TTL {:?}",
+                    self.ttl
+                )));
+            }
+        }
+        if self.max_hold.is_some_and(|m| m.is_zero()) {
+            return Err(Error::InvalidInput(
+                "max hold must be above zero".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The renewal interval in effect for a lease of `ttl`, if any.
+    pub fn renew_interval(&self, ttl: Duration) -> Option<Duration> {
+        match self.renewal {
+            Renewal::Off => None,
+            Renewal::EveryThirdOfTtl => Some(ttl / 3),
+            Renewal::Every(every) => Some(every.min(ttl / 2)),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Turning sqlx errors into lockkit errors of the right kind.
+
+use lockkit_core::Error;
+
+use crate::dialect::Dialect;
+
+/// Classifies a sqlx error: connection trouble, pool timeouts and the
+/// dialect's transient codes (busy, deadlock, serialization) are
+/// [`Error::Transient`]; bad configuration is [`Error::Configuration`];
+/// everything else is a permanent [`Error::Backend`] failure. `doing` says
+/// what was being done, for the message.
+pub(crate) fn classify<D: Dialect>(err: sqlx::Error, doing: &str) -> Error {
+    let kind = D::KIND;
+    match &err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => {
+            Error::transient(kind, format!("{doing}: {err}"), Some(Box::new(err) as _))
+        }
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| D::is_transient_code(&c)) => {
+            Error::transient(kind, format!("{doing}: {err}"), Some(Box::new(err) as _))
+        }
+        sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Error::Configuration {
+            message: format!("{kind}: {doing}: {err}"),
+            source: Some(Box::new(err)),
+        },
+        _ => Error::backend(kind, format!("{doing}: {err}"), Some(Box::new(err) as _)),
+    }
+}
