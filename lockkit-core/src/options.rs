@@ -106,13 +106,13 @@ impl LockOptions {
     /// for a renewal interval not shorter than the TTL or a zero max hold.
     pub fn validate(&self) -> Result<()> {
         validate_ttl(self.ttl)?;
-        if let Renewal::Every(every) = self.renewal {
-            if every.is_zero() || every >= self.ttl {
-                return Err(Error::InvalidInput(format!(
-                    "renewal interval {every:?} must be above zero and shorter than the TTL {:?}",
-                    self.ttl
-                )));
-            }
+        if let Renewal::Every(every) = self.renewal
+            && (every.is_zero() || every >= self.ttl)
+        {
+            return Err(Error::InvalidInput(format!(
+                "renewal interval {every:?} must be above zero and shorter than the TTL {:?}",
+                self.ttl
+            )));
         }
         if self.max_hold.is_some_and(|m| m.is_zero()) {
             return Err(Error::InvalidInput(

@@ -175,10 +175,10 @@ impl State {
     /// loss signal; returns the slot.
     fn slot(&mut self, name: &LockName, now: Duration) -> &mut Slot {
         let slot = self.slots.entry(name.clone()).or_default();
-        if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now) {
-            if let Some(expired) = slot.holder.take() {
-                expired.lost.cancel();
-            }
+        if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now)
+            && let Some(expired) = slot.holder.take()
+        {
+            expired.lost.cancel();
         }
         slot
     }
@@ -337,12 +337,10 @@ impl LockBackend for MemoryBackend {
             .as_ref()
             .is_some_and(|h| h.lease_id == lease.lease_id);
         let mut was_live = false;
-        if ours {
-            if let Some(holder) = slot.holder.take() {
-                was_live = holder.expires_at > now;
-                if !was_live {
-                    holder.lost.cancel();
-                }
+        if ours && let Some(holder) = slot.holder.take() {
+            was_live = holder.expires_at > now;
+            if !was_live {
+                holder.lost.cancel();
             }
         }
         state.prune(&lease.name);
@@ -403,11 +401,11 @@ impl LockBackend for MemoryBackend {
         let mut state = self.state();
         let mut removed = 0;
         for slot in state.slots.values_mut() {
-            if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now) {
-                if let Some(holder) = slot.holder.take() {
-                    holder.lost.cancel();
-                    removed += 1;
-                }
+            if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now)
+                && let Some(holder) = slot.holder.take()
+            {
+                holder.lost.cancel();
+                removed += 1;
             }
         }
         state
