@@ -1,10 +1,26 @@
 //! # lockkit-etcd
 //!
-//! etcd backend for lockkit: one session lease per client, FIFO revision queue, watches.
+//! etcd backend for lockkit.
 //!
-//! **Status: placeholder.** This crate compiles so the workspace layout of
-//! DESIGN §1 is complete; issue #5 (etcd backend) fills it. Until then the facade reports a
-//! configuration error for its URLs.
+//! **Status: placeholder.** Issue #5 (etcd backend) fills this crate; until then
+//! [`connect`] returns a configuration error.
 
-/// The backend kind this crate will provide, as used in metrics labels.
-pub const KIND: &str = "etcd";
+use lockkit_core::{Error, Result, redact_url};
+
+/// The etcd client crate, re-exported for tests and advanced use.
+pub use etcd_client;
+
+/// The etcd lock backend (not implemented yet).
+pub type EtcdBackend = lockkit_core::memory::MemoryBackend;
+
+/// Connects to etcd at `url`.
+///
+/// # Errors
+/// Always, for now: [`Error::Configuration`] saying the backend is not
+/// implemented yet (password redacted).
+pub async fn connect(url: &str) -> Result<EtcdBackend> {
+    Err(Error::configuration(format!(
+        "the etcd backend is not implemented yet (URL {:?})",
+        redact_url(url)
+    )))
+}

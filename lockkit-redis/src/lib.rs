@@ -1,10 +1,26 @@
 //! # lockkit-redis
 //!
-//! Redis backend for lockkit: SET NX PX with Lua scripts, a fencing counter, pub/sub wake-ups.
+//! Redis backend for lockkit.
 //!
-//! **Status: placeholder.** This crate compiles so the workspace layout of
-//! DESIGN §1 is complete; issue #4 (Redis backend) fills it. Until then the facade reports a
-//! configuration error for its URLs.
+//! **Status: placeholder.** Issue #4 (Redis backend) fills this crate; until then
+//! [`connect`] returns a configuration error.
 
-/// The backend kind this crate will provide, as used in metrics labels.
-pub const KIND: &str = "redis";
+use lockkit_core::{Error, Result, redact_url};
+
+/// The Redis client crate, re-exported for tests and advanced use.
+pub use redis;
+
+/// The Redis lock backend (not implemented yet).
+pub type RedisBackend = lockkit_core::memory::MemoryBackend;
+
+/// Connects to Redis at `url`.
+///
+/// # Errors
+/// Always, for now: [`Error::Configuration`] saying the backend is not
+/// implemented yet (password redacted).
+pub async fn connect(url: &str) -> Result<RedisBackend> {
+    Err(Error::configuration(format!(
+        "the redis backend is not implemented yet (URL {:?})",
+        redact_url(url)
+    )))
+}

@@ -1,10 +1,26 @@
 //! # lockkit-zk
 //!
-//! ZooKeeper backend for lockkit: ephemeral sequential nodes, protected creates, czxid tokens.
+//! ZooKeeper backend for lockkit.
 //!
-//! **Status: placeholder.** This crate compiles so the workspace layout of
-//! DESIGN §1 is complete; issue #6 (ZooKeeper backend) fills it. Until then the facade reports a
-//! configuration error for its URLs.
+//! **Status: placeholder.** Issue #6 (ZooKeeper backend) fills this crate; until then
+//! [`connect`] returns a configuration error.
 
-/// The backend kind this crate will provide, as used in metrics labels.
-pub const KIND: &str = "zookeeper";
+use lockkit_core::{Error, Result, redact_url};
+
+/// The ZooKeeper client crate, re-exported for tests and advanced use.
+pub use zookeeper_client;
+
+/// The ZooKeeper lock backend (not implemented yet).
+pub type ZkBackend = lockkit_core::memory::MemoryBackend;
+
+/// Connects to ZooKeeper at `url`.
+///
+/// # Errors
+/// Always, for now: [`Error::Configuration`] saying the backend is not
+/// implemented yet (password redacted).
+pub async fn connect(url: &str) -> Result<ZkBackend> {
+    Err(Error::configuration(format!(
+        "the zookeeper backend is not implemented yet (URL {:?})",
+        redact_url(url)
+    )))
+}

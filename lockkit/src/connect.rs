@@ -87,6 +87,12 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
                 lockkit_sql::sqlite::connect_with(&driver_url, options).await?,
             ))
         }
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(lockkit_redis::connect(url).await?)),
+        #[cfg(feature = "etcd")]
+        "etcd" => Ok(Arc::new(lockkit_etcd::connect(url).await?)),
+        #[cfg(feature = "zookeeper")]
+        "zk" | "zookeeper" => Ok(Arc::new(lockkit_zk::connect(url).await?)),
         _ => {
             let _ = (driver_url, params);
             Err(Error::configuration(format!(
@@ -130,7 +136,7 @@ fn split_params(url: &str) -> (String, Vec<(String, String)>) {
     (driver, ours)
 }
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 fn sql_options(params: &[(String, String)]) -> Result<lockkit_sql::SqlOptions> {
     let mut options = lockkit_sql::SqlOptions::default();
     for (key, value) in params {

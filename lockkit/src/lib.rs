@@ -45,7 +45,7 @@ pub use lockkit_core::{
 pub use lockkit_core::{memory, metrics, wait};
 
 /// The SQL backends (`lockkit-sql`).
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub use lockkit_sql as sql;
 
 /// The README's code samples, compiled and run as doctests.

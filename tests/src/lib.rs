@@ -15,4 +15,12 @@
 //! that says how to get it, never a silent skip.
 
 pub mod memory;
+pub mod server;
 pub mod sqlite;
+
+#[cfg(feature = "etcd")]
+pub mod etcd;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "zookeeper")]
+pub mod zk;

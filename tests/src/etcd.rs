@@ -1,0 +1,1 @@
+//! Fixture and harness for the etcd backend (see issue text); filled by its issue.
