@@ -34,6 +34,7 @@
 //! ```
 
 mod backend;
+mod cleanup;
 mod error;
 mod guard;
 mod lease;
@@ -51,6 +52,7 @@ pub mod wait;
 pub mod conformance;
 
 pub use crate::backend::{Capabilities, LockBackend};
+pub use crate::cleanup::{CleanupTask, spawn_cleanup};
 pub use crate::error::{BoxError, Error, LostReason, Result};
 pub use crate::guard::LockGuard;
 pub use crate::lease::{

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::wait::PollPolicy;
+use lockkit_core::wait::{PollPolicy, WakeHub, WakeSubscription};
 use lockkit_core::{
     AcquireRequest, Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo,
     LockName, LostReason, Result, system_time_from_millis, ttl_millis,
@@ -16,9 +16,12 @@ use sqlx::{
 };
 use tokio::time::Instant;
 
-use crate::dialect::{Dialect, Param, Statement, Statements};
+use crate::dialect::{Dialect, ListenerTask, Outcome, Param, StartListener, Statement, Statements};
 use crate::error::classify;
 use crate::table::TableName;
+
+/// How long concurrent first starts retry contended schema creation.
+const SCHEMA_RETRY_FOR: Duration = Duration::from_secs(20);
 
 /// Settings of a SQL backend.
 #[derive(Debug, Clone)]
@@ -67,7 +70,25 @@ pub struct SqlBackend<D: Dialect> {
     statements: Arc<Statements>,
     table: TableName,
     poll: PollPolicy,
+    wakeups: Option<Arc<Wakeups>>,
     dialect: PhantomData<D>,
+}
+
+/// Push wake-ups: one listener per backend instance (started on the first
+/// wait), fanned out to waiters through a [`WakeHub`].
+struct Wakeups {
+    hub: Arc<WakeHub>,
+    start: StartListener,
+    running: tokio::sync::OnceCell<ListenerTask>,
+}
+
+impl Wakeups {
+    async fn subscribe(&self, name: &LockName) -> Result<WakeSubscription> {
+        self.running
+            .get_or_try_init(|| (self.start)(Arc::clone(&self.hub)))
+            .await?;
+        Ok(self.hub.subscribe(name))
+    }
 }
 
 impl<D: Dialect> fmt::Debug for SqlBackend<D> {
@@ -86,6 +107,7 @@ impl<D: Dialect> Clone for SqlBackend<D> {
             statements: Arc::clone(&self.statements),
             table: self.table.clone(),
             poll: self.poll,
+            wakeups: self.wakeups.clone(),
             dialect: PhantomData,
         }
     }
@@ -108,15 +130,36 @@ where
     /// # Errors
     /// Backend errors while creating the schema.
     pub async fn from_pool(pool: Pool<D::Db>, options: SqlOptions) -> Result<Self> {
+        let wakeups = D::listener(&pool, &options.table).map(|start| {
+            Arc::new(Wakeups {
+                hub: WakeHub::new(),
+                start,
+                running: tokio::sync::OnceCell::new(),
+            })
+        });
         let backend = Self {
             statements: Arc::new(D::statements(&options.table)),
             table: options.table,
             poll: options.poll.unwrap_or_else(D::poll_policy),
             pool,
+            wakeups,
             dialect: PhantomData,
         };
         if options.create_schema {
-            backend.create_schema().await?;
+            // Concurrent first starts may collide (busy file, deadlock on
+            // catalog rows); the DDL is idempotent, so retry those.
+            let give_up = Instant::now() + SCHEMA_RETRY_FOR;
+            let mut backoff =
+                PollPolicy::new(Duration::from_millis(5), Duration::from_millis(200)).backoff();
+            loop {
+                match backend.create_schema().await {
+                    Err(e) if e.is_retryable() && Instant::now() < give_up => {
+                        tracing::debug!(error = %e, "schema creation contended; retrying");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    other => break other?,
+                }
+            }
         }
         Ok(backend)
     }
@@ -127,11 +170,33 @@ where
     /// # Errors
     /// Backend errors (for example, missing privileges).
     pub async fn create_schema(&self) -> Result<()> {
-        for ddl in D::schema(&self.table) {
-            sqlx::raw_sql(AssertSqlSafe(ddl))
-                .execute(&self.pool)
+        let schema = D::schema(&self.table);
+        let doing = "creating the lock table";
+        if schema.in_transaction {
+            let mut tx = self
+                .pool
+                .begin()
                 .await
-                .map_err(|e| classify::<D>(e, "creating the lock table"))?;
+                .map_err(|e| classify::<D>(e, doing))?;
+            for ddl in schema.statements {
+                sqlx::raw_sql(AssertSqlSafe(ddl))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| classify::<D>(e, doing))?;
+            }
+            tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
+        } else {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| classify::<D>(e, doing))?;
+            for ddl in schema.statements {
+                sqlx::raw_sql(AssertSqlSafe(ddl))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| classify::<D>(e, doing))?;
+            }
         }
         Ok(())
     }
@@ -184,6 +249,33 @@ where
             .fetch_all(&self.pool)
             .await
             .map_err(|e| classify::<D>(e, doing))
+    }
+
+    async fn execute(
+        &self,
+        statement: &Statement,
+        values: &Values<'_>,
+        doing: &'static str,
+    ) -> Result<<D::Db as Database>::QueryResult> {
+        Self::query(statement, values)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify::<D>(e, doing))
+    }
+
+    /// Runs a release-style statement: `true` if a live lease was deleted.
+    async fn delete(
+        &self,
+        statement: &Statement,
+        values: &Values<'_>,
+        doing: &'static str,
+    ) -> Result<bool> {
+        match statement.outcome {
+            Outcome::Rows => Self::any_live(&self.fetch_all(statement, values, doing).await?),
+            Outcome::AffectedRows | Outcome::LastInsertId => {
+                Ok(D::rows_affected(&self.execute(statement, values, doing).await?) > 0)
+            }
+        }
     }
 
     fn decode_info(row: &<D::Db as Database>::Row) -> Result<LockInfo> {
@@ -261,16 +353,56 @@ where
             ttl_ms: ttl_millis(req.ttl),
         };
         let sent_at = Instant::now();
-        let row = self
-            .fetch_optional(&self.statements.acquire, &values, "acquiring a lock")
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
+        let doing = "acquiring a lock";
+        let statement = &self.statements.acquire;
+        let fence = match statement.outcome {
+            Outcome::Rows => match self.fetch_optional(statement, &values, doing).await? {
+                Some(row) => Some(
+                    row.try_get::<i64, _>(0)
+                        .map_err(|e| classify::<D>(e, "reading the fence"))?,
+                ),
+                None => None,
+            },
+            Outcome::LastInsertId => {
+                let result = match &self.statements.fence_counter {
+                    Some(counter) => {
+                        // Counter and grant in one transaction: the counter
+                        // row stays locked until the grant commits, so grants
+                        // of one name get increasing tokens in commit order.
+                        let mut tx = self
+                            .pool
+                            .begin()
+                            .await
+                            .map_err(|e| classify::<D>(e, doing))?;
+                        Self::query(counter, &values)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| classify::<D>(e, doing))?;
+                        let result = Self::query(statement, &values)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| classify::<D>(e, doing))?;
+                        tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
+                        result
+                    }
+                    None => self.execute(statement, &values, doing).await?,
+                };
+                match D::last_insert_id(&result) {
+                    0 => None,
+                    fence => Some(i64::try_from(fence).unwrap_or(i64::MAX)),
+                }
+            }
+            Outcome::AffectedRows => {
+                return Err(Error::configuration(format!(
+                    "{}: an acquire statement must report rows or LAST_INSERT_ID",
+                    D::KIND
+                )));
+            }
         };
-        let fence = row
-            .try_get::<i64, _>(0)
-            .map_err(|e| classify::<D>(e, "reading the fence"))?;
-        Ok(Some(Lease::granted(req, token_from(fence)?, sent_at)))
+        match fence {
+            Some(fence) => Ok(Some(Lease::granted(req, token_from(fence)?, sent_at))),
+            None => Ok(None),
+        }
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
@@ -281,15 +413,24 @@ where
             ttl_ms: ttl_millis(ttl),
         };
         let sent_at = Instant::now();
-        match self
-            .fetch_optional(&self.statements.extend, &values, "extending a lease")
-            .await?
-        {
-            Some(_) => Ok(lease.renewed(ttl, sent_at)),
-            None => Err(Error::Lost {
+        let doing = "extending a lease";
+        let statement = &self.statements.extend;
+        let held = match statement.outcome {
+            Outcome::Rows => self
+                .fetch_optional(statement, &values, doing)
+                .await?
+                .is_some(),
+            Outcome::AffectedRows | Outcome::LastInsertId => {
+                D::rows_affected(&self.execute(statement, &values, doing).await?) > 0
+            }
+        };
+        if held {
+            Ok(lease.renewed(ttl, sent_at))
+        } else {
+            Err(Error::Lost {
                 name: lease.name.clone(),
                 reason: LostReason::NotHeld,
-            }),
+            })
         }
     }
 
@@ -300,10 +441,8 @@ where
             lease_id: lease.lease_id.as_str(),
             ttl_ms: 0,
         };
-        let rows = self
-            .fetch_all(&self.statements.release, &values, "releasing a lease")
-            .await?;
-        Self::any_live(&rows)
+        self.delete(&self.statements.release, &values, "releasing a lease")
+            .await
     }
 
     async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
@@ -331,22 +470,30 @@ where
     }
 
     async fn force_release(&self, name: &LockName) -> Result<bool> {
-        let rows = self
-            .fetch_all(
-                &self.statements.force_release,
-                &Values::name(name),
-                "force-releasing a lock",
-            )
-            .await?;
-        Self::any_live(&rows)
+        self.delete(
+            &self.statements.force_release,
+            &Values::name(name),
+            "force-releasing a lock",
+        )
+        .await
     }
 
     async fn cleanup_expired(&self) -> Result<u64> {
-        let result = Self::query(&self.statements.cleanup, &Values::name_free())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| classify::<D>(e, "deleting expired locks"))?;
+        let result = self
+            .execute(
+                &self.statements.cleanup,
+                &Values::name_free(),
+                "deleting expired locks",
+            )
+            .await?;
         Ok(D::rows_affected(&result))
+    }
+
+    async fn subscribe_releases(&self, name: &LockName) -> Result<Option<WakeSubscription>> {
+        match &self.wakeups {
+            Some(wakeups) => wakeups.subscribe(name).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     fn poll_policy(&self) -> PollPolicy {

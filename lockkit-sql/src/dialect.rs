@@ -2,14 +2,18 @@
 //!
 //! A dialect supplies the statement texts (with its placeholders, quoting
 //! and clock expression), the order in which the generic backend binds
-//! values to them, the schema, and which error codes are transient. The
-//! backend in [`crate::backend`] is written once for all dialects.
+//! values to them, how each statement reports its outcome, the schema,
+//! which error codes are transient and, optionally, a push channel for
+//! wake-ups. The backend in [`crate::backend`] is written once for all
+//! dialects.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockkit_core::Capabilities;
-use lockkit_core::wait::PollPolicy;
+use lockkit_core::wait::{PollPolicy, WakeHub};
+use lockkit_core::{Capabilities, Result};
 
 use crate::table::TableName;
 
@@ -26,7 +30,21 @@ pub enum Param {
     TtlMillis,
 }
 
-/// One statement and the values it takes, in placeholder order.
+/// How a statement reports its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It returns rows (`RETURNING`, `SELECT`); see [`Statements`] for the
+    /// columns of each.
+    Rows,
+    /// It returns no rows; the affected-row count is the outcome (for
+    /// MySQL, which counts matched rows).
+    AffectedRows,
+    /// It returns no rows; `LAST_INSERT_ID(expr)` carries the fence of a
+    /// grant and is 0 when nothing was granted (MySQL acquire).
+    LastInsertId,
+}
+
+/// One statement, the values it takes and how it reports its outcome.
 #[derive(Debug, Clone)]
 pub struct Statement {
     /// The SQL text (table names already quoted in).
@@ -34,31 +52,50 @@ pub struct Statement {
     /// What to bind, in order (a dialect with positional `?` placeholders
     /// repeats a value where it is used twice).
     pub params: &'static [Param],
+    /// How the outcome is read.
+    pub outcome: Outcome,
 }
 
 impl Statement {
-    /// A statement from its text and parameters.
-    pub fn new(sql: String, params: &'static [Param]) -> Self {
+    /// A statement that returns rows.
+    pub fn rows(sql: String, params: &'static [Param]) -> Self {
+        Self::new(sql, params, Outcome::Rows)
+    }
+
+    /// A statement whose outcome is the affected-row count.
+    pub fn affected(sql: String, params: &'static [Param]) -> Self {
+        Self::new(sql, params, Outcome::AffectedRows)
+    }
+
+    /// A statement with an explicit outcome style.
+    pub fn new(sql: String, params: &'static [Param], outcome: Outcome) -> Self {
         Self {
             sql: sql.into(),
             params,
+            outcome,
         }
     }
 }
 
 /// The statements of the row-lease recipe (DESIGN §3).
 ///
-/// Row-returning statements return, in this column order:
-/// - `acquire`: `fence` (integer); no row when the lock is held.
-/// - `extend`: `expires_at` in ms; no row when the lease is not held.
+/// With [`Outcome::Rows`], statements return, in this column order:
+/// - `acquire`: `fence`; no row when the lock is held.
+/// - `extend`: any single column; no row when the lease is not held.
 /// - `release`, `force_release`: one integer per deleted row, 1 if it was
 ///   unexpired by the database clock, 0 otherwise.
-/// - `current`, `list`: `lock_name, owner_id, lease_id, fence, created_at,
-///   expires_at` with times in milliseconds since the Unix epoch, only rows
-///   unexpired by the database clock.
-/// - `cleanup`: no rows; the affected-row count is the result.
+///
+/// `current` and `list` always return rows `lock_name, owner_id, lease_id,
+/// fence, created_at, expires_at` with times as integer milliseconds since
+/// the Unix epoch, only rows unexpired by the database clock; `cleanup`
+/// always reports affected rows.
 #[derive(Debug, Clone)]
 pub struct Statements {
+    /// For dialects that cannot increment the fence counter inside the
+    /// acquire statement (MySQL): a statement run first, in the same
+    /// transaction, that increments the per-name counter under its row lock
+    /// and leaves the new value where `acquire` reads it.
+    pub fence_counter: Option<Statement>,
     /// Insert, or take over a row expired by the database clock.
     pub acquire: Statement,
     /// Move `expires_at` of an unexpired row matching name and lease id.
@@ -75,6 +112,40 @@ pub struct Statements {
     pub cleanup: Statement,
 }
 
+/// The DDL that creates a lock table, run in order on one connection.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    /// Idempotent statements.
+    pub statements: Vec<String>,
+    /// Run them inside one transaction (Postgres: transactional DDL under
+    /// an advisory lock, so concurrent starts serialise).
+    pub in_transaction: bool,
+}
+
+/// A running push listener; dropping it stops the listener.
+pub struct ListenerTask(pub tokio::task::JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::fmt::Debug for ListenerTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ListenerTask")
+    }
+}
+
+/// Starts a push listener that feeds release hints into a [`WakeHub`]; the
+/// returned future completes once the listener is subscribed, so no hint
+/// sent afterwards is missed.
+pub type StartListener = Box<
+    dyn Fn(Arc<WakeHub>) -> Pin<Box<dyn Future<Output = Result<ListenerTask>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// One SQL database flavour.
 pub trait Dialect: Send + Sync + 'static {
     /// The sqlx driver.
@@ -87,14 +158,34 @@ pub trait Dialect: Send + Sync + 'static {
     fn statements(table: &TableName) -> Statements;
 
     /// Idempotent DDL creating the table and its companions.
-    fn schema(table: &TableName) -> Vec<String>;
+    fn schema(table: &TableName) -> Schema;
+
+    /// The number of rows a statement affected (MySQL: matched).
+    fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
+
+    /// The `LAST_INSERT_ID` a statement reported (only for dialects using
+    /// [`Outcome::LastInsertId`]).
+    fn last_insert_id(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64 {
+        let _ = result;
+        0
+    }
 
     /// Whether a database error code means "try again" (busy, deadlock,
     /// serialization failure, connection lost).
     fn is_transient_code(code: &str) -> bool;
 
-    /// The number of rows a statement affected.
-    fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
+    /// Whether a database error code means bad credentials or a missing
+    /// database (a configuration error, not a backend failure).
+    fn is_configuration_code(code: &str) -> bool {
+        let _ = code;
+        false
+    }
+
+    /// A push channel for release hints, if the database has one.
+    fn listener(pool: &sqlx::Pool<Self::Db>, table: &TableName) -> Option<StartListener> {
+        let _ = (pool, table);
+        None
+    }
 
     /// What the dialect can do.
     fn capabilities() -> Capabilities {

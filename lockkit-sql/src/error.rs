@@ -22,6 +22,12 @@ pub(crate) fn classify<D: Dialect>(err: sqlx::Error, doing: &str) -> Error {
         sqlx::Error::Database(db) if db.code().is_some_and(|c| D::is_transient_code(&c)) => {
             Error::transient(kind, format!("{doing}: {err}"), Some(Box::new(err) as _))
         }
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| D::is_configuration_code(&c)) => {
+            Error::Configuration {
+                message: format!("{kind}: {doing}: {err}"),
+                source: Some(Box::new(err)),
+            }
+        }
         sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Error::Configuration {
             message: format!("{kind}: {doing}: {err}"),
             source: Some(Box::new(err)),

@@ -15,14 +15,25 @@
 //! | `created_at`, `expires_at` | by the **database's** clock |
 //!
 //! A companion table `<table>_fence (lock_name, fence)` keeps each name's
-//! highest token when its row is deleted (by release, force-release or
-//! clean-up), filled by an `AFTER DELETE` trigger, so tokens never restart.
-//! One small row stays per name ever released, like Redis's fence keys.
+//! tokens rising across deleted rows (release, force-release, clean-up), so
+//! tokens never restart. One small row stays per name ever used, like
+//! Redis's fence keys:
+//! - **SQLite** records the high-water mark from an `AFTER DELETE` trigger;
+//!   its one-writer-at-a-time statements read it without any chance of a
+//!   stale view (a stale WAL snapshot fails with `SQLITE_BUSY_SNAPSHOT`,
+//!   which is retried).
+//! - **Postgres** and **MySQL** use it as a per-name counter that every
+//!   acquire increments first, under its row lock, before it touches the
+//!   lock row. A high-water mark read by the acquire statement would come
+//!   from its snapshot, which can miss a release committed while the
+//!   statement waited — and hand out a token twice. Tokens rise strictly in
+//!   commit order, with gaps.
 //!
 //! ## The statements
 //!
-//! - **acquire** is one statement: insert the row, or — if a row exists and
-//!   the database clock says it has expired — take it over with `fence + 1`.
+//! - **acquire** is one statement (MySQL: one transaction of two): insert
+//!   the row, or — if a row exists and the database clock says it has
+//!   expired — take it over with a new fence.
 //!   It returns the new fence, or no row when the lock is held. (The seed's
 //!   check query compared `expires_at < CURRENT_TIMESTAMP`, which selects
 //!   *expired* holders, and its release lacked `DELETE FROM`; neither is
@@ -61,14 +72,26 @@
 //! ## Layout
 //!
 //! [`backend::SqlBackend`] is written once; a [`Dialect`] supplies statement
-//! texts, bind order, schema and transient error codes. Postgres and MySQL
-//! are added as dialects, not as copies of the backend.
+//! texts, bind order, how each statement reports its outcome, the schema,
+//! transient error codes and (Postgres) a push channel. The dialects are
+//! [`sqlite`] (feature `sqlite`), `postgres` (feature `postgres`, with
+//! `LISTEN/NOTIFY` wake-ups) and `mysql` (feature `mysql`, MySQL 8 and
+//! MariaDB 10.6+); each module documents its SQL for DBAs.
+//!
+//! Expired rows stay until a takeover or [`LockBackend::cleanup_expired`]
+//! (run it periodically with [`lockkit_core::spawn_cleanup`]).
+//!
+//! [`LockBackend::cleanup_expired`]: lockkit_core::LockBackend::cleanup_expired
 
 pub mod backend;
 pub mod dialect;
 mod error;
 pub mod table;
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

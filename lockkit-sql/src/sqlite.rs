@@ -22,7 +22,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use tokio::time::Instant;
 
 use crate::backend::{SqlBackend, SqlOptions};
-use crate::dialect::{Dialect, Param, Statement, Statements};
+use crate::dialect::{Dialect, Param, Schema, Statement, Statements};
 use crate::table::TableName;
 
 /// The SQLite dialect.
@@ -49,10 +49,14 @@ impl Dialect for SqliteDialect {
         let columns = "lock_name, owner_id, lease_id, fence, created_at, expires_at";
         let live = format!("CASE WHEN expires_at > {NOW_MS} THEN 1 ELSE 0 END");
         Statements {
+            // SQLite runs one writing statement at a time and reads the
+            // latest data inside it, so the high-water mark read here
+            // cannot be stale.
+            fence_counter: None,
             // Insert, or take over a row that the database clock says has
             // expired. A new row continues from the name's high-water mark
             // (kept in the fence table when rows are deleted).
-            acquire: Statement::new(
+            acquire: Statement::rows(
                 format!(
                     "INSERT INTO {t} ({columns}) \
                      VALUES (?1, ?2, ?3, COALESCE((SELECT fence FROM {f} WHERE lock_name = ?1), 0) + 1, {NOW_MS}, {NOW_MS} + ?4) \
@@ -64,7 +68,7 @@ impl Dialect for SqliteDialect {
                 ),
                 &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
             ),
-            extend: Statement::new(
+            extend: Statement::rows(
                 format!(
                     "UPDATE {t} SET expires_at = {NOW_MS} + ?3 \
                      WHERE lock_name = ?1 AND lease_id = ?2 AND expires_at > {NOW_MS} \
@@ -72,32 +76,35 @@ impl Dialect for SqliteDialect {
                 ),
                 &[Param::Name, Param::LeaseId, Param::TtlMillis],
             ),
-            release: Statement::new(
+            release: Statement::rows(
                 format!("DELETE FROM {t} WHERE lock_name = ?1 AND lease_id = ?2 RETURNING {live}"),
                 &[Param::Name, Param::LeaseId],
             ),
-            current: Statement::new(
+            current: Statement::rows(
                 format!("SELECT {columns} FROM {t} WHERE lock_name = ?1 AND expires_at > {NOW_MS}"),
                 &[Param::Name],
             ),
-            list: Statement::new(
+            list: Statement::rows(
                 format!("SELECT {columns} FROM {t} WHERE expires_at > {NOW_MS}"),
                 &[],
             ),
-            force_release: Statement::new(
+            force_release: Statement::rows(
                 format!("DELETE FROM {t} WHERE lock_name = ?1 RETURNING {live}"),
                 &[Param::Name],
             ),
-            cleanup: Statement::new(format!("DELETE FROM {t} WHERE expires_at <= {NOW_MS}"), &[]),
+            cleanup: Statement::affected(
+                format!("DELETE FROM {t} WHERE expires_at <= {NOW_MS}"),
+                &[],
+            ),
         }
     }
 
-    fn schema(table: &TableName) -> Vec<String> {
+    fn schema(table: &TableName) -> Schema {
         let t = table.quoted("", '"');
         let f = table.quoted("_fence", '"');
         let index = table.quoted_bare("_expires_at", '"');
         let trigger = table.quoted("_keep_fence", '"');
-        vec![
+        let statements = vec![
             format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
                    lock_name  TEXT    NOT NULL PRIMARY KEY, \
@@ -124,7 +131,11 @@ impl Dialect for SqliteDialect {
                 table.quoted_bare("", '"'),
                 table.quoted_bare("_fence", '"'),
             ),
-        ]
+        ];
+        Schema {
+            statements,
+            in_transaction: false,
+        }
     }
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
@@ -209,17 +220,7 @@ pub async fn connect_with(url: &str, options: SqlOptions) -> Result<SqliteBacken
             }
         }
     };
-    let mut backoff =
-        PollPolicy::new(Duration::from_millis(5), Duration::from_millis(200)).backoff();
-    loop {
-        match SqliteBackend::from_pool(pool.clone(), options.clone()).await {
-            Err(e) if e.is_retryable() && Instant::now() < give_up => {
-                tracing::debug!(error = %e, "SQLite schema creation contended; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            other => return other,
-        }
-    }
+    SqliteBackend::from_pool(pool, options).await
 }
 
 /// Whether opening failed because another process was creating or

@@ -1,26 +1,130 @@
 //! # lockkit-zk
 //!
-//! ZooKeeper backend for lockkit.
+//! ZooKeeper backend for lockkit: the classic lock recipe (ephemeral
+//! sequential nodes, each waiter watching only its predecessor) with
+//! per-lease TTLs, fencing tokens from `czxid`, digest authentication with
+//! ACLs, and chroots.
 //!
-//! **Status: placeholder.** Issue #6 (ZooKeeper backend) fills this crate; until then
-//! [`connect`] returns a configuration error.
+//! ```no_run
+//! # async fn demo() -> lockkit_core::Result<()> {
+//! use std::sync::Arc;
+//! use lockkit_core::Locker;
+//!
+//! let backend = lockkit_zk::connect("zk://lockkit:s3cret@zk1:2181,zk2:2181,zk3:2181/pipelines").await?;
+//! let locker = Locker::new(Arc::new(backend), "pipeline_1")?;
+//! let guard = locker.acquire("node_b").await?;
+//! // … pass guard.token() to storage that checks fencing tokens …
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## URL
+//!
+//! `zk://[user:password@]host[:port][,host[:port]…][/chroot][?param=value…]`
+//! (or `zookeeper://`); see [`ZkUrl::parse`] and [`ZkOptions`] for the
+//! parameters (`session_timeout_ms`, `root`, `expiry_margin_ms`,
+//! `connect_timeout_ms`). The chroot is created if missing.
+//!
+//! ## Recipe
+//!
+//! Each lock is a container node `<root>/locks/<percent-encoded name>`;
+//! each acquisition creates one `EPHEMERAL_SEQUENTIAL` child
+//! `lk-<lease id>-<sequence>` holding its owner, lease id, TTL and state
+//! (`held` or `waiting`).
+//!
+//! - **Protected creates.** The lease id in the node name lets a create
+//!   whose reply was lost (connection loss) be found again by listing the
+//!   lock's children, instead of leaving an orphan that would block the
+//!   queue; stray duplicates are deleted when seen.
+//! - **Grant.** The lowest sequence holds. A free lock costs one round trip:
+//!   the lock node and the lease node are created in one transaction, so
+//!   the new node is known to be alone. Otherwise the queue is listed.
+//! - **Waiting.** A waiter sets a watch on the node just before its own
+//!   (FIFO, no herd effect), so a release wakes exactly one waiter, by
+//!   push. When its turn comes it marks its node `held`.
+//! - **Fencing token** = the lease node's `czxid`, the zxid of its creation:
+//!   unique and increasing across the ensemble, leader changes and
+//!   restarts (ZooKeeper persists its transaction log), and grants follow
+//!   creation order.
+//! - **Per-lease TTL.** One ZooKeeper session is shared by every lease of
+//!   the backend, so the TTL is enforced on top of it: renewing rewrites the
+//!   node, which stamps its `mtime` with the leader's clock; a contender
+//!   treats a `held` node as expired once the server's clock (read as the
+//!   `mtime` of its own write) passes `mtime + TTL + expiry margin`, and
+//!   deletes it only if unchanged since read (version check), so a renewal
+//!   racing the takeover wins. A waiter arms a timer for that moment besides
+//!   its watch. The holder's own deadline is counted on its monotonic clock
+//!   from before its write, so it always ends first.
+//! - **Session.** One session per backend instance; its nodes vanish when it
+//!   expires, so a crashed holder frees the lock after
+//!   `min(TTL, session timeout)` plus the margin. Every lease of the session
+//!   is reported lost (its guard's loss signal fires) when the session
+//!   expires or closes, or when no reply came from the server for 2/3 of the
+//!   negotiated session timeout: the server may expire the session after
+//!   the full timeout and give the lock to someone else, and we must stop
+//!   claiming it before that. A heartbeat read every 1/6 of the timeout
+//!   keeps a quiet connection proven alive while leases are held. After an
+//!   expiry a new session is opened.
+//! - **Loss by deletion.** Each held node is watched; when it disappears
+//!   without this backend releasing it (an admin's `force_release`, a
+//!   takeover after expiry) the lease's loss signal fires at once.
+//! - **Security.** With `user:password` in the URL the session adds
+//!   `digest` auth, and every node lockkit creates gets the ACL
+//!   `auth::cdrwa` plus `world:anyone:r`: anyone may read, only clients
+//!   authenticated as that user may create, renew or delete leases (in
+//!   ZooKeeper, deleting a node needs DELETE on its parent, which the lock
+//!   node's ACL denies). [`connect`] writes to `<root>/clock` to check the
+//!   credentials: a wrong password is a [`Error::Configuration`] naming the
+//!   URL with the password redacted.
+//! - **Clean-up.** Releasing, a timed-out or cancelled acquire and a
+//!   refused try delete their node, together with the lock node when that
+//!   leaves it empty (one transaction). `cleanup_expired` deletes expired
+//!   `held` nodes and empty lock nodes; ZooKeeper also reaps empty
+//!   container nodes by itself.
+//!
+//! ## Limits (what ZooKeeper cannot promise)
+//!
+//! - TTL expiry compares the leader's clock at two moments; after a leader
+//!   change, skew between the old and new leader's clocks adds to (or
+//!   subtracts from) the TTL. Keep server clocks synchronised and the
+//!   expiry margin above their skew.
+//! - A follower cut off from the leader keeps serving reads for up to
+//!   `syncLimit × tickTime`, so heartbeats may succeed there while the
+//!   leader no longer hears the session; the 2/3 rule leaves 1/3 of the
+//!   session timeout for that. Keep `syncLimit × tickTime` below a third
+//!   of the session timeout.
+//! - A waiter whose process died keeps its place in the queue until its
+//!   session expires (waiters do not expire by TTL).
+//! - `current` and `list` write to `<root>/clock` to read the server's
+//!   clock, so they need write access like everything else.
+//! - Ops made during a connection loss wait for the reconnection (bounded
+//!   by the session timeout), so an acquire's timeout may be late by up to
+//!   the connection timeout while the ensemble is unreachable.
+//!
+//! ## Departure from the design note
+//!
+//! DESIGN.md ties expiry to the ZooKeeper session. With one session per
+//! backend shared by leases of different TTLs, the session timeout cannot
+//! be every lease's TTL; it is a separate setting ([`ZkOptions::session_timeout`],
+//! default 10 s) and the TTL is enforced with node `mtime`s as above. A lease
+//! is safe until the earlier of its TTL deadline and the session rule.
 
-use lockkit_core::{Error, Result, redact_url};
+mod backend;
+mod config;
+mod error;
+mod held;
+mod layout;
+mod nodes;
+mod record;
+mod session;
+
+pub use crate::backend::{ZkBackend, connect, connect_with};
+pub use crate::config::{Credentials, DEFAULT_PORT, ZkOptions, ZkUrl};
+pub use crate::layout::{decode_name, encode_name, lock_path};
 
 /// The ZooKeeper client crate, re-exported for tests and advanced use.
 pub use zookeeper_client;
 
-/// The ZooKeeper lock backend (not implemented yet).
-pub type ZkBackend = lockkit_core::memory::MemoryBackend;
-
-/// Connects to ZooKeeper at `url`.
-///
-/// # Errors
-/// Always, for now: [`Error::Configuration`] saying the backend is not
-/// implemented yet (password redacted).
-pub async fn connect(url: &str) -> Result<ZkBackend> {
-    Err(Error::configuration(format!(
-        "the zookeeper backend is not implemented yet (URL {:?})",
-        redact_url(url)
-    )))
-}
+#[cfg(doc)]
+use lockkit_core::Error;

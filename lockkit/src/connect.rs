@@ -17,6 +17,7 @@ pub const SCHEMES: &[(&str, &str, bool)] = &[
     ("redis", "redis", cfg!(feature = "redis")),
     ("rediss", "redis", cfg!(feature = "redis")),
     ("etcd", "etcd", cfg!(feature = "etcd")),
+    ("etcds", "etcd", cfg!(feature = "etcd")),
     ("zk", "zookeeper", cfg!(feature = "zookeeper")),
     ("zookeeper", "zookeeper", cfg!(feature = "zookeeper")),
 ];
@@ -32,9 +33,9 @@ const LOCKKIT_PARAMS: &[&str] = &["table"];
 /// | `memory://` | in-process reference backend | always |
 /// | `sqlite:///abs/path.db`, `sqlite://rel.db`, `sqlite::memory:` | SQLite | `sqlite` (default) |
 /// | `postgres://…`, `mysql://…` | SQL rows | `postgres`, `mysql` |
-/// | `redis://…`, `rediss://…` | Redis | `redis` |
-/// | `etcd://host:port` | etcd | `etcd` |
-/// | `zk://host:port/chroot` | ZooKeeper | `zookeeper` |
+/// | `redis://[user:pass@]host:port[/db]`, `rediss://…` (`?cluster=true&nodes=h2:p2,…`, `?fifo=true`, `?prefix=…`) | Redis, Redis Cluster | `redis` |
+/// | `etcd://[user:pass@]h1:2379[,h2:2379…]`, `etcds://…?ca=…` (TLS: feature `etcd-tls`) | etcd | `etcd` |
+/// | `zk://[user:pass@]h1:2181[,h2:2181…][/chroot]`, `zookeeper://…` | ZooKeeper | `zookeeper` |
 ///
 /// SQL URLs take `?table=<name>` (default `locks`; `schema.table` allowed).
 ///
@@ -56,11 +57,7 @@ const LOCKKIT_PARAMS: &[&str] = &["table"];
 /// # }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
-    let parsed = url::Url::parse(url).map_err(|e| Error::Configuration {
-        message: format!("malformed lock backend URL {:?}: {e}", redact_url(url)),
-        source: Some(Box::new(e)),
-    })?;
-    let scheme = parsed.scheme().to_ascii_lowercase();
+    let scheme = scheme_of(url)?;
     let Some(&(_, feature, compiled)) = SCHEMES.iter().find(|(s, _, _)| *s == scheme) else {
         let known: Vec<&str> = SCHEMES.iter().map(|(s, _, _)| *s).collect();
         return Err(Error::configuration(format!(
@@ -87,10 +84,24 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
                 lockkit_sql::sqlite::connect_with(&driver_url, options).await?,
             ))
         }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let options = sql_options(&params)?;
+            Ok(Arc::new(
+                lockkit_sql::postgres::connect_with(&driver_url, options).await?,
+            ))
+        }
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => {
+            let options = sql_options(&params)?;
+            Ok(Arc::new(
+                lockkit_sql::mysql::connect_with(&driver_url, options).await?,
+            ))
+        }
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(lockkit_redis::connect(url).await?)),
         #[cfg(feature = "etcd")]
-        "etcd" => Ok(Arc::new(lockkit_etcd::connect(url).await?)),
+        "etcd" | "etcds" => Ok(Arc::new(lockkit_etcd::connect(url).await?)),
         #[cfg(feature = "zookeeper")]
         "zk" | "zookeeper" => Ok(Arc::new(lockkit_zk::connect(url).await?)),
         _ => {
@@ -102,6 +113,25 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
             )))
         }
     }
+}
+
+/// The scheme of `url`, lower-cased. URLs that may name several hosts
+/// (`etcd://h1:2379,h2:2379`, `zk://h1:2181,h2:2181/chroot`) are not valid
+/// for a URL parser, so their scheme is read directly; every other URL must
+/// parse.
+fn scheme_of(url: &str) -> Result<String> {
+    const MULTI_HOST: &[&str] = &["etcd", "etcds", "zk", "zookeeper"];
+    if let Some((scheme, _)) = url.split_once("://") {
+        let scheme = scheme.to_ascii_lowercase();
+        if MULTI_HOST.contains(&scheme.as_str()) {
+            return Ok(scheme);
+        }
+    }
+    let parsed = url::Url::parse(url).map_err(|e| Error::Configuration {
+        message: format!("malformed lock backend URL {:?}: {e}", redact_url(url)),
+        source: Some(Box::new(e)),
+    })?;
+    Ok(parsed.scheme().to_ascii_lowercase())
 }
 
 /// Splits lockkit's own query parameters off `url`, returning the URL for
@@ -182,6 +212,14 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("`redis` feature"), "{msg}");
         assert!(!msg.contains(":pw@"), "{msg}");
+    }
+
+    #[test]
+    fn multi_host_urls_have_a_scheme() {
+        assert_eq!(scheme_of("etcd://h1:2379,h2:2379").unwrap(), "etcd");
+        assert_eq!(scheme_of("ZK://h1:1,h2:2/chroot").unwrap(), "zk");
+        assert_eq!(scheme_of("sqlite::memory:").unwrap(), "sqlite");
+        assert!(scheme_of("postgres://h1:1,h2:2/db").is_err());
     }
 
     #[tokio::test]

@@ -38,9 +38,9 @@ mod connect;
 
 pub use crate::connect::{SCHEMES, connect};
 pub use lockkit_core::{
-    AcquireRequest, BoxError, Capabilities, Error, FencingToken, IntoLockName, Lease, LeaseId,
-    LockBackend, LockGuard, LockInfo, LockName, LockOptions, Locker, LostReason, MAX_NAME_BYTES,
-    MAX_TTL, MIN_TTL, Renewal, Result, redact_url, validate_ttl,
+    AcquireRequest, BoxError, Capabilities, CleanupTask, Error, FencingToken, IntoLockName, Lease,
+    LeaseId, LockBackend, LockGuard, LockInfo, LockName, LockOptions, Locker, LostReason,
+    MAX_NAME_BYTES, MAX_TTL, MIN_TTL, Renewal, Result, redact_url, spawn_cleanup, validate_ttl,
 };
 pub use lockkit_core::{memory, metrics, wait};
 

@@ -199,3 +199,97 @@ pub fn run_to_completion(what: &str, command: &mut Command) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Files of a throw-away certificate authority and a server certificate
+/// it signed (for `127.0.0.1` and `localhost`), made by [`test_certificates`].
+#[derive(Debug, Clone)]
+pub struct TestCertificates {
+    /// The CA certificate (`ca.crt`): trust it to verify the server.
+    pub ca: PathBuf,
+    /// The server certificate (`server.crt`).
+    pub cert: PathBuf,
+    /// The server key (`server.key`, mode 0600).
+    pub key: PathBuf,
+}
+
+/// Writes a private CA (`ca.crt`, `ca.key`) and a server certificate it
+/// signed (`server.crt`, `server.key`, valid for `127.0.0.1` and
+/// `localhost`) into `dir`, with the `openssl` command, for servers that
+/// tests reach over TLS.
+///
+/// # Panics
+/// When `openssl` is missing (the message says how to get it) or fails.
+pub fn test_certificates(dir: &Path) -> TestCertificates {
+    let openssl = require_binary("openssl", &[], "apt-get install -y openssl");
+    let run = |what: &str, args: &[&str]| {
+        run_to_completion(what, Command::new(&openssl).current_dir(dir).args(args));
+    };
+    run(
+        "openssl: CA",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=lockkit test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    run(
+        "openssl: server key",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write the certificate extensions");
+    run(
+        "openssl: sign the server certificate",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    run_to_completion(
+        "chmod of the test key",
+        Command::new("chmod").arg("600").arg(dir.join("server.key")),
+    );
+    TestCertificates {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+    }
+}

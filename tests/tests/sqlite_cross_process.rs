@@ -20,7 +20,7 @@ async fn processes_sharing_a_sqlite_file_never_overlap() {
     std::fs::write(&counter, "0").expect("write counter");
     let children: Vec<_> = (0..PROCESSES)
         .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_sqlite_contender"))
+            Command::new(env!("CARGO_BIN_EXE_contender"))
                 .args([
                     url.as_str(),
                     counter.to_str().expect("utf-8 path"),

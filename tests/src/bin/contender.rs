@@ -1,6 +1,6 @@
-//! One contender process for the cross-process SQLite test.
+//! One contender process for the cross-process tests (any lockkit URL).
 //!
-//! Usage: `sqlite_contender <sqlite-url> <counter-file> <rounds> <owner>`
+//! Usage: `contender <lock-backend-url> <counter-file> <rounds> <owner>`
 //!
 //! Each round takes the lock `shared-counter`, marks the critical section
 //! with a marker file created exclusively (an existing marker means another
@@ -20,7 +20,7 @@ use lockkit::{LockOptions, Locker};
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [url, counter, rounds, owner] = args.as_slice() else {
-        eprintln!("usage: sqlite_contender <sqlite-url> <counter-file> <rounds> <owner>");
+        eprintln!("usage: contender <lock-backend-url> <counter-file> <rounds> <owner>");
         return ExitCode::from(2);
     };
     let Ok(rounds) = rounds.parse::<u32>() else {

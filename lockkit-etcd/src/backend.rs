@@ -1,0 +1,628 @@
+//! [`EtcdBackend`]: the lock recipe on etcd keys, transactions and leases.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, GetResponse, KeyValue, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+use lockkit_core::wait::PollPolicy;
+use lockkit_core::{
+    AcquireRequest, Capabilities, Error, FencingToken, Lease, LockBackend, LockInfo, LockName,
+    LostReason, Result, round_up_ttl,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{KIND, malformed, retrying};
+use crate::held::{HeldLock, HeldLocks, HeldState};
+use crate::keys::{self, Layout};
+use crate::session::Session;
+
+/// The etcd lock backend. Cheap to clone (clones share the connection,
+/// the sessions and the held locks). See the [crate docs](crate) for the
+/// recipe and its guarantees.
+///
+/// Dropping the last clone stops the keep-alives without revoking the
+/// sessions: keys of locks still held then expire after their TTL, as if
+/// the process had died. [`close`](Self::close) revokes them at once.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    inner: Arc<Inner>,
+}
+
+/// Owned by the backend handles; its drop stops the background tasks.
+struct Inner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// What the backend and its background tasks share.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) layout: Layout,
+    pub(crate) request_timeout: Duration,
+    pub(crate) redacted_url: String,
+    pub(crate) held: HeldLocks,
+    sessions: tokio::sync::Mutex<HashMap<u64, Arc<Session>>>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("url", &self.inner.shared.redacted_url)
+            .field("prefix", &self.inner.shared.layout.root())
+            .field("held", &self.inner.shared.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TTL in whole seconds, rounded up (etcd leases have one-second
+/// granularity).
+pub(crate) fn ttl_secs(ttl: Duration) -> u64 {
+    round_up_ttl(ttl, Duration::from_secs(1)).as_secs().max(1)
+}
+
+/// A create revision as a fencing token.
+pub(crate) fn token_of(revision: i64) -> Result<FencingToken> {
+    u64::try_from(revision)
+        .ok()
+        .filter(|r| *r > 0)
+        .map(FencingToken::new)
+        .ok_or_else(|| malformed("create revision is not positive"))
+}
+
+/// The revision in a response header.
+pub(crate) fn header_revision(resp: &TxnResponse) -> Result<i64> {
+    resp.header()
+        .map(|h| h.revision())
+        .ok_or_else(|| malformed("transaction without header"))
+}
+
+impl EtcdBackend {
+    pub(crate) fn new(
+        client: Client,
+        layout: Layout,
+        request_timeout: Duration,
+        redacted_url: String,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared {
+                    client,
+                    layout,
+                    request_timeout,
+                    redacted_url,
+                    held: HeldLocks::default(),
+                    sessions: tokio::sync::Mutex::new(HashMap::new()),
+                    shutdown: CancellationToken::new(),
+                }),
+            }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// The etcd client, for inspection and advanced use (it shares this
+    /// backend's connection).
+    pub fn client(&self) -> Client {
+        self.inner.shared.client.clone()
+    }
+
+    /// The key prefix of every lock, with its trailing `/`.
+    pub fn prefix(&self) -> &str {
+        self.inner.shared.layout.root()
+    }
+
+    /// The etcd key prefix of every request (holder and waiters) for `name`.
+    pub fn name_prefix(&self, name: &LockName) -> String {
+        self.inner.shared.layout.name_prefix(name)
+    }
+
+    /// The ids of this instance's live session leases (one per distinct
+    /// granted TTL in use), for operators and fault tests.
+    pub async fn session_lease_ids(&self) -> Vec<i64> {
+        let sessions = self.inner.shared.sessions.lock().await;
+        let mut ids: Vec<i64> = sessions
+            .values()
+            .filter(|s| !s.is_lost())
+            .map(|s| s.id())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Revokes this instance's sessions: every lock it holds or waits for
+    /// is freed at once and reported lost. Later calls start new sessions.
+    ///
+    /// # Errors
+    /// Backend errors revoking a lease (the others are still revoked; a
+    /// lease that could not be revoked expires after its TTL).
+    pub async fn close(&self) -> Result<()> {
+        let sessions: Vec<Arc<Session>> = {
+            let mut map = self.inner.shared.sessions.lock().await;
+            let mut unique: Vec<Arc<Session>> = Vec::new();
+            for (_, session) in map.drain() {
+                if !unique.iter().any(|s| s.id() == session.id()) {
+                    unique.push(session);
+                }
+            }
+            unique
+        };
+        let mut first_error = None;
+        for session in sessions {
+            session.lose("the backend was closed");
+            let client = &self.inner.shared.client;
+            let id = session.id();
+            let revoked = retrying(
+                self.inner.shared.request_timeout,
+                "revoking a session lease",
+                || {
+                    let mut lease = client.lease_client();
+                    async move { lease.revoke(id).await }
+                },
+            )
+            .await;
+            // A lease that is already gone is as good as revoked.
+            if let Err(err) = revoked
+                && !err.to_string().contains("requested lease not found")
+                && first_error.is_none()
+            {
+                first_error = Some(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Shared {
+    /// The live session for locks of `ttl_secs` seconds, granted on first
+    /// use and replaced once lost.
+    pub(crate) async fn session_for(&self, ttl_secs: u64) -> Result<Arc<Session>> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(session) = sessions.get(&ttl_secs)
+            && !session.is_lost()
+        {
+            return Ok(Arc::clone(session));
+        }
+        // etcd may have granted a session more than was asked (its minimum
+        // TTL): a lease asking for that TTL shares it.
+        let wanted = Duration::from_secs(ttl_secs);
+        if let Some(session) = sessions
+            .values()
+            .find(|s| !s.is_lost() && s.ttl() == wanted)
+            .cloned()
+        {
+            sessions.insert(ttl_secs, Arc::clone(&session));
+            return Ok(session);
+        }
+        let secs = i64::try_from(ttl_secs).unwrap_or(i64::MAX);
+        let session =
+            Session::grant(&self.client, secs, self.request_timeout, &self.shutdown).await?;
+        sessions.insert(ttl_secs, Arc::clone(&session));
+        Ok(session)
+    }
+
+    /// Runs an idempotent transaction within the request time limit,
+    /// retrying transient failures.
+    pub(crate) async fn txn(&self, txn: Txn, doing: &str) -> Result<TxnResponse> {
+        retrying(self.request_timeout, doing, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    /// Reads keys within the request time limit, retrying transient
+    /// failures.
+    pub(crate) async fn get(
+        &self,
+        key: &str,
+        options: GetOptions,
+        doing: &str,
+    ) -> Result<GetResponse> {
+        retrying(self.request_timeout, doing, || {
+            let mut kv = self.client.kv_client();
+            let (key, options) = (key.to_owned(), options.clone());
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await
+    }
+
+    /// Registers a granted lock, starts its watchdog and builds the lease.
+    pub(crate) fn grant(
+        self: &Arc<Self>,
+        req: &AcquireRequest,
+        key: String,
+        revision: i64,
+        session: Arc<Session>,
+        sent_at: Instant,
+    ) -> Result<Lease> {
+        let token = token_of(revision)?;
+        let ttl = session.ttl();
+        let lock = HeldLock::new(
+            req.name.clone(),
+            key.clone(),
+            revision,
+            HeldState {
+                session: Arc::clone(&session),
+                ttl_secs: ttl_secs(req.ttl),
+                deadline: sent_at + ttl,
+            },
+        );
+        self.held.insert(Arc::clone(&lock));
+        tokio::spawn(crate::watchdog::watchdog(Arc::clone(self), lock));
+        let lease = Lease::granted(req, token, sent_at)
+            .with_effective_ttl(ttl)
+            .with_handle(key);
+        Ok(capped(lease, &session))
+    }
+
+    /// Deletes `key` (only if its create revision is `revision`, when
+    /// given), retrying until it works, the session that carries the key is
+    /// lost (the key is gone with it) or the backend is dropped (the key
+    /// expires with the session).
+    pub(crate) async fn delete_eventually(
+        &self,
+        key: String,
+        revision: Option<i64>,
+        session: Arc<Session>,
+    ) {
+        let mut backoff =
+            PollPolicy::new(Duration::from_millis(50), Duration::from_secs(2)).backoff();
+        loop {
+            let txn = match revision {
+                Some(rev) => Txn::new()
+                    .when([Compare::create_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        rev,
+                    )])
+                    .and_then([TxnOp::delete(key.as_str(), None)]),
+                None => Txn::new().and_then([TxnOp::delete(key.as_str(), None)]),
+            };
+            match self.txn(txn, "deleting an abandoned lock key").await {
+                Ok(_) => return,
+                Err(err) => {
+                    tracing::debug!(%key, error = %err, "deleting a lock key failed; retrying");
+                }
+            }
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return,
+                () = session.lost().cancelled() => return,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    /// The holder of `name`: the key with the lowest create revision.
+    async fn holder_kv(&self, name: &LockName) -> Result<Option<KeyValue>> {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        let mut resp = self
+            .get(
+                &self.layout.name_prefix(name),
+                options,
+                "reading the holder",
+            )
+            .await?;
+        Ok(resp.take_kvs().into_iter().next())
+    }
+
+    /// One `try_acquire` on `session`.
+    async fn try_once(
+        self: &Arc<Self>,
+        req: &AcquireRequest,
+        session: &Arc<Session>,
+    ) -> Result<Option<Lease>> {
+        let key = self.layout.key(&req.name, &req.lease_id);
+        let value = keys::value(&req.owner, SystemTime::now());
+        let sent_at = Instant::now();
+        let prefix = self.layout.name_prefix(&req.name);
+        // Put our key only if nobody holds or waits for the name; otherwise
+        // read the holder, which is our own key if a retried attempt of
+        // this very request already got through.
+        let oldest = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        let txn = Txn::new()
+            .when([Compare::create_revision(prefix.as_str(), CompareOp::Equal, 0).with_prefix()])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(session.id())),
+            )])
+            .or_else([TxnOp::get(prefix.as_str(), Some(oldest))]);
+        let session = Arc::clone(session);
+        match self.txn(txn, "trying to take the lock").await {
+            Ok(resp) if resp.succeeded() => {
+                let revision = header_revision(&resp)?;
+                self.grant(req, key, revision, session, sent_at).map(Some)
+            }
+            Ok(resp) => {
+                let holder = resp.op_responses().into_iter().find_map(|op| match op {
+                    TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                    _ => None,
+                });
+                match holder {
+                    Some(kv) if kv.key() == key.as_bytes() => self
+                        .grant(req, key, kv.create_revision(), session, sent_at)
+                        .map(Some),
+                    _ => Ok(None),
+                }
+            }
+            Err(err) => {
+                // The put may have been applied without our hearing of it.
+                let shared = Arc::clone(self);
+                tokio::spawn(async move { shared.delete_eventually(key, None, session).await });
+                Err(err)
+            }
+        }
+    }
+
+    /// Whether `err` says that `session`'s lease no longer exists on the
+    /// server (revoked or expired before the keep-alive noticed); if so the
+    /// session is marked lost, so the next request starts a new one.
+    pub(crate) fn lease_gone(&self, err: &Error, session: &Session) -> bool {
+        let gone = err.to_string().contains("requested lease not found");
+        if gone {
+            session.lose("etcd says the session lease no longer exists");
+        }
+        gone
+    }
+
+    fn info(&self, kv: &KeyValue) -> Option<LockInfo> {
+        let (name, lease_id) = self.layout.parse(kv.key())?;
+        let (owner, acquired_at) = keys::parse_value(kv.value())?;
+        let token = token_of(kv.create_revision()).ok()?;
+        Some(LockInfo::new(
+            name,
+            owner,
+            lease_id,
+            token,
+            acquired_at,
+            None,
+        ))
+    }
+
+    fn key_of(&self, lease: &Lease) -> String {
+        match &lease.handle {
+            Some(handle) => handle.to_string(),
+            None => self.layout.key(&lease.name, &lease.lease_id),
+        }
+    }
+}
+
+/// Caps a lease's local deadline by its session's: a lock is never
+/// believed held longer than its lease is certainly alive on the server.
+pub(crate) fn capped(mut lease: Lease, session: &Session) -> Lease {
+    lease.deadline = lease.deadline.min(session.safe_until());
+    lease
+}
+
+fn lost(name: &LockName, reason: LostReason) -> Error {
+    Error::Lost {
+        name: name.clone(),
+        reason,
+    }
+}
+
+#[async_trait]
+impl LockBackend for EtcdBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fifo: true,
+            push_wakeup: true,
+            durable_tokens: true,
+            ttl_granularity: Duration::from_secs(1),
+            // etcd checks for expired leases every 500 ms, then revokes
+            // them through Raft.
+            expiry_slack: Duration::from_secs(1),
+        }
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
+        let shared = self.shared();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let session = shared.session_for(ttl_secs(req.ttl)).await?;
+            match shared.try_once(req, &session).await {
+                // The session lease vanished before its keep-alive noticed:
+                // nothing was written; once more on a fresh session.
+                Err(err) if attempts < 2 && shared.lease_gone(&err, &session) => {}
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
+        crate::queue::acquire(self.shared(), req, deadline).await
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        let shared = self.shared();
+        let key = shared.key_of(lease);
+        let Some(lock) = shared.held.get(&key) else {
+            return Err(lost(&lease.name, LostReason::NotHeld));
+        };
+        let current = lock.state();
+        if current.session.is_lost() {
+            shared.held.forget(&lock);
+            lock.lost.cancel();
+            return Err(lost(
+                &lease.name,
+                LostReason::SessionLost(current.session.lost_reason()),
+            ));
+        }
+        if lock.lost.is_cancelled() {
+            return Err(lost(&lease.name, LostReason::NotHeld));
+        }
+        let secs = ttl_secs(ttl);
+        let same_ttl =
+            secs == current.ttl_secs || Duration::from_secs(secs) == current.session.ttl();
+        let session = if same_ttl {
+            Arc::clone(&current.session)
+        } else {
+            shared.session_for(secs).await?
+        };
+        let moved = !Arc::ptr_eq(&session, &current.session);
+        let sent_at = Instant::now();
+        let mut txn = Txn::new().when([Compare::create_revision(
+            key.as_str(),
+            CompareOp::Equal,
+            lock.token,
+        )]);
+        if moved {
+            // Re-attach the key to the session of the new TTL; the create
+            // revision (the token) does not change.
+            txn = txn.and_then([TxnOp::put(
+                key.as_str(),
+                Vec::new(),
+                Some(
+                    PutOptions::new()
+                        .with_lease(session.id())
+                        .with_ignore_value(),
+                ),
+            )]);
+        }
+        let resp = match shared.txn(txn, "extending the lease").await {
+            Ok(resp) => resp,
+            Err(err) if shared.lease_gone(&err, &session) => {
+                // The new TTL's session vanished; the next extend starts a
+                // fresh one. Nothing was written.
+                return Err(Error::transient(
+                    KIND,
+                    err.to_string(),
+                    Some(Box::new(err) as _),
+                ));
+            }
+            Err(err) => return Err(err),
+        };
+        if !resp.succeeded() {
+            shared.held.forget(&lock);
+            lock.lost.cancel();
+            return Err(lost(&lease.name, LostReason::NotHeld));
+        }
+        let effective = session.ttl();
+        lock.update(HeldState {
+            session: Arc::clone(&session),
+            ttl_secs: if same_ttl { current.ttl_secs } else { secs },
+            deadline: sent_at + effective,
+        });
+        Ok(capped(lease.renewed(effective, sent_at), &session))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let shared = self.shared();
+        let key = shared.key_of(lease);
+        let lock = shared.held.remove(&key);
+        if let Some(lock) = &lock {
+            lock.done.cancel();
+        }
+        let revision = i64::try_from(lease.token.get()).map_err(|_| malformed("token"))?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        match shared.txn(txn, "releasing the lock").await {
+            Ok(resp) => Ok(resp.succeeded()),
+            Err(err) => {
+                if let Some(lock) = lock {
+                    let session = lock.state().session;
+                    let shared = Arc::clone(shared);
+                    tokio::spawn(async move {
+                        shared.delete_eventually(key, Some(revision), session).await;
+                    });
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+        let shared = self.shared();
+        Ok(shared
+            .holder_kv(name)
+            .await?
+            .and_then(|kv| shared.info(&kv)))
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>> {
+        let shared = self.shared();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        let resp = shared
+            .get(shared.layout.root(), options, "listing locks")
+            .await?;
+        // Sorted by create revision: the first key seen for a name holds it.
+        let mut holders = BTreeMap::new();
+        for kv in resp.kvs() {
+            if let Some(info) = shared.info(kv) {
+                holders.entry(info.name.clone()).or_insert(info);
+            }
+        }
+        Ok(holders.into_values().collect())
+    }
+
+    async fn force_release(&self, name: &LockName) -> Result<bool> {
+        let shared = self.shared();
+        let Some(holder) = shared.holder_kv(name).await? else {
+            return Ok(false);
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                holder.key(),
+                CompareOp::Equal,
+                holder.create_revision(),
+            )])
+            .and_then([TxnOp::delete(holder.key(), None)]);
+        let resp = shared.txn(txn, "force-releasing the lock").await?;
+        if let Ok(key) = std::str::from_utf8(holder.key())
+            && let Some(lock) = shared.held.remove(key)
+        {
+            lock.done.cancel();
+            lock.lost.cancel();
+        }
+        Ok(resp.succeeded())
+    }
+
+    async fn cleanup_expired(&self) -> Result<u64> {
+        // Keys live on session leases that etcd expires by itself.
+        Ok(0)
+    }
+
+    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+        let shared = self.shared();
+        shared
+            .held
+            .get(&shared.key_of(lease))
+            .map(|lock| lock.lost.clone())
+    }
+}

@@ -1,0 +1,462 @@
+//! [`RedisBackend`]: the lease contract on Redis keys and Lua scripts.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use lockkit_core::wait::{PollPolicy, WakeHub, WakeSubscription, wait_and_acquire};
+use lockkit_core::{
+    AcquireRequest, Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo,
+    LockName, LostReason, Result, ttl_millis,
+};
+use tokio::time::Instant;
+
+use crate::conn::{self, Conn};
+use crate::error::{KIND, classify, is_auth_error};
+use crate::keys::{KeyPrefix, LockKeys};
+use crate::listener::Listener;
+use crate::options::{ParsedUrl, RedisOptions};
+use crate::record;
+use crate::scripts::SCRIPTS;
+
+/// How many leases `list` reads at once.
+const LIST_CONCURRENCY: usize = 32;
+
+/// A lock backend on a Redis server or Redis Cluster (see the
+/// [crate docs](crate) for the recipe, guarantees and limits).
+///
+/// Cheap to clone: clones share the connection, the pub/sub listener and
+/// the wake-up hub. Build one with [`connect`](crate::connect) or
+/// [`connect_with`](crate::connect_with).
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    options: RedisOptions,
+    hub: Arc<WakeHub>,
+    listener: Listener,
+    redacted_url: String,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.inner.redacted_url)
+            .field("prefix", &self.inner.options.prefix.as_str())
+            .field("fifo", &self.inner.options.fifo)
+            .field("cluster", &self.inner.options.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the acquire script should do when it cannot grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Give up (never queue).
+    Try,
+    /// Join the FIFO queue, or refresh our entry in it.
+    Wait,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Try => "try",
+            Self::Wait => "wait",
+        }
+    }
+}
+
+impl RedisBackend {
+    /// Parses `url`, connects and checks the credentials.
+    pub(crate) async fn open(url: &str, options: RedisOptions) -> Result<Self> {
+        let parsed = ParsedUrl::parse(url, options)?;
+        let scrub = |text: String| match parsed.password() {
+            Some(password) => text.replace(&password, "***"),
+            None => text,
+        };
+        let (conn, clients) = conn::open(&parsed).await.map_err(|err| {
+            let message = if is_auth_error(&err) {
+                format!(
+                    "Redis at {:?} refused the credentials: {err} (check the user and password in the URL)",
+                    parsed.redacted
+                )
+            } else {
+                format!("cannot connect to Redis at {:?}: {err}", parsed.redacted)
+            };
+            let message = scrub(message);
+            if is_auth_error(&err) || !classify(err.clone(), "").is_retryable() {
+                Error::configuration(message)
+            } else {
+                Error::transient(KIND, message, None)
+            }
+        })?;
+        let ParsedUrl {
+            options, redacted, ..
+        } = parsed;
+        let hub = WakeHub::new();
+        let listener = Listener::new(
+            clients,
+            options.prefix.channel_pattern(),
+            Arc::clone(&hub),
+            options.connection_timeout,
+        );
+        let backend = Self {
+            inner: Arc::new(Inner {
+                conn,
+                options,
+                hub,
+                listener,
+                redacted_url: redacted,
+            }),
+        };
+        // Verify the connection (and, for a cluster, that the slots are
+        // served) before handing the backend out.
+        let mut conn = backend.inner.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| {
+                let message = format!(
+                    "Redis at {:?} did not answer PING: {e}",
+                    backend.inner.redacted_url
+                );
+                if is_auth_error(&e) {
+                    Error::configuration(message)
+                } else {
+                    classify(e, &message)
+                }
+            })?;
+        Ok(backend)
+    }
+
+    /// The settings in effect (after the URL's parameters).
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.options
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &KeyPrefix {
+        &self.inner.options.prefix
+    }
+
+    /// The Redis keys and channel used for `name` (for inspection and
+    /// tests).
+    pub fn keys(&self, name: &LockName) -> LockKeys {
+        self.inner.options.prefix.keys(name)
+    }
+
+    /// Whether the release listener's pattern subscription is active now
+    /// (it starts with the first wait).
+    pub fn listening(&self) -> bool {
+        self.inner.listener.is_subscribed()
+    }
+
+    fn conn(&self) -> Conn {
+        self.inner.conn.clone()
+    }
+
+    /// Runs the acquire script; `Some(token)` when granted.
+    async fn run_acquire(&self, req: &AcquireRequest, mode: Mode) -> Result<Option<FencingToken>> {
+        let keys = self.keys(&req.name);
+        let entry_ttl = ttl_millis(self.inner.options.queue_entry_ttl);
+        let token: i64 = SCRIPTS
+            .acquire
+            .key(&keys.lock)
+            .key(&keys.fence)
+            .key(&keys.queue)
+            .key(&keys.waiters)
+            .arg(req.lease_id.as_str())
+            .arg(&req.owner)
+            .arg(ttl_millis(req.ttl))
+            .arg(mode.as_str())
+            .arg(entry_ttl)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "acquiring a lock"))?;
+        match token {
+            0 => Ok(None),
+            t => u64::try_from(t)
+                .map(|t| Some(FencingToken::new(t)))
+                .map_err(|_| {
+                    Error::backend(KIND, format!("invalid fencing token {t} from Redis"), None)
+                }),
+        }
+    }
+
+    /// Removes a FIFO waiter's queue entry and wakes the others.
+    async fn leave_queue(&self, name: &LockName, lease_id: &LeaseId) -> Result<bool> {
+        let keys = self.keys(name);
+        let removed: i64 = SCRIPTS
+            .leave
+            .key(&keys.queue)
+            .key(&keys.waiters)
+            .arg(lease_id.as_str())
+            .arg(&keys.channel)
+            .arg(name.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "leaving the FIFO queue"))?;
+        if removed == 1 {
+            self.inner.hub.notify(name);
+        }
+        Ok(removed == 1)
+    }
+
+    /// FIFO mode: queue in Redis and wait to reach the head.
+    async fn acquire_fifo(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
+        let started = Instant::now();
+        let mut wake = self.subscribe(&req.name).await;
+        let mut ticket = QueueTicket {
+            backend: self,
+            name: &req.name,
+            lease_id: &req.lease_id,
+            queued: false,
+        };
+        // A live waiter refreshes its queue entry well before it expires.
+        let refresh = self.inner.options.queue_entry_ttl / 3;
+        let mut backoff = self.inner.options.poll.backoff();
+        loop {
+            let sent_at = Instant::now();
+            match self.run_acquire(req, Mode::Wait).await {
+                Ok(Some(token)) => {
+                    // The script removed our entry when it granted.
+                    ticket.queued = false;
+                    return Ok(Lease::granted(req, token, sent_at));
+                }
+                Ok(None) => ticket.queued = true,
+                Err(err) if err.is_retryable() => {
+                    // The script may or may not have queued us.
+                    ticket.queued = true;
+                    tracing::debug!(lock = %req.name, error = %err, "transient error while queued; retrying");
+                }
+                Err(err) => return Err(err),
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                ticket.leave().await;
+                return Err(Error::Timeout {
+                    name: req.name.clone(),
+                    waited: now - started,
+                });
+            }
+            let mut wake_at = (now + backoff.next_delay()).min(now + refresh);
+            if let Some(d) = deadline {
+                wake_at = wake_at.min(d);
+            }
+            tokio::select! {
+                () = wake.changed() => backoff.reset(),
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// A hub subscription for `name`, with the listener subscribed (unless
+    /// pub/sub is off: then only this process's hints wake it).
+    async fn subscribe(&self, name: &LockName) -> WakeSubscription {
+        let subscription = self.inner.hub.subscribe(name);
+        if self.inner.options.pubsub {
+            self.inner.listener.ensure_subscribed().await;
+        }
+        subscription
+    }
+}
+
+/// A FIFO waiter's place in the queue. Leaving it on timeout is awaited;
+/// when the waiting future is dropped (cancelled), the entry is removed by
+/// a task spawned on the current runtime, and if even that is impossible
+/// it expires by itself after the queue entry TTL.
+struct QueueTicket<'a> {
+    backend: &'a RedisBackend,
+    name: &'a LockName,
+    lease_id: &'a LeaseId,
+    queued: bool,
+}
+
+impl QueueTicket<'_> {
+    async fn leave(&mut self) {
+        if !self.queued {
+            return;
+        }
+        match self.backend.leave_queue(self.name, self.lease_id).await {
+            Ok(_) => self.queued = false,
+            Err(err) => {
+                tracing::debug!(lock = %self.name, error = %err, "cannot leave the FIFO queue; the entry will expire");
+            }
+        }
+    }
+}
+
+impl Drop for QueueTicket<'_> {
+    fn drop(&mut self) {
+        if !self.queued {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.backend.clone();
+        let name = self.name.clone();
+        let lease_id = self.lease_id.clone();
+        runtime.spawn(async move {
+            if let Err(err) = backend.leave_queue(&name, &lease_id).await {
+                tracing::debug!(lock = %name, error = %err, "cannot leave the FIFO queue; the entry will expire");
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedisBackend {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fifo: self.inner.options.fifo,
+            push_wakeup: self.inner.options.pubsub,
+            durable_tokens: self.inner.options.durable_tokens,
+            ttl_granularity: Duration::from_millis(1),
+            expiry_slack: Duration::from_millis(50),
+        }
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
+        let sent_at = Instant::now();
+        Ok(self
+            .run_acquire(req, Mode::Try)
+            .await?
+            .map(|token| Lease::granted(req, token, sent_at)))
+    }
+
+    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
+        if self.inner.options.fifo {
+            self.acquire_fifo(req, deadline).await
+        } else {
+            wait_and_acquire(self, req, deadline).await
+        }
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        let keys = self.keys(&lease.name);
+        let sent_at = Instant::now();
+        let extended: i64 = SCRIPTS
+            .extend
+            .key(&keys.lock)
+            .arg(lease.lease_id.as_str())
+            .arg(ttl_millis(ttl))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "extending a lease"))?;
+        if extended == 1 {
+            Ok(lease.renewed(ttl, sent_at))
+        } else {
+            Err(Error::Lost {
+                name: lease.name.clone(),
+                reason: LostReason::NotHeld,
+            })
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let keys = self.keys(&lease.name);
+        let released: i64 = SCRIPTS
+            .release
+            .key(&keys.lock)
+            .arg(lease.lease_id.as_str())
+            .arg(&keys.channel)
+            .arg(lease.name.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "releasing a lease"))?;
+        if released == 1 {
+            // Waiters in this process need not wait for the message.
+            self.inner.hub.notify(&lease.name);
+        }
+        Ok(released == 1)
+    }
+
+    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+        let keys = self.keys(name);
+        let found: Option<(Vec<u8>, i64, i64)> = SCRIPTS
+            .inspect
+            .key(&keys.lock)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "reading a lock"))?;
+        match found {
+            // -2: the key expired between GET and PTTL (cannot happen inside
+            // one script, but be safe).
+            Some((_, -2, _)) | None => Ok(None),
+            Some((value, pttl, now)) => record::decode(name.clone(), &value, pttl, now).map(Some),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<LockInfo>> {
+        let prefix = &self.inner.options.prefix;
+        let keys = conn::scan_all(&self.inner.conn, &prefix.lock_pattern())
+            .await
+            .map_err(|e| classify(e, "listing locks"))?;
+        let names: Vec<LockName> = keys
+            .iter()
+            .filter_map(|key| prefix.name_of_lock_key(key))
+            .collect();
+        let mut infos: Vec<LockInfo> = futures::stream::iter(names)
+            .map(|name| async move {
+                match self.current(&name).await {
+                    Err(Error::Backend { message, .. }) => {
+                        tracing::warn!(lock = %name, %message, "skipping a key that is not a lockkit lease");
+                        Ok(None)
+                    }
+                    other => other,
+                }
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_filter_map(|info| async move { Ok(info) })
+            .try_collect()
+            .await?;
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos)
+    }
+
+    async fn force_release(&self, name: &LockName) -> Result<bool> {
+        let keys = self.keys(name);
+        let removed: i64 = SCRIPTS
+            .force_release
+            .key(&keys.lock)
+            .arg(&keys.channel)
+            .arg(name.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "force-releasing a lock"))?;
+        if removed == 1 {
+            self.inner.hub.notify(name);
+        }
+        Ok(removed == 1)
+    }
+
+    /// Redis deletes expired lease keys itself (`PX`), and FIFO queue keys
+    /// expire with their last waiter, so there is nothing to clean up:
+    /// always `Ok(0)`, without I/O. Fence counters are kept on purpose.
+    async fn cleanup_expired(&self) -> Result<u64> {
+        Ok(0)
+    }
+
+    async fn subscribe_releases(&self, name: &LockName) -> Result<Option<WakeSubscription>> {
+        if self.inner.options.pubsub {
+            Ok(Some(self.subscribe(name).await))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn poll_policy(&self) -> PollPolicy {
+        self.inner.options.poll
+    }
+}

@@ -1,0 +1,225 @@
+//! MySQL 8 and MariaDB 10.6+ (feature `mysql`).
+//!
+//! - Times are `DATETIME(6)` in UTC from the server's `UTC_TIMESTAMP(6)`
+//!   (stable within a statement, independent of session time zones, no
+//!   2038 limit) — never from the client.
+//! - Lock names are `VARBINARY(255)`: byte-exact and without the trailing
+//!   space padding of MySQL's `PAD SPACE` collations, under which `node_b`
+//!   and `node_b ` would be one lock.
+//! - Acquire is one transaction of two statements: first the name's
+//!   counter in `<table>_fence` is incremented (`LAST_INSERT_ID(fence + 1)`,
+//!   its row lock held until commit, so acquirers of one name serialise and
+//!   tokens rise in commit order, with gaps); then an
+//!   `INSERT … ON DUPLICATE KEY UPDATE` whose assignments only change an
+//!   expired row grants with that value and reports it through
+//!   `LAST_INSERT_ID(expr)` in the OK packet — 0 when the lock is held
+//!   (MySQL has no `RETURNING` on upserts). A single statement reading a
+//!   high-water mark would read a snapshot that can miss a release
+//!   committed meanwhile and hand out a token twice. Cost: four round trips
+//!   (`BEGIN`, two statements, `COMMIT`) instead of one.
+//! - Extend, release and force-release report matched rows (sqlx connects
+//!   with `CLIENT_FOUND_ROWS`). Release deletes the row with this lease id
+//!   and returns `true` if one was found; unlike SQLite and Postgres it
+//!   cannot tell "expired but still ours" from "live" — harmless, because
+//!   a row still carrying our lease id means nobody else was granted the
+//!   lock in between.
+//! - No notifications: waiters poll, jittered, from 5 ms up to 250 ms.
+//!
+//! ## Schema for DBAs
+//!
+//! With `create_schema: false`, create (replacing `locks` by your table):
+//!
+//! ```sql
+//! CREATE TABLE locks (
+//!   lock_name  VARBINARY(255) NOT NULL PRIMARY KEY,
+//!   owner_id   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+//!   lease_id   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+//!   fence      BIGINT NOT NULL,
+//!   created_at DATETIME(6) NOT NULL,  -- UTC
+//!   expires_at DATETIME(6) NOT NULL,  -- UTC
+//!   KEY locks_expires_at (expires_at)
+//! ) ENGINE=InnoDB;
+//! CREATE TABLE locks_fence (lock_name VARBINARY(255) NOT NULL PRIMARY KEY, fence BIGINT NOT NULL) ENGINE=InnoDB;
+//! ```
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use lockkit_core::{Error, Result, redact_url};
+use sqlx::MySql;
+use sqlx::mysql::{MySqlConnectOptions, MySqlQueryResult};
+use sqlx::pool::PoolOptions;
+
+use crate::backend::{SqlBackend, SqlOptions};
+use crate::dialect::{Dialect, Outcome, Param, Schema, Statement, Statements};
+use crate::table::TableName;
+
+/// The MySQL / MariaDB dialect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MySqlDialect;
+
+/// A lock table in a MySQL or MariaDB database.
+pub type MySqlBackend = SqlBackend<MySqlDialect>;
+
+const NOW: &str = "UTC_TIMESTAMP(6)";
+
+/// Milliseconds since the Unix epoch of a UTC `DATETIME(6)` column.
+fn millis(column: &str) -> String {
+    format!("CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) DIV 1000 AS SIGNED)")
+}
+
+impl Dialect for MySqlDialect {
+    type Db = MySql;
+    const KIND: &'static str = "mysql";
+
+    fn statements(table: &TableName) -> Statements {
+        let t = table.quoted("", '`');
+        let f = table.quoted("_fence", '`');
+        let columns = format!(
+            "CONVERT(lock_name USING utf8mb4), owner_id, lease_id, fence, {}, {}",
+            millis("created_at"),
+            millis("expires_at")
+        );
+        // Every assignment tests the *old* expires_at, so it must come last.
+        let expired = "expires_at <= VALUES(created_at)";
+        Statements {
+            fence_counter: Some(Statement::affected(
+                format!(
+                    "INSERT INTO {f} (lock_name, fence) VALUES (?, LAST_INSERT_ID(1)) \
+                     ON DUPLICATE KEY UPDATE fence = LAST_INSERT_ID(fence + 1)"
+                ),
+                &[Param::Name],
+            )),
+            acquire: Statement::new(
+                format!(
+                    "INSERT INTO {t} (lock_name, owner_id, lease_id, fence, created_at, expires_at) \
+                     VALUES (?, ?, ?, LAST_INSERT_ID(LAST_INSERT_ID()), {NOW}, {NOW} + INTERVAL (? * 1000) MICROSECOND) \
+                     ON DUPLICATE KEY UPDATE \
+                       owner_id = IF({expired}, VALUES(owner_id), owner_id), \
+                       lease_id = IF({expired}, VALUES(lease_id), lease_id), \
+                       fence = IF({expired}, LAST_INSERT_ID(VALUES(fence)), fence + LAST_INSERT_ID(0)), \
+                       created_at = IF({expired}, VALUES(created_at), created_at), \
+                       expires_at = IF({expired}, VALUES(expires_at), expires_at)"
+                ),
+                &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
+                Outcome::LastInsertId,
+            ),
+            extend: Statement::affected(
+                format!(
+                    "UPDATE {t} SET expires_at = {NOW} + INTERVAL (? * 1000) MICROSECOND \
+                     WHERE lock_name = ? AND lease_id = ? AND expires_at > {NOW}"
+                ),
+                &[Param::TtlMillis, Param::Name, Param::LeaseId],
+            ),
+            release: Statement::affected(
+                format!("DELETE FROM {t} WHERE lock_name = ? AND lease_id = ?"),
+                &[Param::Name, Param::LeaseId],
+            ),
+            current: Statement::rows(
+                format!("SELECT {columns} FROM {t} WHERE lock_name = ? AND expires_at > {NOW}"),
+                &[Param::Name],
+            ),
+            list: Statement::rows(
+                format!("SELECT {columns} FROM {t} WHERE expires_at > {NOW}"),
+                &[],
+            ),
+            force_release: Statement::affected(
+                format!("DELETE FROM {t} WHERE lock_name = ?"),
+                &[Param::Name],
+            ),
+            cleanup: Statement::affected(format!("DELETE FROM {t} WHERE expires_at <= {NOW}"), &[]),
+        }
+    }
+
+    fn schema(table: &TableName) -> Schema {
+        let t = table.quoted("", '`');
+        let f = table.quoted("_fence", '`');
+        let index = table.quoted_bare("_expires_at", '`');
+        let mut statements = Vec::new();
+        if let Some(schema) = table.schema() {
+            statements.push(format!("CREATE DATABASE IF NOT EXISTS `{schema}`"));
+        }
+        statements.extend([
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\
+                   lock_name  VARBINARY(255) NOT NULL, \
+                   owner_id   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                   lease_id   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                   fence      BIGINT NOT NULL, \
+                   created_at DATETIME(6) NOT NULL, \
+                   expires_at DATETIME(6) NOT NULL, \
+                   PRIMARY KEY (lock_name), \
+                   KEY {index} (expires_at)\
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {f} (\
+                   lock_name VARBINARY(255) NOT NULL PRIMARY KEY, \
+                   fence     BIGINT NOT NULL\
+                 ) ENGINE=InnoDB"
+            ),
+        ]);
+        Schema {
+            statements,
+            in_transaction: false,
+        }
+    }
+
+    fn rows_affected(result: &MySqlQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn last_insert_id(result: &MySqlQueryResult) -> u64 {
+        result.last_insert_id()
+    }
+
+    fn is_transient_code(sqlstate: &str) -> bool {
+        // Deadlock / serialization failure (1213), connection errors, a
+        // query killed by KILL QUERY (70100), server shutting down.
+        sqlstate == "40001" || sqlstate == "70100" || sqlstate.starts_with("08")
+    }
+
+    fn is_configuration_code(sqlstate: &str) -> bool {
+        // Access denied (28000), unknown database (42000 with 1049 is also
+        // used for syntax errors, so only 28000 is certain).
+        sqlstate == "28000"
+    }
+}
+
+/// Connects to the MySQL or MariaDB database at `url` with the default
+/// [`SqlOptions`]: `mysql://user:password@host:3306/database` (sqlx's URL
+/// parameters such as `ssl-mode=required` apply).
+///
+/// # Errors
+/// [`Error::Configuration`] for a malformed URL, unreachable server or
+/// wrong credentials (password redacted); backend errors creating the
+/// schema.
+pub async fn connect(url: &str) -> Result<MySqlBackend> {
+    connect_with(url, SqlOptions::default()).await
+}
+
+/// Connects to the MySQL or MariaDB database at `url` with `options`.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with(url: &str, options: SqlOptions) -> Result<MySqlBackend> {
+    // `mariadb://` is accepted as a synonym.
+    let normalized = match url.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => url.to_owned(),
+    };
+    let connect = MySqlConnectOptions::from_str(&normalized).map_err(|e| Error::Configuration {
+        message: format!("invalid MySQL URL {:?}: {e}", redact_url(url)),
+        source: Some(Box::new(e)),
+    })?;
+    let pool = PoolOptions::<MySql>::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(connect)
+        .await
+        .map_err(|e| Error::Configuration {
+            message: format!("cannot connect to MySQL at {:?}: {e}", redact_url(url)),
+            source: Some(Box::new(e)),
+        })?;
+    MySqlBackend::from_pool(pool, options).await
+}

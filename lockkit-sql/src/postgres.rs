@@ -1,0 +1,306 @@
+//! Postgres (feature `postgres`), version 12 or newer.
+//!
+//! - Times are `TIMESTAMPTZ` set from the server's `now()` (the start of
+//!   the statement's transaction; every statement here is its own
+//!   transaction), never from the client.
+//! - Acquire is one statement: a CTE increments the name's counter in
+//!   `<table>_fence` (its row lock serialises acquirers of one name until
+//!   commit), then `INSERT … ON CONFLICT (lock_name) DO UPDATE … WHERE
+//!   expires_at <= now() RETURNING fence` grants with that value. Tokens
+//!   therefore rise strictly per name, in commit order, with gaps (failed
+//!   attempts also count). Reading a high-water mark instead would be
+//!   unsafe here: the statement's snapshot can miss a release that commits
+//!   while it waits, and hand out a token twice — the cross-process test
+//!   caught exactly that.
+//! - Release and force-release `NOTIFY` the channel `lockkit_<table>` with
+//!   the lock name in the same statement (delivered at commit). Waiters of
+//!   one backend instance share one `LISTEN` connection, started on the
+//!   first wait, and still poll (jittered, up to 500 ms) in case a
+//!   notification is missed — after a reconnect of the listener every
+//!   waiter is woken to re-check.
+//! - Schema creation runs in one transaction under
+//!   `pg_advisory_xact_lock`, so processes starting at once on an empty
+//!   database serialise instead of colliding on the catalog.
+//! - Connection loss, serialization failures and deadlocks are transient
+//!   errors (renewal retries them until the local deadline); wrong
+//!   passwords and missing databases are configuration errors. Passwords
+//!   never appear in messages.
+//!
+//! ## Schema for DBAs
+//!
+//! With `create_schema: false`, create (replacing `locks` by your table):
+//!
+//! ```sql
+//! CREATE TABLE locks (
+//!   lock_name  TEXT        NOT NULL PRIMARY KEY,
+//!   owner_id   TEXT        NOT NULL,
+//!   lease_id   TEXT        NOT NULL,
+//!   fence      BIGINT      NOT NULL,
+//!   created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+//!   expires_at TIMESTAMPTZ NOT NULL
+//! );
+//! CREATE INDEX locks_expires_at ON locks (expires_at);
+//! CREATE TABLE locks_fence (lock_name TEXT NOT NULL PRIMARY KEY, fence BIGINT NOT NULL);
+//! ```
+//!
+//! The application's role needs `SELECT, INSERT, UPDATE, DELETE` on both
+//! tables; waiters `LISTEN` on `lockkit_locks`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockkit_core::wait::{PollPolicy, WakeHub};
+use lockkit_core::{Capabilities, Error, Result, redact_url};
+use sqlx::Postgres;
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgQueryResult};
+
+use crate::backend::{SqlBackend, SqlOptions};
+use crate::dialect::{Dialect, ListenerTask, Param, Schema, StartListener, Statement, Statements};
+use crate::error::classify;
+use crate::table::TableName;
+
+/// The Postgres dialect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostgresDialect;
+
+/// A lock table in a Postgres database.
+pub type PostgresBackend = SqlBackend<PostgresDialect>;
+
+/// Milliseconds since the Unix epoch of a `TIMESTAMPTZ` column.
+fn millis(column: &str) -> String {
+    format!("floor(extract(epoch FROM {column}) * 1000)::bigint")
+}
+
+/// The notification channel of a table (≤ 63 bytes: the table part is at
+/// most 48).
+pub fn channel(table: &TableName) -> String {
+    format!("lockkit_{}", table.table())
+}
+
+impl Dialect for PostgresDialect {
+    type Db = Postgres;
+    const KIND: &'static str = "postgres";
+
+    fn statements(table: &TableName) -> Statements {
+        let t = table.quoted("", '"');
+        let f = table.quoted("_fence", '"');
+        let chan = channel(table);
+        let columns = format!(
+            "lock_name, owner_id, lease_id, fence, {}, {}",
+            millis("created_at"),
+            millis("expires_at")
+        );
+        let ttl = "$4::bigint * interval '1 millisecond'";
+        Statements {
+            // The per-name counter is incremented first, under its row
+            // lock (held until commit), and the grant takes its value: a
+            // snapshot read of a high-water mark could be stale when a
+            // release commits while this statement waits, and hand out a
+            // token twice.
+            fence_counter: None,
+            acquire: Statement::rows(
+                format!(
+                    "WITH counter AS (\
+                       INSERT INTO {f} AS c (lock_name, fence) VALUES ($1, 1) \
+                       ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
+                       RETURNING fence) \
+                     INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at) \
+                     SELECT $1, $2, $3, counter.fence, now(), now() + {ttl} FROM counter \
+                     ON CONFLICT (lock_name) DO UPDATE SET \
+                       owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
+                       created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
+                     WHERE l.expires_at <= EXCLUDED.created_at \
+                     RETURNING l.fence"
+                ),
+                &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
+            ),
+            extend: Statement::rows(
+                format!(
+                    "UPDATE {t} SET expires_at = now() + $3::bigint * interval '1 millisecond' \
+                     WHERE lock_name = $1 AND lease_id = $2 AND expires_at > now() \
+                     RETURNING fence"
+                ),
+                &[Param::Name, Param::LeaseId, Param::TtlMillis],
+            ),
+            release: Statement::rows(
+                format!(
+                    "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
+                                   RETURNING lock_name, expires_at > now() AS live) \
+                     SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, pg_notify('{chan}', lock_name)::text FROM gone"
+                ),
+                &[Param::Name, Param::LeaseId],
+            ),
+            current: Statement::rows(
+                format!("SELECT {columns} FROM {t} WHERE lock_name = $1 AND expires_at > now()"),
+                &[Param::Name],
+            ),
+            list: Statement::rows(
+                format!("SELECT {columns} FROM {t} WHERE expires_at > now()"),
+                &[],
+            ),
+            force_release: Statement::rows(
+                format!(
+                    "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 \
+                                   RETURNING lock_name, expires_at > now() AS live) \
+                     SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, pg_notify('{chan}', lock_name)::text FROM gone"
+                ),
+                &[Param::Name],
+            ),
+            cleanup: Statement::affected(format!("DELETE FROM {t} WHERE expires_at <= now()"), &[]),
+        }
+    }
+
+    fn schema(table: &TableName) -> Schema {
+        let t = table.quoted("", '"');
+        let f = table.quoted("_fence", '"');
+        let index = table.quoted_bare("_expires_at", '"');
+        let mut statements = vec![format!(
+            "SELECT pg_advisory_xact_lock(hashtext('lockkit schema {table}'))"
+        )];
+        if let Some(schema) = table.schema() {
+            statements.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
+        }
+        statements.extend([
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\
+                   lock_name  TEXT        NOT NULL PRIMARY KEY, \
+                   owner_id   TEXT        NOT NULL, \
+                   lease_id   TEXT        NOT NULL, \
+                   fence      BIGINT      NOT NULL, \
+                   created_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                   expires_at TIMESTAMPTZ NOT NULL)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {f} (\
+                   lock_name TEXT   NOT NULL PRIMARY KEY, \
+                   fence     BIGINT NOT NULL)"
+            ),
+        ]);
+        Schema {
+            statements,
+            in_transaction: true,
+        }
+    }
+
+    fn rows_affected(result: &PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn is_transient_code(code: &str) -> bool {
+        code.starts_with("08") // connection exception
+            || matches!(
+                code,
+                "40001" // serialization_failure
+                    | "40P01" // deadlock_detected
+                    | "55P03" // lock_not_available
+                    | "53300" // too_many_connections
+                    | "57P01" // admin_shutdown (pg_terminate_backend)
+                    | "57P02" // crash_shutdown
+                    | "57P03" // cannot_connect_now (starting up)
+            )
+    }
+
+    fn is_configuration_code(code: &str) -> bool {
+        // invalid_authorization_specification, invalid_password,
+        // invalid_catalog_name (no such database), insufficient_privilege.
+        matches!(code, "28000" | "28P01" | "3D000" | "42501")
+    }
+
+    fn listener(pool: &sqlx::Pool<Postgres>, table: &TableName) -> Option<StartListener> {
+        let pool = pool.clone();
+        let channel = channel(table);
+        Some(Box::new(move |hub: Arc<WakeHub>| {
+            let pool = pool.clone();
+            let channel = channel.clone();
+            Box::pin(async move {
+                // A pool of its own (one connection), so the long-lived
+                // LISTEN connection never takes a slot of the work pool.
+                let listen_pool = PoolOptions::<Postgres>::new()
+                    .max_connections(1)
+                    .connect_lazy_with((*pool.connect_options()).clone());
+                let mut listener = PgListener::connect_with(&listen_pool)
+                    .await
+                    .map_err(|e| classify::<PostgresDialect>(e, "opening the LISTEN connection"))?;
+                listener.listen(&channel).await.map_err(|e| {
+                    classify::<PostgresDialect>(e, "subscribing to release notifications")
+                })?;
+                Ok(ListenerTask(tokio::spawn(forward_notifications(
+                    listener, hub,
+                ))))
+            })
+        }))
+    }
+
+    fn capabilities() -> Capabilities {
+        Capabilities {
+            fifo: false,
+            push_wakeup: true,
+            durable_tokens: true,
+            ttl_granularity: Duration::from_millis(1),
+            expiry_slack: Duration::from_millis(20),
+        }
+    }
+
+    fn poll_policy() -> PollPolicy {
+        // Notifications carry the wake-ups; polling is the fallback for a
+        // missed notification or a holder that simply expires.
+        PollPolicy::new(Duration::from_millis(10), Duration::from_millis(500))
+    }
+}
+
+/// Forwards `NOTIFY` payloads (lock names) to waiters until the backend is
+/// dropped. After a lost connection (which the listener re-establishes)
+/// every waiter is woken, since notifications may have been missed.
+async fn forward_notifications(mut listener: PgListener, hub: Arc<WakeHub>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => hub.notify_str(notification.payload()),
+            Ok(None) => {
+                tracing::debug!("LISTEN connection lost; re-listening and waking all waiters");
+                hub.notify_all();
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "LISTEN connection failed; waiters fall back to polling");
+                hub.notify_all();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Connects to the Postgres database at `url` with the default
+/// [`SqlOptions`]: `postgres://user:password@host:5432/database` (sqlx's
+/// URL parameters such as `sslmode=require` apply; passwords may come from
+/// `PGPASSWORD` too).
+///
+/// # Errors
+/// [`Error::Configuration`] for a malformed URL, unreachable server, wrong
+/// credentials or missing database (password redacted); backend errors
+/// creating the schema.
+pub async fn connect(url: &str) -> Result<PostgresBackend> {
+    connect_with(url, SqlOptions::default()).await
+}
+
+/// Connects to the Postgres database at `url` with `options`.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with(url: &str, options: SqlOptions) -> Result<PostgresBackend> {
+    let connect = PgConnectOptions::from_str(url).map_err(|e| Error::Configuration {
+        message: format!("invalid Postgres URL {:?}: {e}", redact_url(url)),
+        source: Some(Box::new(e)),
+    })?;
+    let pool = PoolOptions::<Postgres>::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(connect)
+        .await
+        .map_err(|e| Error::Configuration {
+            message: format!("cannot connect to Postgres at {:?}: {e}", redact_url(url)),
+            source: Some(Box::new(e)),
+        })?;
+    PostgresBackend::from_pool(pool, options).await
+}

@@ -1,0 +1,203 @@
+//! The leases this backend instance holds, each watched for deletion.
+//!
+//! A held lease's loss token is a child of its session generation's token
+//! (so session expiry or silence fires it) and is also cancelled when its
+//! node disappears without this backend releasing it: an admin's
+//! `force_release`, a contender that found it expired, the session's end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use lockkit_core::LeaseId;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use zookeeper_client::{Error as ZkError, EventType};
+
+use crate::session::Generation;
+
+/// One held lease.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub(crate) generation: Arc<Generation>,
+    pub(crate) path: String,
+    pub(crate) owner: String,
+    /// Cancelled when the lease is known to be gone.
+    pub(crate) lost: CancellationToken,
+    /// Cancelled when this backend releases the lease (stops the watch).
+    stop: CancellationToken,
+    /// The local safe deadline after the last grant or renewal.
+    pub(crate) deadline: Instant,
+    /// When the lease was granted, by the server's clock (ms).
+    pub(crate) granted_ms: i64,
+}
+
+impl Held {
+    /// A lease granted in `generation` whose node is `path`.
+    pub(crate) fn new(
+        generation: Arc<Generation>,
+        path: String,
+        owner: String,
+        deadline: Instant,
+        granted_ms: i64,
+    ) -> Self {
+        Self {
+            lost: generation.child_token(),
+            generation,
+            path,
+            owner,
+            stop: CancellationToken::new(),
+            deadline,
+            granted_ms,
+        }
+    }
+}
+
+/// Leases held through this backend instance, by lease id.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    entries: Mutex<HashMap<LeaseId, Held>>,
+}
+
+impl Registry {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Held>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a grant and starts watching its node; returns the lease's
+    /// loss token.
+    pub(crate) fn insert(
+        self: &Arc<Self>,
+        lease_id: LeaseId,
+        held: Held,
+        shutdown: &CancellationToken,
+    ) -> CancellationToken {
+        let lost = held.lost.clone();
+        let watch = watch_node(
+            Arc::downgrade(self),
+            lease_id.clone(),
+            Arc::clone(&held.generation),
+            held.path.clone(),
+            lost.clone(),
+            held.stop.clone(),
+            shutdown.clone(),
+        );
+        self.entries().insert(lease_id, held);
+        tokio::spawn(watch);
+        lost
+    }
+
+    pub(crate) fn get(&self, lease_id: &LeaseId) -> Option<Held> {
+        self.entries().get(lease_id).cloned()
+    }
+
+    /// Forgets a lease this backend is releasing; its watch stops without
+    /// reporting a loss.
+    pub(crate) fn remove(&self, lease_id: &LeaseId) -> Option<Held> {
+        let held = self.entries().remove(lease_id)?;
+        held.stop.cancel();
+        Some(held)
+    }
+
+    /// Moves the local deadline after a renewal.
+    pub(crate) fn renewed(&self, lease_id: &LeaseId, deadline: Instant) {
+        if let Some(held) = self.entries().get_mut(lease_id) {
+            held.deadline = deadline;
+        }
+    }
+
+    /// Reports a lease whose node is gone as lost, and forgets it.
+    pub(crate) fn lose(&self, lease_id: &LeaseId) {
+        if let Some(held) = self.entries().remove(lease_id) {
+            held.lost.cancel();
+            held.stop.cancel();
+        }
+    }
+
+    /// Whether any lease is held in generation `number`.
+    pub(crate) fn holds_in(&self, number: u64) -> bool {
+        self.entries()
+            .values()
+            .any(|h| h.generation.number == number && !h.lost.is_cancelled())
+    }
+}
+
+/// Watches a held lease's node until it is released (stop), lost, or the
+/// backend shuts down. A deletion not made by this backend fires the loss.
+async fn watch_node(
+    registry: Weak<Registry>,
+    lease_id: LeaseId,
+    generation: Arc<Generation>,
+    path: String,
+    lost: CancellationToken,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut retry = Duration::from_millis(20);
+    loop {
+        let watched = tokio::select! {
+            () = stop.cancelled() => return,
+            () = lost.cancelled() => break,
+            () = shutdown.cancelled() => return,
+            watched = generation.client.check_and_watch_stat(&path) => watched,
+        };
+        let gone = match watched {
+            Ok((None, _)) => true,
+            Ok((Some(_), watcher)) => {
+                retry = Duration::from_millis(20);
+                let event = tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = lost.cancelled() => break,
+                    () = shutdown.cancelled() => return,
+                    event = watcher.changed() => event,
+                };
+                match event.event_type {
+                    EventType::NodeDeleted => true,
+                    // Session events: the generation's monitor decides.
+                    EventType::Session if event.session_state.is_terminated() => {
+                        // Wait for the monitor to end the generation.
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = lost.cancelled() => break,
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
+                    _ => false,
+                }
+            }
+            Err(ZkError::SessionExpired | ZkError::ClientClosed) => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = lost.cancelled() => break,
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%path, error = %err, "watching a held lease node failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = lost.cancelled() => break,
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(Duration::from_secs(1));
+                false
+            }
+        };
+        if gone {
+            if stop.is_cancelled() {
+                return;
+            }
+            tracing::info!(%path, "held lease node was deleted by someone else");
+            // The node is gone for good: fire the signal and forget the
+            // lease (renewing it now fails with NoNode on the server).
+            if let Some(registry) = registry.upgrade() {
+                registry.lose(&lease_id);
+            }
+            lost.cancel();
+            return;
+        }
+    }
+    // The generation ended: the entry stays (marked lost through its
+    // parent token) so that renewing it fails even if the node survived.
+}

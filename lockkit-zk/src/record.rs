@@ -1,0 +1,171 @@
+//! What a lease node stores, and when it counts as expired.
+//!
+//! The data is five lines of UTF-8 (owner labels and lease ids cannot hold
+//! control characters, so newlines separate them safely):
+//!
+//! ```text
+//! lockkit-zk/1
+//! held | waiting
+//! <ttl in ms>
+//! <granted at, ms since the epoch by the server's clock; 0 = the node's mtime>
+//! <lease id>
+//! <owner>
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use lockkit_core::{
+    FencingToken, LeaseId, LockInfo, LockName, system_time_from_millis, ttl_millis,
+};
+use zookeeper_client::Stat;
+
+const MAGIC: &str = "lockkit-zk/1";
+
+/// Whether a node holds the lock or waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Granted; expires `ttl` after its last write (mtime) unless renewed.
+    Held,
+    /// Queued; never expires by TTL, only with its session.
+    Waiting,
+}
+
+/// The parsed data of a lease node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub(crate) state: State,
+    pub(crate) ttl_ms: u64,
+    pub(crate) granted_ms: i64,
+    pub(crate) lease_id: LeaseId,
+    pub(crate) owner: String,
+}
+
+impl Record {
+    pub(crate) fn new(state: State, ttl: Duration, lease_id: &LeaseId, owner: &str) -> Self {
+        Self {
+            state,
+            ttl_ms: u64::try_from(ttl_millis(ttl).max(1)).unwrap_or(u64::MAX),
+            granted_ms: 0,
+            lease_id: lease_id.clone(),
+            owner: owner.to_owned(),
+        }
+    }
+
+    pub(crate) fn with_granted_ms(mut self, granted_ms: i64) -> Self {
+        self.granted_ms = granted_ms;
+        self
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let state = match self.state {
+            State::Held => "held",
+            State::Waiting => "waiting",
+        };
+        format!(
+            "{MAGIC}\n{state}\n{}\n{}\n{}\n{}",
+            self.ttl_ms, self.granted_ms, self.lease_id, self.owner
+        )
+        .into_bytes()
+    }
+
+    /// Parses node data; `None` when it is not a lockkit record.
+    pub(crate) fn decode(data: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(data).ok()?;
+        let mut lines = text.splitn(6, '\n');
+        if lines.next()? != MAGIC {
+            return None;
+        }
+        let state = match lines.next()? {
+            "held" => State::Held,
+            "waiting" => State::Waiting,
+            _ => return None,
+        };
+        let ttl_ms = lines.next()?.parse().ok()?;
+        let granted_ms = lines.next()?.parse().ok()?;
+        let lease_id = LeaseId::parse(lines.next()?).ok()?;
+        let owner = lines.next()?.to_owned();
+        Some(Self {
+            state,
+            ttl_ms,
+            granted_ms,
+            lease_id,
+            owner,
+        })
+    }
+}
+
+/// A lease node as read from the server: its record (if it parses) and stat.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub(crate) path: String,
+    pub(crate) record: Option<Record>,
+    pub(crate) stat: Stat,
+}
+
+impl Node {
+    /// When (server ms) this node's lease expires, counting `margin`; `None`
+    /// for waiting or unknown nodes, which only go away with their session.
+    pub(crate) fn expires_ms(&self, margin: Duration) -> Option<i64> {
+        let record = self.record.as_ref()?;
+        (record.state == State::Held).then(|| {
+            let ttl = i64::try_from(record.ttl_ms).unwrap_or(i64::MAX);
+            let margin = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
+            self.stat.mtime.saturating_add(ttl).saturating_add(margin)
+        })
+    }
+
+    /// Whether this node is a held lease that expired by `server_now_ms`.
+    pub(crate) fn is_expired(&self, server_now_ms: i64, margin: Duration) -> bool {
+        self.expires_ms(margin)
+            .is_some_and(|at| at <= server_now_ms)
+    }
+
+    /// Whether this node holds the lock (a held lease, unexpired).
+    pub(crate) fn is_live_holder(&self, server_now_ms: i64, margin: Duration) -> bool {
+        self.record.as_ref().is_some_and(|r| r.state == State::Held)
+            && !self.is_expired(server_now_ms, margin)
+    }
+
+    /// The fencing token: the node's creation zxid.
+    pub(crate) fn token(&self) -> FencingToken {
+        FencingToken::new(u64::try_from(self.stat.czxid).unwrap_or(0))
+    }
+
+    /// What `current`/`list` report for this node as holder of `name`.
+    pub(crate) fn info(&self, name: &LockName) -> Option<LockInfo> {
+        let record = self.record.as_ref()?;
+        let granted = if record.granted_ms > 0 {
+            record.granted_ms
+        } else {
+            self.stat.mtime
+        };
+        let expires: SystemTime =
+            system_time_from_millis(self.stat.mtime) + Duration::from_millis(record.ttl_ms);
+        Some(LockInfo::new(
+            name.clone(),
+            record.owner.clone(),
+            record.lease_id.clone(),
+            self.token(),
+            system_time_from_millis(granted),
+            Some(expires),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let id = LeaseId::random();
+        let owner = "'; DROP TABLE locks; -- \"o\" 🔒";
+        let r =
+            Record::new(State::Held, Duration::from_micros(1500), &id, owner).with_granted_ms(7);
+        assert_eq!(r.ttl_ms, 2, "TTLs round up to whole milliseconds");
+        let back = Record::decode(&r.encode()).expect("decodes");
+        assert_eq!(back, r);
+        assert_eq!(Record::decode(b"other"), None);
+        assert_eq!(Record::decode(b"lockkit-zk/1\nheld\n1\n0\n"), None);
+    }
+}

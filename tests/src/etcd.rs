@@ -1,1 +1,0 @@
-//! Fixture and harness for the etcd backend (see issue text); filled by its issue.

@@ -1,0 +1,400 @@
+//! Private etcd servers: one member or a cluster of several, each on free
+//! ports with its data directory in a temporary directory.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::server::{ServerProcess, env_url, free_port, require_binary};
+
+/// The environment variable naming an existing etcd to use instead of a
+/// private one (`etcd://host:port[,host:port…]`).
+pub const URL_VAR: &str = "LOCKKIT_TEST_ETCD_URL";
+
+/// How to get etcd when it is missing.
+const INSTALL_HINT: &str = "apt-get install -y etcd-server";
+
+/// How long a member may take to become healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where data directories go: a RAM disk when there is one (fsync there is
+/// cheap), else the system temporary directory.
+fn scratch_dir(prefix: &str) -> TempDir {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix);
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        builder.tempdir_in(shm)
+    } else {
+        builder.tempdir()
+    }
+    .expect("create a temporary directory for etcd")
+}
+
+/// One member of a private etcd cluster.
+#[derive(Debug)]
+pub struct EtcdMember {
+    /// The member's name (`m0`, `m1`, …).
+    pub name: String,
+    /// Its client port on 127.0.0.1.
+    pub client_port: u16,
+    /// Its peer port on 127.0.0.1.
+    pub peer_port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+    process: Option<ServerProcess>,
+}
+
+impl EtcdMember {
+    /// `127.0.0.1:<client port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Whether its process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(ServerProcess::is_running)
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.process
+            .as_ref()
+            .map(ServerProcess::log_tail)
+            .unwrap_or_default()
+    }
+}
+
+/// A private etcd cluster of one or more members on 127.0.0.1. Members are
+/// killed when it is dropped, and its directory is removed.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    tls: Option<ServerTls>,
+    initial_cluster: String,
+    token: String,
+    election_timeout_ms: u32,
+    binary: PathBuf,
+    dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until the cluster has a leader.
+    /// `election_timeout_ms` also sets etcd's minimum lease TTL
+    /// (`ceil(1.5 × election timeout)` seconds): 500 gives 1 s leases.
+    ///
+    /// # Panics
+    /// When `etcd` is not installed (with the install hint) or a member
+    /// does not become healthy.
+    pub fn start(size: usize, election_timeout_ms: u32) -> Self {
+        Self::start_with(size, election_timeout_ms, None)
+    }
+
+    /// One member serving clients over TLS with `tls` (peers stay plain).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_tls(tls: ServerTls) -> Self {
+        Self::start_with(1, 500, Some(tls))
+    }
+
+    fn start_with(size: usize, election_timeout_ms: u32, tls: Option<ServerTls>) -> Self {
+        let binary = require_binary("etcd", &["/usr/local/bin"], INSTALL_HINT);
+        let dir = scratch_dir("lockkit-etcd-");
+        let token = format!("lockkit-{:016x}", fastrand_u64());
+        let members: Vec<EtcdMember> = (0..size)
+            .map(|i| {
+                let name = format!("m{i}");
+                EtcdMember {
+                    data_dir: dir.path().join(&name),
+                    log: dir.path().join(format!("{name}.log")),
+                    name,
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    process: None,
+                }
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members,
+            tls,
+            initial_cluster,
+            token,
+            election_timeout_ms,
+            binary,
+            dir,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.wait_healthy(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--heartbeat-interval", "100"])
+            .args(["--election-timeout", &self.election_timeout_ms.to_string()])
+            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key);
+        }
+        let process = ServerProcess::spawn(&format!("etcd {}", m.name), command, &m.log);
+        self.members[i].process = Some(process);
+    }
+
+    /// Waits until member `i` answers `/health` with a leader.
+    ///
+    /// # Panics
+    /// When it exits or is not healthy within 30 s.
+    pub fn wait_healthy(&mut self, i: usize) {
+        let port = self.members[i].client_port;
+        let tls = self.tls.is_some();
+        let process = self.members[i]
+            .process
+            .as_mut()
+            .expect("the member was started");
+        if tls {
+            // /health needs TLS too; the client's connect retries until ready.
+            process.wait_for_port(port, START_TIMEOUT);
+        } else {
+            process.wait_until(START_TIMEOUT, || healthy(port));
+        }
+    }
+
+    /// The URL for lockkit: every member, `etcd://127.0.0.1:p0,127.0.0.1:p1,…`.
+    pub fn url(&self) -> String {
+        let addresses: Vec<String> = self.members.iter().map(EtcdMember::address).collect();
+        format!("etcd://{}", addresses.join(","))
+    }
+
+    /// The members.
+    pub fn members(&self) -> &[EtcdMember] {
+        &self.members
+    }
+
+    /// Member `i`.
+    pub fn member_mut(&mut self, i: usize) -> &mut EtcdMember {
+        &mut self.members[i]
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut process) = self.members[i].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Restarts a killed member on its data directory and waits until it is
+    /// healthy again.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_healthy(i);
+    }
+
+    /// The cluster's directory (data directories and logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The index of the current leader, asking every running member
+    /// (`None` while there is none, e.g. during an election).
+    pub async fn leader(&mut self) -> Option<usize> {
+        use lockkit_etcd::etcd_client::{Client, ConnectOptions};
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for member in &mut self.members {
+            if !member.is_running() {
+                ids.push(None);
+                continue;
+            }
+            let options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(1))
+                .with_timeout(Duration::from_secs(2));
+            let status = match Client::connect([member.address()], Some(options)).await {
+                Ok(mut client) => client.status().await.ok(),
+                Err(_) => None,
+            };
+            let id = status
+                .as_ref()
+                .and_then(|s| s.header().map(|h| h.member_id()));
+            if let Some(s) = &status
+                && s.leader() != 0
+            {
+                leader = Some(s.leader());
+            }
+            ids.push(id);
+        }
+        let leader = leader?;
+        ids.iter().position(|id| *id == Some(leader))
+    }
+
+    /// Waits (up to 30 s) until a running member is leader.
+    ///
+    /// # Panics
+    /// When none is elected in time.
+    pub async fn wait_for_leader(&mut self) -> usize {
+        let give_up = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return leader;
+            }
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "no etcd leader elected; logs:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The ends of every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("--- {} ---\n{}", m.name, m.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A server certificate and key (PEM files) for a TLS member.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The server certificate (PEM), valid for 127.0.0.1.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1 made with the
+/// `openssl` command in `dir`; returns the CA file and the server's files.
+///
+/// # Panics
+/// When `openssl` is missing (with the install hint) or fails.
+pub fn make_test_certificates(dir: &Path) -> (PathBuf, ServerTls) {
+    let certs = crate::server::test_certificates(dir);
+    (
+        certs.ca,
+        ServerTls {
+            cert: certs.cert,
+            key: certs.key,
+        },
+    )
+}
+
+/// Reads one gauge or counter from member `port`'s `/metrics` (plain
+/// HTTP on the client port), e.g. `etcd_debugging_mvcc_watcher_total`.
+///
+/// # Panics
+/// When the member does not answer or has no such metric.
+pub fn metric(port: u16, name: &str) -> f64 {
+    let body = http_get(port, "/metrics").unwrap_or_else(|| panic!("GET /metrics on port {port}"));
+    body.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .unwrap_or_else(|| panic!("no metric {name} on port {port}"))
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(
+        &(Ipv4Addr::LOCALHOST, port).into(),
+        Duration::from_millis(300),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// Asks `/health` on a client port (plain HTTP on the same port as gRPC).
+fn healthy(port: u16) -> bool {
+    http_get(port, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
+}
+
+fn fastrand_u64() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // Mix the time with the process id: unique enough for a cluster token.
+    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+/// The etcd every suite of this test binary shares: `LOCKKIT_TEST_ETCD_URL`
+/// if set, else one private member started on first use (1 s minimum lease
+/// TTL) and killed when the test process exits. Lock names are unique per
+/// test, so tests can share it.
+///
+/// # Panics
+/// As [`EtcdCluster::start`].
+pub fn shared_url() -> String {
+    static SHARED: OnceLock<String> = OnceLock::new();
+    static SERVER: OnceLock<EtcdCluster> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            if let Some(url) = env_url(URL_VAR) {
+                return url;
+            }
+            let cluster = SERVER.get_or_init(|| EtcdCluster::start(1, 500));
+            remove_when_process_exits(cluster.dir());
+            cluster.url()
+        })
+        .clone()
+}
+
+/// A server kept in a `static` is never dropped: remove its directory once
+/// this test process has exited (the server itself is killed by the
+/// watchdog of [`ServerProcess`]).
+fn remove_when_process_exits(dir: &Path) {
+    let parent = std::process::id();
+    let script = format!(
+        "while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; sleep 2; rm -rf '{}'",
+        dir.display()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}

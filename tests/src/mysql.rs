@@ -1,0 +1,122 @@
+//! A private MariaDB (or MySQL) server for the suites:
+//! `mariadb-install-db` into a temporary directory, `mariadbd` on a free
+//! port with TLS (a self-signed certificate), a root password and a
+//! `lockkit` database, started once per test
+//! binary. `LOCKKIT_TEST_MYSQL_URL` points the suites at an existing server.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::server::{
+    ServerProcess, env_url, free_port, require_binary, run_to_completion, test_certificates,
+};
+
+/// The root password of the private server.
+pub const PASSWORD: &str = "lockkit-test-pw";
+
+/// A running MariaDB server (private, or the one named by the environment).
+#[derive(Debug)]
+pub struct MySqlServer {
+    url: String,
+    _process: Option<ServerProcess>,
+    _dir: Option<TempDir>,
+}
+
+impl MySqlServer {
+    /// `mysql://root:<password>@127.0.0.1:<port>/lockkit`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// The server shared by every test of this binary, started on first use.
+///
+/// # Panics
+/// When the MariaDB binaries are missing (with the package to install) or
+/// the server does not start.
+pub fn server() -> &'static MySqlServer {
+    static SERVER: OnceLock<MySqlServer> = OnceLock::new();
+    SERVER.get_or_init(|| match env_url("LOCKKIT_TEST_MYSQL_URL") {
+        Some(url) => MySqlServer {
+            url,
+            _process: None,
+            _dir: None,
+        },
+        None => start(),
+    })
+}
+
+fn start() -> MySqlServer {
+    let hint = "apt-get install -y mariadb-server mariadb-client";
+    let sbin = ["/usr/sbin", "/usr/bin"];
+    let install_db = require_binary("mariadb-install-db", &sbin, hint);
+    let mariadbd = require_binary("mariadbd", &sbin, hint);
+    let client = require_binary("mariadb", &sbin, hint);
+
+    let dir = tempfile::tempdir().expect("create a temporary directory for MariaDB");
+    let data = dir.path().join("data");
+    run_to_completion(
+        "mariadb-install-db",
+        Command::new(&install_db)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--user=root",
+            ]),
+    );
+    let certs = test_certificates(dir.path());
+    let (crt, key) = (certs.cert, certs.key);
+    let port = free_port();
+    let mut command = Command::new(&mariadbd);
+    command
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!(
+            "--socket={}",
+            dir.path().join("mysqld.sock").display()
+        ))
+        .arg(format!(
+            "--pid-file={}",
+            dir.path().join("mysqld.pid").display()
+        ))
+        .arg(format!("--port={port}"))
+        .args([
+            "--bind-address=127.0.0.1",
+            "--user=root",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-flush-log-at-trx-commit=2",
+            "--max-connections=600",
+        ])
+        .arg(format!("--ssl-cert={}", crt.display()))
+        .arg(format!("--ssl-key={}", key.display()));
+    let mut process = ServerProcess::spawn("mariadbd", command, &dir.path().join("mariadbd.log"));
+    process.wait_for_port(port, Duration::from_secs(60));
+    let setup = format!(
+        "ALTER USER root@localhost IDENTIFIED BY '{PASSWORD}'; CREATE DATABASE IF NOT EXISTS lockkit;"
+    );
+    process.wait_until(Duration::from_secs(30), || {
+        Command::new(&client)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+                "-uroot",
+                "-e",
+                &setup,
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    MySqlServer {
+        url: format!("mysql://root:{PASSWORD}@127.0.0.1:{port}/lockkit"),
+        _process: Some(process),
+        _dir: Some(dir),
+    }
+}

@@ -1,0 +1,165 @@
+//! A private Postgres server for the suites: `initdb` into a temporary
+//! directory, `postgres` on a free port with password (SCRAM) auth and TLS
+//! (a self-signed certificate) on TCP, started once per test binary. `LOCKKIT_TEST_POSTGRES_URL` points the
+//! suites at an existing server instead.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::server::{
+    ServerProcess, env_url, free_port, require_binary, run_to_completion, test_certificates,
+};
+
+/// The superuser password of the private server.
+pub const PASSWORD: &str = "lockkit-test-pw";
+
+/// A running Postgres server (private, or the one named by the environment).
+#[derive(Debug)]
+pub struct PostgresServer {
+    url: String,
+    port: Option<u16>,
+    _process: Option<ServerProcess>,
+    _dir: Option<TempDir>,
+}
+
+impl PostgresServer {
+    /// `postgres://postgres:<password>@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The port of the private server (`None` with an external URL).
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+}
+
+/// The server shared by every test of this binary, started on first use.
+///
+/// # Panics
+/// When the Postgres binaries are missing (with the package to install) or
+/// the server does not start.
+pub fn server() -> &'static PostgresServer {
+    static SERVER: OnceLock<PostgresServer> = OnceLock::new();
+    SERVER.get_or_init(|| match env_url("LOCKKIT_TEST_POSTGRES_URL") {
+        Some(url) => PostgresServer {
+            url,
+            port: None,
+            _process: None,
+            _dir: None,
+        },
+        None => start(),
+    })
+}
+
+fn bin_dirs() -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.reverse();
+    dirs
+}
+
+/// `initdb` and `postgres` refuse to run as root: run them as the
+/// `postgres` system user then (without a forking wrapper, so killing the
+/// process kills the server).
+fn as_server_user(program: &PathBuf, dir: &std::path::Path) -> Command {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if is_root {
+        run_to_completion(
+            "chown of the Postgres data directory",
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir),
+        );
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+fn start() -> PostgresServer {
+    let dirs = bin_dirs();
+    let dirs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    let hint = "apt-get install -y postgresql";
+    let initdb = require_binary("initdb", &dirs, hint);
+    let postgres = require_binary("postgres", &dirs, hint);
+    let pg_isready = require_binary("pg_isready", &dirs, hint);
+
+    let dir = tempfile::tempdir().expect("create a temporary directory for Postgres");
+    let data = dir.path().join("data");
+    let pwfile = dir.path().join("pw");
+    std::fs::write(&pwfile, PASSWORD).expect("write the password file");
+    let certs = test_certificates(dir.path());
+    let (crt, key) = (certs.cert, certs.key);
+    let mut init = as_server_user(&initdb, dir.path());
+    init.arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+        ])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .args(["--no-sync", "-E", "UTF8", "--locale=C"]);
+    run_to_completion("initdb", &mut init);
+
+    let port = free_port();
+    let mut command = as_server_user(&postgres, dir.path());
+    command
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string()])
+        .arg("-k")
+        .arg(dir.path())
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=400",
+            "-c",
+            "ssl=on",
+        ])
+        .arg("-c")
+        .arg(format!("ssl_cert_file={}", crt.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", key.display()));
+    let mut process = ServerProcess::spawn("postgres", command, &dir.path().join("postgres.log"));
+    process.wait_until(Duration::from_secs(60), || {
+        Command::new(&pg_isready)
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    PostgresServer {
+        url: format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"),
+        port: Some(port),
+        _process: Some(process),
+        _dir: Some(dir),
+    }
+}

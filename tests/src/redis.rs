@@ -1,1 +1,0 @@
-//! Fixture and harness for the redis backend (see issue text); filled by its issue.

@@ -1,1 +1,0 @@
-//! Fixture and harness for the zk backend (see issue text); filled by its issue.

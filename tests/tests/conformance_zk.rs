@@ -1,0 +1,36 @@
+#![cfg(feature = "zookeeper")]
+//! The conformance kit against ZooKeeper: every property, each test in its
+//! own chroot on one private standalone server per test binary (or the
+//! server named by `LOCKKIT_TEST_ZK_URL`).
+
+use lockkit_tests::zk::ZkHarness;
+
+lockkit_core::conformance_suite! {
+    harness: ZkHarness::start().await,
+    run: [
+        mutual_exclusion,
+        try_acquire_single_winner,
+        fencing_tokens_increase,
+        names_independent_and_case_sensitive,
+        fifo_order,
+        only_owner_can_extend_or_release,
+        expiry_frees_after_ttl_not_before,
+        crash_releases_after_ttl,
+        lost_fires_on_expiry,
+        lost_fires_on_force_release,
+        renewal_keeps_lease_alive,
+        run_exclusive_stops_on_loss,
+        release_wakes_waiter,
+        acquire_timeout_leaves_nothing,
+        cancelled_acquire_leaves_nothing,
+        would_deadlock_on_reentry,
+        current_and_list_report_holder,
+        force_release_frees_lock,
+        cleanup_expired_removes_only_expired,
+        extend_moves_expiry,
+        release_is_idempotent,
+        hostile_names_work,
+        invalid_names_rejected_before_io,
+        invalid_ttl_and_owner_rejected_before_io,
+    ],
+}

@@ -1,0 +1,162 @@
+#![cfg(feature = "redis")]
+//! The conformance kit (and cluster-specific checks) against a private
+//! 3-master Redis Cluster (or
+//! `LOCKKIT_TEST_REDIS_CLUSTER_URL`), in the default mode and in FIFO mode.
+
+mod default_mode {
+    use lockkit_tests::redis::RedisHarness;
+
+    lockkit_core::conformance_suite! {
+        harness: RedisHarness::cluster().await,
+        run: [
+            mutual_exclusion,
+            try_acquire_single_winner,
+            fencing_tokens_increase,
+            names_independent_and_case_sensitive,
+            only_owner_can_extend_or_release,
+            expiry_frees_after_ttl_not_before,
+            crash_releases_after_ttl,
+            lost_fires_on_expiry,
+            lost_fires_on_force_release,
+            renewal_keeps_lease_alive,
+            run_exclusive_stops_on_loss,
+            release_wakes_waiter,
+            acquire_timeout_leaves_nothing,
+            cancelled_acquire_leaves_nothing,
+            would_deadlock_on_reentry,
+            current_and_list_report_holder,
+            force_release_frees_lock,
+            cleanup_expired_removes_only_expired,
+            extend_moves_expiry,
+            release_is_idempotent,
+            hostile_names_work,
+            invalid_names_rejected_before_io,
+            invalid_ttl_and_owner_rejected_before_io,
+        ],
+        unsupported: [
+            fifo_order => "not in the default Redis mode (unfair but fast: after a release the first waiter to retry wins); the fifo_mode suite runs it with RedisOptions::fifo",
+        ],
+    }
+}
+
+mod fifo_mode {
+    use lockkit_tests::redis::RedisHarness;
+
+    lockkit_core::conformance_suite! {
+        harness: RedisHarness::cluster_fifo().await,
+        run: [
+            mutual_exclusion,
+            try_acquire_single_winner,
+            fencing_tokens_increase,
+            names_independent_and_case_sensitive,
+            fifo_order,
+            only_owner_can_extend_or_release,
+            expiry_frees_after_ttl_not_before,
+            crash_releases_after_ttl,
+            lost_fires_on_expiry,
+            lost_fires_on_force_release,
+            renewal_keeps_lease_alive,
+            run_exclusive_stops_on_loss,
+            release_wakes_waiter,
+            acquire_timeout_leaves_nothing,
+            cancelled_acquire_leaves_nothing,
+            would_deadlock_on_reentry,
+            current_and_list_report_holder,
+            force_release_frees_lock,
+            cleanup_expired_removes_only_expired,
+            extend_moves_expiry,
+            release_is_idempotent,
+            hostile_names_work,
+            invalid_names_rejected_before_io,
+            invalid_ttl_and_owner_rejected_before_io,
+        ],
+    }
+}
+
+mod cluster_specific {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use lockkit_core::conformance::unique_name;
+    use lockkit_core::{AcquireRequest, LockBackend, LockName};
+    use lockkit_redis::redis;
+    use lockkit_tests::redis::RedisHarness;
+
+    /// The master serving `slot`, from `CLUSTER SLOTS`.
+    fn master_of(slots: &[(u16, u16, (String, u16))], slot: u16) -> String {
+        let (_, _, (host, port)) = slots
+            .iter()
+            .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+            .expect("every slot is served");
+        format!("{host}:{port}")
+    }
+
+    /// All keys of one lock share a slot (so the scripts run), different
+    /// locks spread over the masters, and `list` finds locks on every
+    /// master.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn locks_spread_over_masters_and_list_sees_them_all() {
+        let h = RedisHarness::cluster().await;
+        let backend = h.backend().await;
+        let raw = h.inspector();
+        let slots_reply: Vec<redis::Value> = raw.query(redis::cmd("CLUSTER").arg("SLOTS")).await;
+        let mut slots = Vec::new();
+        for range in slots_reply {
+            let redis::Value::Array(parts) = range else {
+                panic!("CLUSTER SLOTS entry: {range:?}");
+            };
+            let lo: u16 = redis::from_redis_value(parts[0].clone()).unwrap();
+            let hi: u16 = redis::from_redis_value(parts[1].clone()).unwrap();
+            let redis::Value::Array(master) = parts[2].clone() else {
+                panic!("CLUSTER SLOTS master: {:?}", parts[2]);
+            };
+            let host: String = redis::from_redis_value(master[0].clone()).unwrap();
+            let port: u16 = redis::from_redis_value(master[1].clone()).unwrap();
+            slots.push((lo, hi, (host, port)));
+        }
+        let base = unique_name("spread");
+        let mut leases = Vec::new();
+        let mut masters = BTreeSet::new();
+        for i in 0..24 {
+            let name = LockName::new(format!("{base}/{{{i}}}")).unwrap();
+            let keys = backend.keys(&name);
+            let mut slot_of = Vec::new();
+            for key in [
+                &keys.lock,
+                &keys.fence,
+                &keys.queue,
+                &keys.waiters,
+                &keys.channel,
+            ] {
+                let slot: u16 = raw
+                    .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+                    .await;
+                slot_of.push(slot);
+            }
+            assert!(
+                slot_of.windows(2).all(|w| w[0] == w[1]),
+                "{keys:?}: {slot_of:?}"
+            );
+            masters.insert(master_of(&slots, slot_of[0]));
+            let req = AcquireRequest::new(name, "spread", Duration::from_secs(30)).unwrap();
+            leases.push(backend.try_acquire(&req).await.unwrap().unwrap());
+        }
+        assert_eq!(
+            masters.len(),
+            3,
+            "24 locks land on all 3 masters: {masters:?}"
+        );
+        let listed: BTreeSet<String> = backend
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name.into_string())
+            .filter(|n| n.starts_with(base.as_str()))
+            .collect();
+        assert_eq!(listed.len(), 24, "list scans every master");
+        for lease in &leases {
+            assert!(backend.release(lease).await.unwrap());
+        }
+    }
+}

@@ -1,0 +1,462 @@
+#![cfg(feature = "redis")]
+//! Redis-specific behaviour: key layout, script reloading, wake-ups by
+//! pub/sub, killed connections, restarts with AOF, credentials and TLS.
+// Tests may unwrap (the workspace lint is for library code); helpers
+// outside #[test] functions are not covered by allow-unwrap-in-tests.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lockkit_core::conformance::unique_name;
+use lockkit_core::wait::PollPolicy;
+use lockkit_core::{AcquireRequest, Error, LockBackend, LockName, LockOptions, Locker};
+use lockkit_redis::RedisOptions;
+use lockkit_redis::redis;
+use lockkit_tests::redis::{RedisConfig, RedisHarness, RedisServer};
+use tokio::time::Instant;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn req(name: &LockName, owner: &str, ttl: Duration) -> AcquireRequest {
+    AcquireRequest::new(name.clone(), owner, ttl).expect("valid request")
+}
+
+/// Percentiles of a sample, for the printed measurements.
+fn summary(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "n={} p50={:?} p95={:?} max={:?}",
+        samples.len(),
+        at(0.5),
+        at(0.95),
+        at(1.0)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_follow_the_documented_layout() {
+    let h = RedisHarness::standalone().await;
+    let backend = h.backend().await;
+    let name = LockName::new(format!("{}/{{brace}} 100%", unique_name("layout"))).unwrap();
+    let keys = backend.keys(&name);
+    assert!(
+        keys.lock
+            .starts_with("lockkit:{lockkit-conformance/layout/")
+    );
+    assert!(
+        keys.lock.ends_with("/%7Bbrace%7D 100%25}:lock"),
+        "{}",
+        keys.lock
+    );
+
+    let lease = backend
+        .try_acquire(&req(&name, "pipeline_1", Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .unwrap();
+    let raw = h.inspector();
+    let value: String = raw.query(redis::cmd("GET").arg(&keys.lock)).await;
+    assert_eq!(
+        value.split('\n').collect::<Vec<_>>()[..2],
+        [lease.lease_id.as_str(), &lease.token.to_string()]
+    );
+    assert!(value.ends_with("\npipeline_1"), "{value:?}");
+    let pttl: i64 = raw.query(redis::cmd("PTTL").arg(&keys.lock)).await;
+    assert!(pttl > 5_000 && pttl <= 10_000, "PX is the TTL: {pttl}");
+    let fence: u64 = raw.query(redis::cmd("GET").arg(&keys.fence)).await;
+    assert_eq!(fence, lease.token.get());
+    let fence_ttl: i64 = raw.query(redis::cmd("PTTL").arg(&keys.fence)).await;
+    assert_eq!(fence_ttl, -1, "the fence counter never expires");
+
+    assert!(backend.release(&lease).await.unwrap());
+    let exists: i64 = raw
+        .query(
+            redis::cmd("EXISTS")
+                .arg(&keys.lock)
+                .arg(&keys.queue)
+                .arg(&keys.waiters),
+        )
+        .await;
+    assert_eq!(exists, 0, "only the fence counter stays");
+    assert_eq!(backend.cleanup_expired().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scripts_are_reloaded_after_script_flush() {
+    let server = RedisServer::start(RedisConfig::default());
+    let backend = lockkit_redis::connect(&server.url()).await.unwrap();
+    let name = unique_name("noscript");
+    let first = backend
+        .try_acquire(&req(&name, "a", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut raw = server.raw();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
+    assert!(
+        backend.release(&first).await.unwrap(),
+        "EVALSHA reloads after NOSCRIPT"
+    );
+    let second = backend
+        .try_acquire(&req(&name, "a", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.token > first.token);
+    assert!(backend.release(&second).await.unwrap());
+}
+
+/// A release wakes a parked waiter by pub/sub: the waiters poll only every
+/// 2.5–5 s here, yet each is granted well under a second after the
+/// release. The same measurement with pub/sub off shows the polling
+/// fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_wakes_waiter_by_pubsub() {
+    const ROUNDS: usize = 15;
+    let h = RedisHarness::standalone().await;
+    let slow_poll = PollPolicy::new(Duration::from_secs(5), Duration::from_secs(5));
+    let holder = h.backend().await;
+    let waiter = Arc::new(
+        h.backend_with(RedisOptions::default().poll(slow_poll))
+            .await,
+    );
+    let mut push = Vec::new();
+    for _ in 0..ROUNDS {
+        push.push(handover(&holder, &waiter).await);
+    }
+    assert!(
+        waiter.listening(),
+        "one pattern subscription serves all waits"
+    );
+    let bound = Duration::from_secs(1);
+    assert!(
+        push.iter().all(|l| *l < bound),
+        "push wake-ups must beat the 2.5 s poll floor by far: {push:?}"
+    );
+    eprintln!(
+        "redis wake-up latency, pub/sub (poll 5 s): {}",
+        summary(push)
+    );
+
+    let polling = Arc::new(h.backend_with(RedisOptions::default().pubsub(false)).await);
+    assert!(!polling.capabilities().push_wakeup);
+    let mut poll = Vec::new();
+    for _ in 0..5 {
+        poll.push(handover(&holder, &polling).await);
+    }
+    eprintln!(
+        "redis wake-up latency, polling only (10 ms..500 ms): {}",
+        summary(poll)
+    );
+}
+
+/// Holder takes the lock, a waiter parks, the holder releases: the time
+/// from the release call to the waiter's grant.
+async fn handover(
+    holder: &lockkit_redis::RedisBackend,
+    waiter: &Arc<lockkit_redis::RedisBackend>,
+) -> Duration {
+    let name = unique_name("pubsub-wake");
+    let held = holder
+        .try_acquire(&req(&name, "holder", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    let task = {
+        let (waiter, name) = (Arc::clone(waiter), name.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let lease = waiter
+                .acquire(&req(&name, "waiter", LONG), Some(deadline))
+                .await;
+            (lease, Instant::now())
+        })
+    };
+    // Let the waiter try once and park; the bound holds either way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished());
+    let released_at = Instant::now();
+    assert!(holder.release(&held).await.unwrap());
+    let (lease, granted_at) = task.await.unwrap();
+    let lease = lease.expect("the waiter gets the lock");
+    assert!(lease.token > held.token);
+    assert!(waiter.release(&lease).await.unwrap());
+    granted_at - released_at
+}
+
+/// `CLIENT KILL` of every client connection (commands and pub/sub) while a
+/// lock is held and renewed: the holder's connection reconnects, renewal
+/// goes on, nobody else gets in meanwhile, and a waiter whose pub/sub
+/// connection was killed still gets the lock promptly after the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_kill_does_not_break_exclusion() {
+    let server = RedisServer::start(RedisConfig::default());
+    let url = server.url();
+    let name = unique_name("client-kill");
+    let holder = Locker::new(
+        Arc::new(lockkit_redis::connect(&url).await.unwrap()),
+        "holder",
+    )
+    .and_then(|l| l.with_options(LockOptions::new().ttl(Duration::from_secs(3))))
+    .unwrap();
+    let guard = holder.acquire(&name).await.unwrap();
+    let token = guard.token();
+
+    // A contender that keeps trying, and a parked waiter.
+    let contender = Arc::new(lockkit_redis::connect(&url).await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (contender, stop, name) = (Arc::clone(&contender), Arc::clone(&stop), name.clone());
+        tokio::spawn(async move {
+            let mut tries = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                match contender.try_acquire(&req(&name, "contender", LONG)).await {
+                    Ok(None) => tries += 1,
+                    Ok(Some(lease)) => {
+                        panic!("the contender got in while the holder held: {lease:?}")
+                    }
+                    Err(err) => assert!(err.is_retryable(), "unexpected error {err}"),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tries
+        })
+    };
+    let waiter = Arc::new(lockkit_redis::connect(&url).await.unwrap());
+    let waiting = {
+        let (waiter, name) = (Arc::clone(&waiter), name.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let lease = waiter
+                .acquire(&req(&name, "waiter", LONG), Some(deadline))
+                .await;
+            (lease, Instant::now())
+        })
+    };
+
+    let mut raw = server.raw();
+    let mut killed = 0;
+    for _ in 0..6 {
+        for kind in ["normal", "pubsub"] {
+            let n: i64 = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", kind, "SKIPME", "yes"])
+                .query(&mut raw)
+                .unwrap();
+            killed += n;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            !guard.is_lost(),
+            "renewal must survive killed connections: {:?}",
+            guard.lost_reason()
+        );
+    }
+    assert!(killed >= 6, "connections were killed ({killed})");
+    stop.store(true, Ordering::SeqCst);
+    let tries = prober.await.unwrap();
+    assert!(tries > 10, "the contender kept trying ({tries})");
+    assert!(
+        !waiting.is_finished(),
+        "the waiter cannot hold the lock yet"
+    );
+
+    let info = contender.current(&name).await.unwrap().expect("still held");
+    assert_eq!(info.token, token);
+    assert_eq!(info.lease_id, guard.lease().lease_id);
+    let released_at = Instant::now();
+    assert!(guard.release().await.unwrap());
+    let (lease, granted_at) = waiting.await.unwrap();
+    let lease = lease.expect("the waiter gets the lock");
+    assert!(lease.token > token);
+    assert!(
+        granted_at - released_at < Duration::from_secs(1),
+        "woken promptly after its pub/sub connection was killed: {:?}",
+        granted_at - released_at
+    );
+    assert!(waiter.release(&lease).await.unwrap());
+}
+
+/// With `appendfsync always`, a SIGKILLed and restarted server keeps the
+/// fence counter (tokens keep increasing) and the live lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aof_always_restart_keeps_tokens_increasing() {
+    let mut server = RedisServer::start(RedisConfig {
+        aof_always: true,
+        ..RedisConfig::default()
+    });
+    let url = server.url();
+    let name = unique_name("aof-restart");
+    let a = lockkit_redis::connect(&url).await.unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let lease = a
+            .try_acquire(&req(&name, "a", LONG))
+            .await
+            .unwrap()
+            .unwrap();
+        tokens.push(lease.token);
+        assert!(a.release(&lease).await.unwrap());
+    }
+    let held = a
+        .try_acquire(&req(&name, "a", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    tokens.push(held.token);
+
+    server.kill();
+    server.restart();
+
+    let b = lockkit_redis::connect(&url).await.unwrap();
+    assert!(
+        b.try_acquire(&req(&name, "b", LONG))
+            .await
+            .unwrap()
+            .is_none(),
+        "the lease survived the restart"
+    );
+    let info = b.current(&name).await.unwrap().expect("held");
+    assert_eq!(info.lease_id, held.lease_id);
+    assert_eq!(info.token, held.token);
+    // The old client reconnects by itself (its first call may fail).
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let released = loop {
+        match a.release(&held).await {
+            Ok(released) => break released,
+            Err(err) if err.is_retryable() && Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("release after restart: {err}"),
+        }
+    };
+    assert!(released);
+    let after = b
+        .try_acquire(&req(&name, "b", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    tokens.push(after.token);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens must keep increasing across the restart: {tokens:?}"
+    );
+    assert!(b.release(&after).await.unwrap());
+}
+
+/// ACL user and password from the URL; a wrong password is a clear
+/// configuration error that never shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credentials_from_the_url_and_redacted_errors() {
+    let server = RedisServer::start(RedisConfig {
+        acl_user: Some(("lockkit_app".into(), "right-Horse-42".into())),
+        ..RedisConfig::default()
+    });
+    let backend = lockkit_redis::connect(&server.url())
+        .await
+        .expect("right credentials");
+    let name = unique_name("acl");
+    let lease = backend
+        .try_acquire(&req(&name, "a", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(backend.release(&lease).await.unwrap());
+
+    for (user, password) in [
+        ("lockkit_app", "wrong-Battery-7"),
+        ("nobody", "wrong-Battery-7"),
+    ] {
+        let url = server.url_with_auth(user, password);
+        let err = lockkit_redis::connect(&url).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Configuration { .. }), "{err:?}");
+        assert!(msg.contains("credentials"), "{msg}");
+        assert!(msg.contains(":***@"), "the URL is shown redacted: {msg}");
+        assert!(!msg.contains("wrong-Battery-7"), "{msg}");
+        eprintln!("wrong password: {msg}");
+        assert!(!format!("{err:?}").contains("wrong-Battery-7"), "{err:?}");
+        // The same through the facade.
+        let err = lockkit::connect(&url).await.unwrap_err();
+        assert!(matches!(err, Error::Configuration { .. }), "{err:?}");
+        assert!(!err.to_string().contains("wrong-Battery-7"));
+    }
+    let no_auth = format!("redis://127.0.0.1:{}/", server.port());
+    let err = lockkit_redis::connect(&no_auth).await.unwrap_err();
+    assert!(matches!(err, Error::Configuration { .. }), "{err:?}");
+}
+
+/// `rediss://` with a private CA: commands and pub/sub wake-ups over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_with_a_private_ca() {
+    let server = RedisServer::start(RedisConfig {
+        tls: true,
+        password: Some("tls-Secret-9".into()),
+        ..RedisConfig::default()
+    });
+    let url = server.url();
+    assert!(url.starts_with("rediss://"));
+    let holder = lockkit_redis::connect(&url).await.expect("TLS connect");
+    let waiter = Arc::new(lockkit_redis::connect(&url).await.expect("TLS connect"));
+    let slow = Arc::new(
+        lockkit_redis::connect_with(
+            &url,
+            RedisOptions::default().poll(PollPolicy::new(
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+            )),
+        )
+        .await
+        .unwrap(),
+    );
+    let latency = handover(&holder, &slow).await;
+    assert!(
+        latency < Duration::from_secs(1),
+        "pub/sub over TLS: {latency:?}"
+    );
+    let name = unique_name("tls");
+    let lease = waiter
+        .try_acquire(&req(&name, "w", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(waiter.release(&lease).await.unwrap());
+
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = format!("rediss://:tls-Secret-9@127.0.0.1:{}/", server.port());
+    let err = lockkit_redis::connect(&untrusted).await.unwrap_err();
+    assert!(!err.to_string().contains("tls-Secret-9"), "{err}");
+}
+
+/// Retrying an acquire whose reply was lost (same request, same lease id)
+/// returns the same grant with its TTL reset, instead of blocking on our
+/// own unknown lease until it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retried_acquire_is_idempotent() {
+    let h = RedisHarness::standalone().await;
+    let backend = h.backend().await;
+    let name = unique_name("idempotent-acquire");
+    let request = req(&name, "a", Duration::from_secs(2));
+    let first = backend.try_acquire(&request).await.unwrap().unwrap();
+    let keys = backend.keys(&name);
+    let _: () = h
+        .inspector()
+        .query(redis::cmd("PEXPIRE").arg(&keys.lock).arg(500))
+        .await;
+    let again = backend
+        .try_acquire(&request)
+        .await
+        .unwrap()
+        .expect("same lease id");
+    assert_eq!(again.token, first.token);
+    let pttl: i64 = h
+        .inspector()
+        .query(redis::cmd("PTTL").arg(&keys.lock))
+        .await;
+    assert!(pttl > 1_000, "the TTL restarts from the retry: {pttl}");
+    let other = req(&name, "b", Duration::from_secs(2));
+    assert!(backend.try_acquire(&other).await.unwrap().is_none());
+    assert!(backend.release(&again).await.unwrap());
+}

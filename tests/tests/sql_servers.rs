@@ -1,0 +1,615 @@
+//! Postgres- and MariaDB-specific behaviour: processes racing on an empty
+//! database, the client's wall clock not mattering, killed connections,
+//! credentials and TLS, the stored rows, periodic clean-up, and (Postgres)
+//! NOTIFY wake-ups on one shared LISTEN connection.
+#![cfg(any(feature = "postgres", feature = "mysql"))]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lockkit_core::conformance::{Harness, unique_name};
+use lockkit_core::{AcquireRequest, Error, LockBackend, LockOptions, Locker, spawn_cleanup};
+use lockkit_sql::{SqlOptions, TableName};
+use lockkit_tests::server::require_binary;
+use lockkit_tests::sql_harness::{SqlHarness, SqlKind, fresh_table};
+use tokio::time::Instant;
+
+fn request(name: &lockkit_core::LockName, owner: &str, ttl: Duration) -> AcquireRequest {
+    AcquireRequest::new(name.clone(), owner, ttl).expect("request")
+}
+
+/// Three processes start at once on a table that does not exist yet: all
+/// create the schema without error, and their critical sections never
+/// overlap (marker file, read-modify-write counter, distinct tokens).
+async fn processes_race_on_an_empty_database(kind: SqlKind) {
+    let harness = SqlHarness::start(kind).await;
+    let table = fresh_table("race");
+    let url = format!("{}?table={table}", harness.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counter = dir.path().join("counter.txt");
+    std::fs::write(&counter, "0").expect("counter");
+    const PROCESSES: u64 = 3;
+    const ROUNDS: u64 = 15;
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_contender"))
+                .args([
+                    url.as_str(),
+                    counter.to_str().expect("utf-8"),
+                    &ROUNDS.to_string(),
+                    &format!("process-{i}"),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn a contender")
+        })
+        .collect();
+    let mut overlaps = 0u64;
+    let mut tokens = Vec::new();
+    let mut transcript = String::new();
+    for child in children {
+        let out = child.wait_with_output().expect("contender output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        transcript.push_str(&stdout);
+        assert!(
+            out.status.success(),
+            "contender failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in stdout.lines() {
+            if let Some(n) = line.strip_prefix("overlaps=") {
+                overlaps += n.parse::<u64>().expect("count");
+            }
+            if let Some(list) = line.strip_prefix("tokens=") {
+                tokens.extend(list.split(',').map(|t| t.parse::<u64>().expect("token")));
+            }
+        }
+    }
+    assert_eq!(overlaps, 0);
+    let count: u64 = std::fs::read_to_string(&counter)
+        .expect("counter")
+        .trim()
+        .parse()
+        .expect("number");
+    assert_eq!(
+        count,
+        PROCESSES * ROUNDS,
+        "a lost update means two holders overlapped:\n{transcript}"
+    );
+    let distinct: HashSet<_> = tokens.iter().collect();
+    assert_eq!(distinct.len() as u64, PROCESSES * ROUNDS);
+}
+
+/// A holder process whose wall clock is two hours ahead (faketime) takes a
+/// lock for 2 s: the database clock decides — the row expires 2 s after
+/// the database's now, and another client gets the lock after about 2 s.
+async fn client_clock_skew_changes_nothing(kind: SqlKind) {
+    let faketime = require_binary("faketime", &[], "apt-get install -y faketime");
+    let harness = SqlHarness::start(kind).await;
+    let name = unique_name("skew");
+    let ttl = Duration::from_secs(2);
+    let mut holder = Command::new(faketime)
+        .args(["-f", "+2h"])
+        .arg(env!("CARGO_BIN_EXE_skewed_holder"))
+        .args([
+            harness.lockkit_url(),
+            name.to_string(),
+            ttl.as_millis().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the skewed holder");
+    let started = Instant::now();
+    let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+    let wall_ms: u128 = lines
+        .next()
+        .and_then(|l| l.ok())
+        .and_then(|l| l.strip_prefix("wall_ms=").map(str::to_owned))
+        .and_then(|v| v.parse().ok())
+        .expect("the holder reports its wall clock");
+    let real_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("epoch")
+        .as_millis();
+    assert!(
+        wall_ms > real_ms + 3_600_000,
+        "faketime must put the holder's clock ahead (holder {wall_ms}, real {real_ms})"
+    );
+    let info = harness
+        .inspector()
+        .current(&name)
+        .await
+        .expect("current")
+        .expect("held by the skewed holder");
+    let expires_in = info
+        .expires_at
+        .expect("rows expire")
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        expires_in <= ttl,
+        "expiry {expires_in:?} away follows the database clock, not the holder's"
+    );
+    let other = harness.client().await;
+    assert!(
+        other
+            .try_acquire(&request(&name, "other", ttl))
+            .await
+            .expect("try")
+            .is_none()
+    );
+    let lease = other
+        .acquire(
+            &request(&name, "other", ttl),
+            Some(started + ttl + Duration::from_secs(3)),
+        )
+        .await
+        .expect("free about 2 s later, by the database clock");
+    assert!(
+        started.elapsed() + Duration::from_millis(300) >= ttl,
+        "freed too early: {:?}",
+        started.elapsed()
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(other.release(&lease).await.expect("release"));
+}
+
+/// A single-connection backend for the holder, and that connection's id
+/// on the server.
+async fn holder_with_known_connection(
+    harness: &SqlHarness,
+    table: &TableName,
+) -> (Arc<dyn LockBackend>, i64) {
+    let options = SqlOptions {
+        table: table.clone(),
+        ..SqlOptions::default()
+    };
+    match harness_kind(harness) {
+        #[cfg(feature = "postgres")]
+        SqlKind::Postgres => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(harness.url())
+                .await
+                .expect("pool");
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&pool)
+                .await
+                .expect("pid");
+            let backend = lockkit_sql::postgres::PostgresBackend::from_pool(pool, options)
+                .await
+                .expect("backend");
+            (Arc::new(backend), i64::from(pid))
+        }
+        #[cfg(feature = "mysql")]
+        SqlKind::MySql => {
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(1)
+                .connect(harness.url())
+                .await
+                .expect("pool");
+            let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&pool)
+                .await
+                .expect("id");
+            let backend = lockkit_sql::mysql::MySqlBackend::from_pool(pool, options)
+                .await
+                .expect("backend");
+            (Arc::new(backend), i64::try_from(id).expect("fits"))
+        }
+    }
+}
+
+fn harness_kind(harness: &SqlHarness) -> SqlKind {
+    #[cfg(feature = "postgres")]
+    if harness.url().starts_with("postgres") {
+        return SqlKind::Postgres;
+    }
+    #[cfg(feature = "mysql")]
+    return SqlKind::MySql;
+    #[allow(unreachable_code)]
+    {
+        unreachable!("no SQL server feature")
+    }
+}
+
+async fn kill_connection(harness: &SqlHarness, id: i64) {
+    match harness_kind(harness) {
+        #[cfg(feature = "postgres")]
+        SqlKind::Postgres => {
+            let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1::int)")
+                .bind(id)
+                .fetch_one(harness.pg())
+                .await
+                .expect("pg_terminate_backend");
+            assert!(killed, "the holder's connection was terminated");
+        }
+        #[cfg(feature = "mysql")]
+        SqlKind::MySql => {
+            sqlx::query(sqlx::AssertSqlSafe(format!("KILL {id}")))
+                .execute(harness.my())
+                .await
+                .expect("KILL");
+        }
+    }
+}
+
+/// The server kills the holder's only connection while it holds: no one
+/// else gets in while the guard believes it holds, and the guard either
+/// recovers (renewal reconnects) or reports the loss.
+async fn killed_holder_connection_keeps_exclusion(kind: SqlKind) {
+    let harness = SqlHarness::start(kind).await;
+    let (holder_backend, connection) =
+        holder_with_known_connection(&harness, harness.table()).await;
+    let ttl = Duration::from_millis(1500);
+    let locker = Locker::new(holder_backend, "holder")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(ttl)))
+        .expect("locker");
+    let name = unique_name("killed-connection");
+    let guard = locker.acquire(&name).await.expect("acquire");
+    kill_connection(&harness, connection).await;
+    let contender = harness.client().await;
+    let until = Instant::now() + ttl * 3;
+    while Instant::now() < until {
+        let won = contender
+            .try_acquire(&request(&name, "contender", ttl))
+            .await
+            .expect("try");
+        if let Some(lease) = won {
+            assert!(
+                guard.is_lost(),
+                "two holders: the contender got in while the guard still claims the lock"
+            );
+            contender.release(&lease).await.expect("release");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if guard.is_lost() {
+        eprintln!(
+            "{kind:?}: the guard reported {:?} after its connection was killed",
+            guard.lost_reason()
+        );
+    } else {
+        let info = contender
+            .current(&name)
+            .await
+            .expect("current")
+            .expect("still held");
+        assert_eq!(
+            info.lease_id,
+            guard.lease().lease_id,
+            "the guard recovered its own lease"
+        );
+        eprintln!("{kind:?}: the guard recovered after its connection was killed");
+        assert!(guard.release().await.expect("release"));
+    }
+}
+
+/// A wrong password is a configuration error whose message names the
+/// server but never the password.
+async fn wrong_password_is_a_configuration_error(kind: SqlKind) {
+    let harness = SqlHarness::start(kind).await;
+    let bad = harness
+        .url()
+        .replacen("lockkit-test-pw", "not-the-password", 1);
+    assert_ne!(bad, harness.url(), "the fixture URL carries the password");
+    let err = lockkit::connect(&bad).await.expect_err("wrong password");
+    assert!(matches!(err, Error::Configuration { .. }), "{err}");
+    let message = format!("{err} / {err:?}");
+    assert!(
+        !message.contains("not-the-password"),
+        "password leaked: {message}"
+    );
+    assert!(
+        message.contains("***"),
+        "the URL is shown redacted: {message}"
+    );
+}
+
+/// With TLS required by the URL, the connection is encrypted.
+async fn tls_from_the_url(kind: SqlKind) {
+    let harness = SqlHarness::start(kind).await;
+    let options = SqlOptions {
+        table: harness.table().clone(),
+        ..SqlOptions::default()
+    };
+    let encrypted = match kind {
+        #[cfg(feature = "postgres")]
+        SqlKind::Postgres => {
+            let url = format!("{}?sslmode=require", harness.url());
+            let backend = lockkit_sql::postgres::connect_with(&url, options)
+                .await
+                .expect("TLS connect");
+            sqlx::query_scalar::<_, bool>(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            )
+            .fetch_one(backend.pool())
+            .await
+            .expect("pg_stat_ssl")
+        }
+        #[cfg(feature = "mysql")]
+        SqlKind::MySql => {
+            let url = format!("{}?ssl-mode=required", harness.url());
+            let backend = lockkit_sql::mysql::connect_with(&url, options)
+                .await
+                .expect("TLS connect");
+            let (_, cipher): (String, String) =
+                sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+                    .fetch_one(backend.pool())
+                    .await
+                    .expect("Ssl_cipher");
+            !cipher.is_empty()
+        }
+    };
+    assert!(encrypted, "the connection must use TLS");
+}
+
+/// Rows hold names byte-exact and the TTL by the database clock; the
+/// fence high-water mark survives release and clean-up; a periodic
+/// clean-up task removes expired rows on its own.
+async fn stored_rows_high_water_and_periodic_cleanup(kind: SqlKind) {
+    let harness = SqlHarness::start(kind).await;
+    let client = harness.client().await;
+    let name = lockkit_core::LockName::new(format!(
+        "{}/'; DROP TABLE locks; -- \\ 🔒",
+        unique_name("rows")
+    ))
+    .expect("name");
+    let lease = client
+        .try_acquire(&request(&name, "pipeline_1", Duration::from_secs(600)))
+        .await
+        .expect("try")
+        .expect("free");
+    let t = harness.table().table().to_owned();
+    let (bytes, lifetime_ms, fence): (i64, i64, i64) = match kind {
+        #[cfg(feature = "postgres")]
+        SqlKind::Postgres => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT octet_length(lock_name)::bigint, (extract(epoch FROM expires_at - created_at) * 1000)::bigint, fence FROM \"{t}\" WHERE lock_name = $1"
+        )))
+        .bind(name.as_str())
+        .fetch_one(harness.pg())
+        .await
+        .expect("row"),
+        #[cfg(feature = "mysql")]
+        SqlKind::MySql => sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(LENGTH(lock_name) AS SIGNED), CAST(TIMESTAMPDIFF(MICROSECOND, created_at, expires_at) DIV 1000 AS SIGNED), fence FROM `{t}` WHERE lock_name = ?"
+        )))
+        .bind(name.as_str())
+        .fetch_one(harness.my())
+        .await
+        .expect("row"),
+    };
+    assert_eq!(bytes as usize, name.as_str().len(), "stored byte-exact");
+    assert_eq!(lifetime_ms, 600_000, "expires_at - created_at is the TTL");
+    assert_eq!(fence as u64, lease.token.get());
+    assert!(client.release(&lease).await.expect("release"));
+
+    // Expired rows go away with a periodic clean-up task, and the next
+    // grant continues from the high-water mark.
+    let _cleanup = spawn_cleanup(Arc::clone(&client), Duration::from_millis(100));
+    let short = client
+        .try_acquire(&request(&name, "short", Duration::from_millis(200)))
+        .await
+        .expect("try")
+        .expect("free");
+    assert!(short.token > lease.token);
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while !harness.leftovers(&name).await.is_empty() {
+        assert!(
+            Instant::now() < give_up,
+            "the periodic clean-up never removed the expired row"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = client
+        .try_acquire(&request(&name, "next", Duration::from_secs(5)))
+        .await
+        .expect("try")
+        .expect("free");
+    assert!(next.token > short.token, "tokens continue after clean-up");
+    assert!(client.release(&next).await.expect("release"));
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_race_on_an_empty_database() {
+        super::processes_race_on_an_empty_database(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn client_clock_skew_changes_nothing() {
+        super::client_clock_skew_changes_nothing(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn killed_holder_connection_keeps_exclusion() {
+        super::killed_holder_connection_keeps_exclusion(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn wrong_password_is_a_configuration_error() {
+        super::wrong_password_is_a_configuration_error(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tls_from_the_url() {
+        super::tls_from_the_url(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stored_rows_high_water_and_periodic_cleanup() {
+        super::stored_rows_high_water_and_periodic_cleanup(SqlKind::Postgres).await;
+    }
+
+    /// With a 5 s poll interval, a waiter still gets the lock within a
+    /// fraction of a second of the release: NOTIFY woke it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn notify_wakes_a_waiter_long_before_the_poll_interval() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let slow_poll =
+            lockkit_core::wait::PollPolicy::new(Duration::from_secs(5), Duration::from_secs(5));
+        let waiter_backend = lockkit_sql::postgres::connect_with(
+            harness.url(),
+            SqlOptions {
+                table: harness.table().clone(),
+                poll: Some(slow_poll),
+                ..SqlOptions::default()
+            },
+        )
+        .await
+        .expect("waiter backend");
+        let holder = harness.client().await;
+        let name = unique_name("notify");
+        let held = holder
+            .try_acquire(&request(&name, "holder", Duration::from_secs(30)))
+            .await
+            .expect("try")
+            .expect("free");
+        let waiter = {
+            let name = name.clone();
+            tokio::spawn(async move {
+                let lease = waiter_backend
+                    .acquire(
+                        &request(&name, "waiter", Duration::from_secs(30)),
+                        Some(Instant::now() + Duration::from_secs(20)),
+                    )
+                    .await;
+                (lease, Instant::now(), waiter_backend)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiter.is_finished());
+        let released_at = Instant::now();
+        assert!(holder.release(&held).await.expect("release"));
+        let (lease, granted_at, waiter_backend) = waiter.await.expect("waiter");
+        let lease = lease.expect("granted");
+        let latency = granted_at - released_at;
+        eprintln!("postgres: NOTIFY wake-up latency {latency:?} (poll interval 5 s)");
+        assert!(
+            latency < Duration::from_millis(1000),
+            "woken after {latency:?}: not by NOTIFY"
+        );
+        assert!(waiter_backend.release(&lease).await.expect("release"));
+    }
+
+    /// Many waiters on many names share one LISTEN connection per backend
+    /// instance; killing it falls back to polling and re-listening.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn waiters_share_one_listen_connection_and_survive_its_loss() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let app = format!("lk_listen_{:x}", fastrand_u32());
+        let url = format!("{}?application_name={app}", harness.url());
+        let options = SqlOptions {
+            table: harness.table().clone(),
+            ..SqlOptions::default()
+        };
+        let waiter_backend = Arc::new(
+            lockkit_sql::postgres::connect_with(&url, options)
+                .await
+                .expect("backend"),
+        );
+        let holder = harness.client().await;
+        let names: Vec<_> = (0..12).map(|_| unique_name("listen")).collect();
+        let mut held = Vec::new();
+        for name in &names {
+            held.push(
+                holder
+                    .try_acquire(&request(name, "holder", Duration::from_secs(30)))
+                    .await
+                    .expect("try")
+                    .expect("free"),
+            );
+        }
+        let mut waiters = Vec::new();
+        for name in &names {
+            let (backend, name) = (Arc::clone(&waiter_backend), name.clone());
+            waiters.push(tokio::spawn(async move {
+                backend
+                    .acquire(
+                        &request(&name, "waiter", Duration::from_secs(30)),
+                        Some(Instant::now() + Duration::from_secs(20)),
+                    )
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let listeners: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND query ILIKE 'LISTEN%'",
+        )
+        .bind(&app)
+        .fetch_one(harness.pg())
+        .await
+        .expect("pg_stat_activity");
+        assert_eq!(
+            listeners, 1,
+            "one LISTEN connection for all waiters of a backend"
+        );
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1 AND query ILIKE 'LISTEN%'",
+        )
+        .bind(&app)
+        .fetch_one(harness.pg())
+        .await
+        .expect("terminate the LISTEN connection");
+        assert_eq!(killed, 1);
+        for lease in &held {
+            assert!(holder.release(lease).await.expect("release"));
+        }
+        for waiter in waiters {
+            let lease = waiter
+                .await
+                .expect("task")
+                .expect("every waiter still gets its lock");
+            assert!(waiter_backend.release(&lease).await.expect("release"));
+        }
+    }
+
+    fn fastrand_u32() -> u32 {
+        u32::from_str_radix(&lockkit_core::LeaseId::random().as_str()[..8], 16).expect("hex")
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_race_on_an_empty_database() {
+        super::processes_race_on_an_empty_database(SqlKind::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn client_clock_skew_changes_nothing() {
+        super::client_clock_skew_changes_nothing(SqlKind::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn killed_holder_connection_keeps_exclusion() {
+        super::killed_holder_connection_keeps_exclusion(SqlKind::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn wrong_password_is_a_configuration_error() {
+        super::wrong_password_is_a_configuration_error(SqlKind::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tls_from_the_url() {
+        super::tls_from_the_url(SqlKind::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stored_rows_high_water_and_periodic_cleanup() {
+        super::stored_rows_high_water_and_periodic_cleanup(SqlKind::MySql).await;
+    }
+}
