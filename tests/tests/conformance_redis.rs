@@ -1,6 +1,6 @@
-#![cfg(feature = "redis")]
 //! The conformance kit against a private standalone `redis-server` (or
 //! `LOCKKIT_TEST_REDIS_URL`), in the default mode and in FIFO mode.
+#![cfg(feature = "redis")]
 
 mod default_mode {
     use lockkit_tests::redis::RedisHarness;

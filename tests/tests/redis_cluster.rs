@@ -1,7 +1,7 @@
-#![cfg(feature = "redis")]
 //! The conformance kit (and cluster-specific checks) against a private
 //! 3-master Redis Cluster (or
 //! `LOCKKIT_TEST_REDIS_CLUSTER_URL`), in the default mode and in FIFO mode.
+#![cfg(feature = "redis")]
 
 mod default_mode {
     use lockkit_tests::redis::RedisHarness;

@@ -1,5 +1,5 @@
-#![cfg(feature = "redis")]
 //! FIFO mode: arrival order, fair shares, dead waiters, no queue jumping.
+#![cfg(feature = "redis")]
 // Tests may unwrap (the workspace lint is for library code); helpers
 // outside #[test] functions are not covered by allow-unwrap-in-tests.
 #![allow(clippy::unwrap_used)]

@@ -1,6 +1,6 @@
-#![cfg(feature = "redis")]
 //! Redis-specific behaviour: key layout, script reloading, wake-ups by
 //! pub/sub, killed connections, restarts with AOF, credentials and TLS.
+#![cfg(feature = "redis")]
 // Tests may unwrap (the workspace lint is for library code); helpers
 // outside #[test] functions are not covered by allow-unwrap-in-tests.
 #![allow(clippy::unwrap_used)]

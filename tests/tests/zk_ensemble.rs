@@ -1,10 +1,10 @@
-#![cfg(feature = "zookeeper")]
 //! Failover on a private 3-server ZooKeeper ensemble: clients keep taking
 //! two locks while the leader is killed (SIGKILL). Every grant is recorded
 //! as an interval, from the grant to the release call or to the moment its
 //! holder was told the lease was lost; the intervals of one lock must never
 //! overlap, and fencing tokens must rise in grant order, across the leader
 //! change.
+#![cfg(feature = "zookeeper")]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,8 @@
-#![cfg(feature = "zookeeper")]
 //! ZooKeeper-specific behaviour on a real server: FIFO with 8 waiters,
 //! czxid tokens on ephemeral sequential nodes, session expiry and a paused
 //! server firing the loss signal, digest auth + ACLs, chroots, no orphans
 //! after cancelled acquires, clean-up of empty lock nodes, push wake-ups.
+#![cfg(feature = "zookeeper")]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
