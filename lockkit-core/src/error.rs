@@ -144,6 +144,15 @@ impl Error {
         }
     }
 
+    /// [`Error::Lost`] for `name` with `reason` — what backends return when
+    /// an extend finds the lease gone (`LostReason::NotHeld`).
+    pub fn lost(name: &LockName, reason: LostReason) -> Self {
+        Self::Lost {
+            name: name.clone(),
+            reason,
+        }
+    }
+
     /// A [`Error::Configuration`] error without a source.
     pub fn configuration(message: impl Into<String>) -> Self {
         Self::Configuration {

@@ -418,13 +418,6 @@ pub(crate) fn capped(mut lease: Lease, session: &Session) -> Lease {
     lease
 }
 
-fn lost(name: &LockName, reason: LostReason) -> Error {
-    Error::Lost {
-        name: name.clone(),
-        reason,
-    }
-}
-
 #[async_trait]
 impl LockBackend for EtcdBackend {
     fn kind(&self) -> &'static str {
@@ -466,19 +459,19 @@ impl LockBackend for EtcdBackend {
         let shared = self.shared();
         let key = shared.key_of(lease);
         let Some(lock) = shared.held.get(&key) else {
-            return Err(lost(&lease.name, LostReason::NotHeld));
+            return Err(Error::lost(&lease.name, LostReason::NotHeld));
         };
         let current = lock.state();
         if current.session.is_lost() {
             shared.held.forget(&lock);
             lock.lost.cancel();
-            return Err(lost(
+            return Err(Error::lost(
                 &lease.name,
                 LostReason::SessionLost(current.session.lost_reason()),
             ));
         }
         if lock.lost.is_cancelled() {
-            return Err(lost(&lease.name, LostReason::NotHeld));
+            return Err(Error::lost(&lease.name, LostReason::NotHeld));
         }
         let secs = ttl_secs(ttl);
         let same_ttl =
@@ -524,7 +517,7 @@ impl LockBackend for EtcdBackend {
         if !resp.succeeded() {
             shared.held.forget(&lock);
             lock.lost.cancel();
-            return Err(lost(&lease.name, LostReason::NotHeld));
+            return Err(Error::lost(&lease.name, LostReason::NotHeld));
         }
         let effective = session.ttl();
         lock.update(HeldState {

@@ -357,10 +357,7 @@ impl LockBackend for RedisBackend {
         if extended == 1 {
             Ok(lease.renewed(ttl, sent_at))
         } else {
-            Err(Error::Lost {
-                name: lease.name.clone(),
-                reason: LostReason::NotHeld,
-            })
+            Err(Error::lost(&lease.name, LostReason::NotHeld))
         }
     }
 

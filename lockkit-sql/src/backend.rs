@@ -427,10 +427,7 @@ where
         if held {
             Ok(lease.renewed(ttl, sent_at))
         } else {
-            Err(Error::Lost {
-                name: lease.name.clone(),
-                reason: LostReason::NotHeld,
-            })
+            Err(Error::lost(&lease.name, LostReason::NotHeld))
         }
     }
 

@@ -232,13 +232,6 @@ struct Own {
     anchor: (i64, Instant),
 }
 
-fn lost(name: &LockName) -> Error {
-    Error::Lost {
-        name: name.clone(),
-        reason: LostReason::NotHeld,
-    }
-}
-
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -667,14 +660,14 @@ impl LockBackend for ZkBackend {
         let held = registry.get(&lease.lease_id);
         let deadline = held.as_ref().map_or(lease.deadline, |h| h.deadline);
         if held.as_ref().is_some_and(|h| h.lost.is_cancelled()) {
-            return Err(lost(&lease.name));
+            return Err(Error::lost(&lease.name, LostReason::NotHeld));
         }
         if Instant::now() >= deadline {
             // When in doubt, lost: a contender may already have taken it.
             if let Some(held) = &held {
                 held.lost.cancel();
             }
-            return Err(lost(&lease.name));
+            return Err(Error::lost(&lease.name, LostReason::NotHeld));
         }
         let Some(path) = lease
             .handle
@@ -682,7 +675,7 @@ impl LockBackend for ZkBackend {
             .map(str::to_owned)
             .or_else(|| held.as_ref().map(|h| h.path.clone()))
         else {
-            return Err(lost(&lease.name));
+            return Err(Error::lost(&lease.name, LostReason::NotHeld));
         };
         let generation = held.as_ref().map_or_else(
             || self.inner.sessions.current(),
@@ -706,7 +699,7 @@ impl LockBackend for ZkBackend {
             }
             Err(ZkError::NoNode) => {
                 registry.lose(&lease.lease_id);
-                Err(lost(&lease.name))
+                Err(Error::lost(&lease.name, LostReason::NotHeld))
             }
             Err(err) => Err(map(err, "renewing a lease")),
         }

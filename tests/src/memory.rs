@@ -26,6 +26,10 @@ impl Harness for MemoryHarness {
         Arc::new(self.backend.client())
     }
 
+    async fn queued(&self, name: &LockName) -> Option<usize> {
+        Some(self.backend.waiting(name))
+    }
+
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
         if self.backend.has_record(name) {
             vec![format!(

@@ -22,6 +22,12 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port on 127.0.0.1")
 }
 
+/// A random hex suffix for names that must not collide between tests and
+/// runs (tables, application names, cluster tokens).
+pub fn random_suffix() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
 /// The URL in environment variable `var`, if set and not empty
 /// (`LOCKKIT_TEST_POSTGRES_URL`, …): use an existing server instead of
 /// starting one.

@@ -95,6 +95,11 @@ impl SqlHarness {
         }
     }
 
+    /// Which server this harness uses.
+    pub fn kind(&self) -> SqlKind {
+        self.kind
+    }
+
     /// The server URL (with password).
     pub fn url(&self) -> &str {
         &self.url

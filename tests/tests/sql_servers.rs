@@ -170,7 +170,7 @@ async fn holder_with_known_connection(
         table: table.clone(),
         ..SqlOptions::default()
     };
-    match harness_kind(harness) {
+    match harness.kind() {
         #[cfg(feature = "postgres")]
         SqlKind::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -206,21 +206,8 @@ async fn holder_with_known_connection(
     }
 }
 
-fn harness_kind(harness: &SqlHarness) -> SqlKind {
-    #[cfg(feature = "postgres")]
-    if harness.url().starts_with("postgres") {
-        return SqlKind::Postgres;
-    }
-    #[cfg(feature = "mysql")]
-    return SqlKind::MySql;
-    #[allow(unreachable_code)]
-    {
-        unreachable!("no SQL server feature")
-    }
-}
-
 async fn kill_connection(harness: &SqlHarness, id: i64) {
-    match harness_kind(harness) {
+    match harness.kind() {
         #[cfg(feature = "postgres")]
         SqlKind::Postgres => {
             let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1::int)")
@@ -507,7 +494,7 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn waiters_share_one_listen_connection_and_survive_its_loss() {
         let harness = SqlHarness::start(SqlKind::Postgres).await;
-        let app = format!("lk_listen_{:x}", fastrand_u32());
+        let app = format!("lk_listen_{}", lockkit_tests::server::random_suffix());
         let url = format!("{}?application_name={app}", harness.url());
         let options = SqlOptions {
             table: harness.table().clone(),
@@ -572,10 +559,6 @@ mod postgres {
                 .expect("every waiter still gets its lock");
             assert!(waiter_backend.release(&lease).await.expect("release"));
         }
-    }
-
-    fn fastrand_u32() -> u32 {
-        u32::from_str_radix(&lockkit_core::LeaseId::random().as_str()[..8], 16).expect("hex")
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Harness, LONG_TTL, assert_clean, request, unique_name};
+use super::{Harness, LONG_TTL, assert_clean, await_queued, request, unique_name};
 use crate::locker::Locker;
 use crate::name::LockName;
 use crate::options::LockOptions;
@@ -212,12 +212,12 @@ pub async fn fifo_order<H: Harness + ?Sized>(h: &H) {
     let mut tasks = JoinSet::new();
     for i in 0..WAITERS {
         let client = h.client().await;
-        let (name, order) = (name.clone(), Arc::clone(&order));
+        let (wanted, order) = (name.clone(), Arc::clone(&order));
         tasks.spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             let lease = client
                 .acquire(
-                    &request(&name, &format!("waiter-{i}"), LONG_TTL),
+                    &request(&wanted, &format!("waiter-{i}"), LONG_TTL),
                     Some(deadline),
                 )
                 .await
@@ -226,9 +226,9 @@ pub async fn fifo_order<H: Harness + ?Sized>(h: &H) {
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert!(client.release(&lease).await.expect("release"));
         });
-        // Arrival order is the precondition under test: space arrivals well
-        // apart so each waiter is queued before the next one asks.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Arrival order is the precondition under test: each waiter must be
+        // queued before the next one asks.
+        await_queued(h, &name, i + 1).await;
     }
     assert!(holder.release(&held).await.expect("release"));
     while let Some(joined) = tasks.join_next().await {

@@ -142,6 +142,15 @@ pub trait Harness: Send + Sync {
         Vec::new()
     }
 
+    /// How many waiters are queued behind the holder of `name`, if the
+    /// backend can tell (FIFO backends). Properties that need a waiter to be
+    /// queued before they go on await this instead of sleeping; `None` (the
+    /// default) falls back to a fixed pause.
+    async fn queued(&self, name: &LockName) -> Option<usize> {
+        let _ = name;
+        None
+    }
+
     /// Fault hook: the process owning `client` dies without releasing
     /// anything. The default drops the client; backends with sessions
     /// should kill the session without a clean close.
@@ -246,6 +255,24 @@ pub(crate) fn request(name: &LockName, owner: &str, ttl: Duration) -> AcquireReq
 
 /// A long TTL for holders that must not expire during a property.
 pub(crate) const LONG_TTL: Duration = Duration::from_secs(30);
+
+/// Waits until `n` waiters are queued for `name` (per
+/// [`Harness::queued`]), or — for backends that cannot tell — pauses long
+/// enough for a waiter to have made its first request.
+pub(crate) async fn await_queued<H: Harness + ?Sized>(h: &H, name: &LockName, n: usize) {
+    if h.queued(name).await.is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        return;
+    }
+    let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.queued(name).await.is_some_and(|q| q < n) {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "{n} waiter(s) for {name:?} never showed up in the queue"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
 
 /// Asserts that nothing is held or stored for `name` any more.
 pub(crate) async fn assert_clean<H: Harness + ?Sized>(

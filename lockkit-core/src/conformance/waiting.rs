@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Harness, LONG_TTL, assert_clean, request, unique_name};
+use super::{Harness, LONG_TTL, assert_clean, await_queued, request, unique_name};
 use crate::error::Error;
 use crate::locker::Locker;
 use crate::options::LockOptions;
@@ -33,7 +33,7 @@ pub async fn release_wakes_waiter<H: Harness + ?Sized>(h: &H) {
         })
     };
     // Let the waiter start waiting; the assertion below holds either way.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    await_queued(h, &name, 1).await;
     assert!(!task.is_finished(), "the waiter cannot hold the lock yet");
     let released_at = Instant::now();
     assert!(guard.release().await.expect("release"));
@@ -114,7 +114,7 @@ pub async fn cancelled_acquire_leaves_nothing<H: Harness + ?Sized>(h: &H) {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    await_queued(h, &name, 1).await;
     task.abort();
     let joined = task.await;
     assert!(

@@ -320,10 +320,7 @@ impl LockBackend for MemoryBackend {
             }
             _ => {
                 state.prune(&lease.name);
-                Err(Error::Lost {
-                    name: lease.name.clone(),
-                    reason: LostReason::NotHeld,
-                })
+                Err(Error::lost(&lease.name, LostReason::NotHeld))
             }
         }
     }

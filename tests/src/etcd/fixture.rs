@@ -106,7 +106,7 @@ impl EtcdCluster {
     fn start_with(size: usize, election_timeout_ms: u32, tls: Option<ServerTls>) -> Self {
         let binary = require_binary("etcd", &["/usr/local/bin"], INSTALL_HINT);
         let dir = scratch_dir("lockkit-etcd-");
-        let token = format!("lockkit-{:016x}", fastrand_u64());
+        let token = format!("lockkit-{}", crate::server::random_suffix());
         let members: Vec<EtcdMember> = (0..size)
             .map(|i| {
                 let name = format!("m{i}");
@@ -349,15 +349,6 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 /// Asks `/health` on a client port (plain HTTP on the same port as gRPC).
 fn healthy(port: u16) -> bool {
     http_get(port, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
-}
-
-fn fastrand_u64() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    // Mix the time with the process id: unique enough for a cluster token.
-    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
 }
 
 /// The etcd every suite of this test binary shares: `LOCKKIT_TEST_ETCD_URL`

@@ -156,6 +156,11 @@ impl Harness for EtcdHarness {
         Arc::new(self.backend().await)
     }
 
+    /// Every key under the name but the holder's is a queued waiter.
+    async fn queued(&self, name: &LockName) -> Option<usize> {
+        Some(self.raw_keys(name).await.len().saturating_sub(1))
+    }
+
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
         self.raw_keys(name)
             .await

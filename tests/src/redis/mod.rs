@@ -214,6 +214,20 @@ impl Harness for RedisHarness {
         Arc::new(self.backend().await)
     }
 
+    /// In FIFO mode, the length of the name's queue in Redis; the default
+    /// mode keeps no queue.
+    async fn queued(&self, name: &LockName) -> Option<usize> {
+        if !self.options.fifo {
+            return None;
+        }
+        let keys = self.options.prefix.keys(name);
+        let queued: usize = self
+            .inspector
+            .query(redis::cmd("ZCARD").arg(&keys.queue))
+            .await;
+        Some(queued)
+    }
+
     /// The lease, queue and waiter keys still stored for `name`. The fence
     /// counter is left out on purpose: it outlives every lease so tokens
     /// never restart (one small key per name ever used).

@@ -131,6 +131,18 @@ impl Harness for ZkHarness {
         Arc::new(self.backend().await)
     }
 
+    /// Every lease node under the lock but the holder's is a queued waiter.
+    async fn queued(&self, name: &LockName) -> Option<usize> {
+        let records = raw_records(&self.raw(), self.inspector.root(), name).await;
+        Some(
+            records
+                .iter()
+                .filter(|r| r.starts_with("lease node"))
+                .count()
+                .saturating_sub(1),
+        )
+    }
+
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
         raw_records(&self.raw(), self.inspector.root(), name).await
     }
