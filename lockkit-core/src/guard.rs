@@ -15,10 +15,8 @@ use crate::lease::{FencingToken, Lease};
 use crate::metrics;
 use crate::name::LockName;
 use crate::options::LockOptions;
+use crate::release::release_retrying;
 use crate::wait::PollPolicy;
-
-/// How long a best-effort release (on drop or after loss) may take.
-const BEST_EFFORT_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The set of names a [`Locker`](crate::Locker) currently holds.
 pub(crate) type HeldSet = Arc<Mutex<HashSet<LockName>>>;
@@ -276,17 +274,29 @@ impl LockGuard {
     /// and is now free; `false` if it had already been lost (expired and
     /// taken over, force-released).
     ///
+    /// Transient backend failures (a reset connection, a lost reply) are
+    /// retried with jittered backoff for up to
+    /// [`RELEASE_RETRY_FOR`](crate::RELEASE_RETRY_FOR) (5 s): releasing is
+    /// idempotent per lease id, so a retry never touches another holder.
+    ///
     /// # Errors
-    /// Backend errors; the lease then expires after its TTL.
+    /// A permanent backend error, or the last transient one after 5 s of
+    /// retries; the lease then expires after its TTL.
+    ///
+    /// # Cancel safety
+    /// If the future is dropped before it completes, the guard is dropped
+    /// with it and the best-effort release of [`Drop`] takes over in the
+    /// background (with the same retries), so the lock is still freed.
     pub async fn release(mut self) -> Result<bool> {
-        self.released = true;
         self.shared.stop.cancel();
         // Wait for an in-flight renewal so we release the lease it produced.
-        let _serial = self.shared.extend_lock.lock().await;
+        let serial = self.shared.extend_lock.lock().await;
         let lease = self.shared.lease();
         let was_lost = self.shared.lost.is_cancelled();
         self.shared.clear_held();
-        let result = self.shared.backend.release(&lease).await;
+        let result = release_retrying(&*self.shared.backend, &lease).await;
+        drop(serial);
+        self.released = true;
         tracing::debug!(backend = self.shared.backend.kind(), lock = %lease.name, ?result, "released");
         match result {
             Ok(still_held) => Ok(still_held && !was_lost),
@@ -312,11 +322,7 @@ impl Drop for LockGuard {
                 handle.spawn(async move {
                     let _serial = shared.extend_lock.lock().await;
                     let lease = shared.lease();
-                    let outcome = tokio::time::timeout(
-                        BEST_EFFORT_RELEASE_TIMEOUT,
-                        shared.backend.release(&lease),
-                    )
-                    .await;
+                    let outcome = release_retrying(&*shared.backend, &lease).await;
                     tracing::debug!(lock = %lease.name, ?outcome, "released on drop");
                 });
             }
@@ -390,8 +396,7 @@ async fn maintain(
     // Free the lock for others now rather than after the TTL; matching on the
     // lease id makes this harmless if someone else holds it.
     let lease = shared.lease();
-    let outcome =
-        tokio::time::timeout(BEST_EFFORT_RELEASE_TIMEOUT, shared.backend.release(&lease)).await;
+    let outcome = release_retrying(&*shared.backend, &lease).await;
     tracing::debug!(lock = %lease.name, ?outcome, "best-effort release after loss");
 }
 

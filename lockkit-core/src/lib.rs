@@ -15,7 +15,8 @@
 //!
 //! Shared logic lives here once: waiting ([`wait`]), renewal (the guard),
 //! validation ([`LockName::new`], [`validate_ttl`]), metrics ([`metrics`]),
-//! redaction ([`redact_url`]). Backends only talk to their server.
+//! redaction ([`redact_url`]), URL checks ([`BackendUrl`]), release retries
+//! ([`RELEASE_RETRY_FOR`]). Backends only talk to their server.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -42,7 +43,9 @@ mod locker;
 mod name;
 mod options;
 mod redact;
+mod release;
 mod ttl;
+mod url;
 
 pub mod memory;
 pub mod metrics;
@@ -62,7 +65,9 @@ pub use crate::locker::Locker;
 pub use crate::name::{IntoLockName, LockName, MAX_NAME_BYTES};
 pub use crate::options::{LockOptions, Renewal};
 pub use crate::redact::redact_url;
+pub use crate::release::RELEASE_RETRY_FOR;
 pub use crate::ttl::{MAX_TTL, MIN_TTL, round_up_ttl, ttl_millis, validate_ttl};
+pub use crate::url::{BackendUrl, url_scheme};
 
 /// Re-exports for macros; not part of the public API.
 #[doc(hidden)]

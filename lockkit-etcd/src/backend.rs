@@ -389,7 +389,7 @@ impl Shared {
         gone
     }
 
-    fn info(&self, kv: &KeyValue) -> Option<LockInfo> {
+    fn info(&self, kv: &KeyValue, expires_at: Option<SystemTime>) -> Option<LockInfo> {
         let (name, lease_id) = self.layout.parse(kv.key())?;
         let (owner, acquired_at) = keys::parse_value(kv.value())?;
         let token = token_of(kv.create_revision()).ok()?;
@@ -399,8 +399,26 @@ impl Shared {
             lease_id,
             token,
             acquired_at,
-            None,
+            expires_at,
         ))
+    }
+
+    /// When the etcd lease carrying a key expires unless kept alive: now
+    /// plus its remaining TTL plus one second (etcd reports whole seconds,
+    /// rounded down). `None` for a key without a lease or a lease already
+    /// gone.
+    async fn lease_expiry(&self, lease: i64) -> Result<Option<SystemTime>> {
+        if lease == 0 {
+            return Ok(None);
+        }
+        let resp = retrying(self.request_timeout, "reading a lease's TTL", || {
+            let mut leases = self.client.lease_client();
+            async move { leases.time_to_live(lease, None).await }
+        })
+        .await?;
+        Ok(u64::try_from(resp.ttl())
+            .ok()
+            .map(|secs| SystemTime::now() + Duration::from_secs(secs + 1)))
     }
 
     fn key_of(&self, lease: &Lease) -> String {
@@ -560,10 +578,11 @@ impl LockBackend for EtcdBackend {
 
     async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
         let shared = self.shared();
-        Ok(shared
-            .holder_kv(name)
-            .await?
-            .and_then(|kv| shared.info(&kv)))
+        let Some(kv) = shared.holder_kv(name).await? else {
+            return Ok(None);
+        };
+        let expires_at = shared.lease_expiry(kv.lease()).await?;
+        Ok(shared.info(&kv, expires_at))
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {
@@ -577,11 +596,25 @@ impl LockBackend for EtcdBackend {
         // Sorted by create revision: the first key seen for a name holds it.
         let mut holders = BTreeMap::new();
         for kv in resp.kvs() {
-            if let Some(info) = shared.info(kv) {
-                holders.entry(info.name.clone()).or_insert(info);
+            if let Some((name, _)) = shared.layout.parse(kv.key()) {
+                holders.entry(name).or_insert(kv);
             }
         }
-        Ok(holders.into_values().collect())
+        // One TTL query per session lease, however many locks it carries.
+        let mut expiry: HashMap<i64, Option<SystemTime>> = HashMap::new();
+        let mut infos = Vec::with_capacity(holders.len());
+        for kv in holders.into_values() {
+            let expires_at = match expiry.get(&kv.lease()) {
+                Some(known) => *known,
+                None => {
+                    let read = shared.lease_expiry(kv.lease()).await?;
+                    expiry.insert(kv.lease(), read);
+                    read
+                }
+            };
+            infos.extend(shared.info(kv, expires_at));
+        }
+        Ok(infos)
     }
 
     async fn force_release(&self, name: &LockName) -> Result<bool> {

@@ -4,12 +4,15 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lockkit_core::{Error, Result, redact_url};
-
-use crate::keys::decode;
+use lockkit_core::{BackendUrl, Error, Result};
 
 /// The key prefix used when neither the URL nor the options name one.
 pub const DEFAULT_PREFIX: &str = "lockkit";
+
+/// The URL parameters an etcd URL may carry.
+pub const URL_PARAMS: &[&str] = &[
+    "prefix", "ca", "cert", "key", "domain", "user", "username", "password",
+];
 
 /// The port used for an endpoint given without one (etcd's client port).
 pub const DEFAULT_PORT: u16 = 2379;
@@ -155,60 +158,46 @@ impl Settings {
     /// # Errors
     /// [`Error::Configuration`] for a malformed URL (password redacted).
     pub(crate) fn new(url: &str, options: EtcdOptions) -> Result<Self> {
-        let redacted = redact_url(url);
+        let parsed = BackendUrl::parse(url, "etcd", &["etcd", "etcds", "http", "https"])?;
+        let redacted = parsed.redacted().to_owned();
         let bad = |why: &str| {
             Error::configuration(format!(
                 "invalid etcd URL {redacted:?}: {why}; expected etcd://[user:password@]host:port[,host:port…][?prefix=…] or etcds://…?ca=…"
             ))
         };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing `://`"))?;
-        let mut tls_from_url = match scheme.to_ascii_lowercase().as_str() {
-            "etcd" | "http" => None,
+        parsed.check_params(URL_PARAMS)?;
+        let mut tls_from_url = match parsed.scheme() {
             "etcds" | "https" => Some(TlsFiles::default()),
-            _ => return Err(bad(&format!("unsupported scheme {scheme:?}"))),
+            _ => None,
         };
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, q.split_once('#').map_or(q, |(q, _)| q)),
-            None => (rest.split_once('#').map_or(rest, |(r, _)| r), ""),
-        };
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        if !path.is_empty() {
+        if !matches!(parsed.path(), "" | "/") {
             return Err(bad(
                 "a path is not allowed; use ?prefix=… for the key prefix",
             ));
         }
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let mut credentials = match userinfo {
-            Some(info) => {
-                let (user, password) = info.split_once(':').unwrap_or((info, ""));
-                let user = decode(user).ok_or_else(|| bad("malformed user name"))?;
-                let password = decode(password).ok_or_else(|| bad("malformed password"))?;
+        let mut credentials = match parsed.credentials()? {
+            Some((user, password)) => {
                 if user.is_empty() {
                     return Err(bad("empty user name"));
                 }
-                Some((user, password))
+                Some((user, password.unwrap_or_default()))
             }
             None => None,
         };
         let mut hostports = Vec::new();
-        for host in hosts.split(',') {
+        for host in parsed.hosts().split(',') {
             if host.is_empty() {
                 return Err(bad("empty host"));
             }
             hostports.push(host_port(host).map_err(|why| bad(&why))?);
         }
         let mut prefix = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = decode(value).ok_or_else(|| bad(&format!("malformed value of {key:?}")))?;
-            match key {
+        for (key, value) in parsed.params() {
+            match key.as_str() {
                 "prefix" => prefix = Some(value),
                 "ca" | "cert" | "key" | "domain" => {
                     let tls = tls_from_url.get_or_insert_with(TlsFiles::default);
-                    match key {
+                    match key.as_str() {
                         "ca" => tls.ca = Some(value.into()),
                         "cert" => tls.cert = Some(value.into()),
                         "key" => tls.key = Some(value.into()),
@@ -219,11 +208,11 @@ impl Settings {
                     let password = credentials.take().map(|(_, p)| p).unwrap_or_default();
                     credentials = Some((value, password));
                 }
-                "password" => {
+                // `check_params` let only the names in URL_PARAMS through.
+                _ => {
                     let user = credentials.take().map(|(u, _)| u).unwrap_or_default();
                     credentials = Some((user, value));
                 }
-                other => return Err(bad(&format!("unknown parameter {other:?}"))),
             }
         }
         let tls = options.tls.or(tls_from_url);

@@ -136,7 +136,7 @@ use lockkit_core::{Error, Result};
 pub use etcd_client;
 
 pub use crate::backend::EtcdBackend;
-pub use crate::config::{DEFAULT_PORT, DEFAULT_PREFIX, EtcdOptions, TlsFiles};
+pub use crate::config::{DEFAULT_PORT, DEFAULT_PREFIX, EtcdOptions, TlsFiles, URL_PARAMS};
 
 /// Whether this build can connect with TLS (`etcds://`, the `tls` feature).
 pub const TLS_SUPPORTED: bool = cfg!(feature = "tls");

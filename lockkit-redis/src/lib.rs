@@ -131,7 +131,7 @@ use lockkit_core::Result;
 
 pub use crate::backend::RedisBackend;
 pub use crate::keys::{DEFAULT_PREFIX, KeyPrefix, LockKeys};
-pub use crate::options::RedisOptions;
+pub use crate::options::{RedisOptions, URL_PARAMS};
 
 /// The Redis client crate, re-exported for tests and advanced use.
 pub use redis;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lockkit_core::wait::PollPolicy;
-use lockkit_core::{Error, Result, redact_url};
+use lockkit_core::{BackendUrl, Error, Result};
 use url::Url;
 
 use crate::keys::KeyPrefix;
@@ -169,6 +169,21 @@ impl RedisOptions {
     }
 }
 
+/// The URL parameters a Redis URL may carry: lockkit's, then the `redis`
+/// crate's (`protocol`).
+pub const URL_PARAMS: &[&str] = &[
+    "prefix",
+    "fifo",
+    "cluster",
+    "nodes",
+    "queue_ttl_ms",
+    "timeout_ms",
+    "durable_tokens",
+    "pubsub",
+    "tls_ca_file",
+    "protocol",
+];
+
 /// A parsed `redis://` / `rediss://` URL: the options it sets and the URLs
 /// handed to the `redis` crate (lockkit's own parameters removed).
 #[derive(Debug, Clone)]
@@ -184,14 +199,19 @@ pub(crate) struct ParsedUrl {
 impl ParsedUrl {
     /// Parses `url` and applies its lockkit parameters to `options`:
     /// `prefix`, `fifo`, `cluster`, `nodes` (comma-separated `host:port`),
-    /// `queue_ttl_ms`, `timeout_ms`, `durable_tokens`, `pubsub`, `tls_ca_file`. Other
-    /// parameters go to the `redis` crate (for example `protocol=resp3`).
+    /// `queue_ttl_ms`, `timeout_ms`, `durable_tokens`, `pubsub`, `tls_ca_file`;
+    /// `protocol` goes to the `redis` crate; anything else is rejected.
     ///
     /// # Errors
-    /// [`Error::Configuration`] for a malformed URL, another scheme, or an
-    /// unreadable CA file; [`Error::InvalidInput`] for invalid values.
+    /// [`Error::Configuration`] for a malformed URL, another scheme, an
+    /// unknown parameter or an unreadable CA file; [`Error::InvalidInput`]
+    /// for invalid values.
     pub(crate) fn parse(url: &str, mut options: RedisOptions) -> Result<Self> {
-        let redacted = redact_url(url);
+        // Shape and parameters first, without any parser that could be
+        // confused by an unencoded character in a password.
+        let checked = BackendUrl::parse(url, "redis", &["redis", "rediss"])?;
+        checked.check_params(URL_PARAMS)?;
+        let redacted = checked.redacted().to_owned();
         let mut driver = Url::parse(url).map_err(|e| Error::Configuration {
             message: format!("malformed Redis URL {redacted:?}: {e}"),
             source: Some(Box::new(e)),

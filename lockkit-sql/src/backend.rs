@@ -16,8 +16,11 @@ use sqlx::{
 };
 use tokio::time::Instant;
 
-use crate::dialect::{Dialect, ListenerTask, Outcome, Param, StartListener, Statement, Statements};
+use crate::dialect::{
+    Dialect, ListenerTask, Outcome, Param, SchemaStep, StartListener, Statement, Statements,
+};
 use crate::error::classify;
+use crate::host_clock;
 use crate::table::TableName;
 
 /// How long concurrent first starts retry contended schema creation.
@@ -51,22 +54,16 @@ struct Values<'a> {
     owner: &'a str,
     lease_id: &'a str,
     ttl_ms: i64,
-}
-
-impl<'a> Values<'a> {
-    fn name(name: &'a LockName) -> Self {
-        Self {
-            name: name.as_str(),
-            owner: "",
-            lease_id: "",
-            ttl_ms: 0,
-        }
-    }
+    /// The host clock, for dialects with [`Dialect::HOST_CLOCK`].
+    clock: host_clock::Reading,
+    boot_id: &'a str,
 }
 
 /// A lock table in a SQL database (see the [crate docs](crate)).
 pub struct SqlBackend<D: Dialect> {
     pool: Pool<D::Db>,
+    /// The boot the host clock belongs to ([`Dialect::HOST_CLOCK`]), or "".
+    boot_id: &'static str,
     statements: Arc<Statements>,
     table: TableName,
     poll: PollPolicy,
@@ -104,6 +101,7 @@ impl<D: Dialect> Clone for SqlBackend<D> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            boot_id: self.boot_id,
             statements: Arc::clone(&self.statements),
             table: self.table.clone(),
             poll: self.poll,
@@ -137,7 +135,13 @@ where
                 running: tokio::sync::OnceCell::new(),
             })
         });
+        let boot_id = if D::HOST_CLOCK {
+            host_clock::boot_id()?
+        } else {
+            ""
+        };
         let backend = Self {
+            boot_id,
             statements: Arc::new(D::statements(&options.table)),
             table: options.table,
             poll: options.poll.unwrap_or_else(D::poll_policy),
@@ -178,11 +182,8 @@ where
                 .begin()
                 .await
                 .map_err(|e| classify::<D>(e, doing))?;
-            for ddl in schema.statements {
-                sqlx::raw_sql(AssertSqlSafe(ddl))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| classify::<D>(e, doing))?;
+            for step in &schema.statements {
+                Self::run_step(&mut tx, step).await?;
             }
             tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
         } else {
@@ -191,11 +192,37 @@ where
                 .acquire()
                 .await
                 .map_err(|e| classify::<D>(e, doing))?;
-            for ddl in schema.statements {
-                sqlx::raw_sql(AssertSqlSafe(ddl))
+            for step in &schema.statements {
+                Self::run_step(&mut conn, step).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_step(conn: &mut <D::Db as Database>::Connection, step: &SchemaStep) -> Result<()> {
+        let doing = "creating the lock table";
+        let run = |ddl: &str| sqlx::raw_sql(AssertSqlSafe(ddl.to_owned()));
+        match step {
+            SchemaStep::Ddl(ddl) => {
+                run(ddl)
                     .execute(&mut *conn)
                     .await
                     .map_err(|e| classify::<D>(e, doing))?;
+            }
+            SchemaStep::Upgrade { probe, apply } => {
+                let done: i64 = sqlx::query_scalar(AssertSqlSafe(probe.clone()))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| classify::<D>(e, "checking the lock table's version"))?;
+                if done == 0 {
+                    for ddl in apply {
+                        tracing::info!(statement = %ddl, "upgrading the lock table");
+                        run(ddl)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(|e| classify::<D>(e, "upgrading the lock table"))?;
+                    }
+                }
             }
         }
         Ok(())
@@ -222,6 +249,9 @@ where
                 Param::Owner => query.bind(values.owner),
                 Param::LeaseId => query.bind(values.lease_id),
                 Param::TtlMillis => query.bind(values.ttl_ms),
+                Param::NowMillis => query.bind(values.clock.now_ms),
+                Param::BootId => query.bind(values.boot_id),
+                Param::WallMillis => query.bind(values.clock.wall_ms),
             };
         }
         query
@@ -275,6 +305,30 @@ where
             Outcome::AffectedRows | Outcome::LastInsertId => {
                 Ok(D::rows_affected(&self.execute(statement, values, doing).await?) > 0)
             }
+        }
+    }
+
+    /// The values for a statement about `name` (and a lease), with a fresh
+    /// host-clock reading. Call it after taking the instant a lease's
+    /// deadline counts from, so the row never outlives the local deadline.
+    fn values<'a>(
+        &'a self,
+        name: &'a str,
+        owner: &'a str,
+        lease_id: &'a str,
+        ttl: Duration,
+    ) -> Values<'a> {
+        Values {
+            name,
+            owner,
+            lease_id,
+            ttl_ms: ttl_millis(ttl),
+            clock: if D::HOST_CLOCK {
+                host_clock::read()
+            } else {
+                host_clock::Reading::default()
+            },
+            boot_id: self.boot_id,
         }
     }
 
@@ -346,13 +400,13 @@ where
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
-        let values = Values {
-            name: req.name.as_str(),
-            owner: &req.owner,
-            lease_id: req.lease_id.as_str(),
-            ttl_ms: ttl_millis(req.ttl),
-        };
         let sent_at = Instant::now();
+        let values = self.values(
+            req.name.as_str(),
+            &req.owner,
+            req.lease_id.as_str(),
+            req.ttl,
+        );
         let doing = "acquiring a lock";
         let statement = &self.statements.acquire;
         let fence = match statement.outcome {
@@ -406,13 +460,13 @@ where
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
-        let values = Values {
-            name: lease.name.as_str(),
-            owner: &lease.owner,
-            lease_id: lease.lease_id.as_str(),
-            ttl_ms: ttl_millis(ttl),
-        };
         let sent_at = Instant::now();
+        let values = self.values(
+            lease.name.as_str(),
+            &lease.owner,
+            lease.lease_id.as_str(),
+            ttl,
+        );
         let doing = "extending a lease";
         let statement = &self.statements.extend;
         let held = match statement.outcome {
@@ -432,12 +486,12 @@ where
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let values = Values {
-            name: lease.name.as_str(),
-            owner: &lease.owner,
-            lease_id: lease.lease_id.as_str(),
-            ttl_ms: 0,
-        };
+        let values = self.values(
+            lease.name.as_str(),
+            &lease.owner,
+            lease.lease_id.as_str(),
+            Duration::ZERO,
+        );
         self.delete(&self.statements.release, &values, "releasing a lease")
             .await
     }
@@ -445,7 +499,7 @@ where
     async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
         self.fetch_optional(
             &self.statements.current,
-            &Values::name(name),
+            &self.values(name.as_str(), "", "", Duration::ZERO),
             "reading a lock",
         )
         .await?
@@ -455,7 +509,11 @@ where
 
     async fn list(&self) -> Result<Vec<LockInfo>> {
         let rows = self
-            .fetch_all(&self.statements.list, &Values::name_free(), "listing locks")
+            .fetch_all(
+                &self.statements.list,
+                &self.values("", "", "", Duration::ZERO),
+                "listing locks",
+            )
             .await?;
         let mut infos = rows
             .iter()
@@ -469,7 +527,7 @@ where
     async fn force_release(&self, name: &LockName) -> Result<bool> {
         self.delete(
             &self.statements.force_release,
-            &Values::name(name),
+            &self.values(name.as_str(), "", "", Duration::ZERO),
             "force-releasing a lock",
         )
         .await
@@ -479,7 +537,7 @@ where
         let result = self
             .execute(
                 &self.statements.cleanup,
-                &Values::name_free(),
+                &self.values("", "", "", Duration::ZERO),
                 "deleting expired locks",
             )
             .await?;
@@ -495,16 +553,5 @@ where
 
     fn poll_policy(&self) -> PollPolicy {
         self.poll
-    }
-}
-
-impl Values<'static> {
-    fn name_free() -> Self {
-        Self {
-            name: "",
-            owner: "",
-            lease_id: "",
-            ttl_ms: 0,
-        }
     }
 }

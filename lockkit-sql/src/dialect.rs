@@ -28,6 +28,16 @@ pub enum Param {
     LeaseId,
     /// The TTL in milliseconds (integer).
     TtlMillis,
+    /// Dialects that keep time on the client ([`Dialect::HOST_CLOCK`]):
+    /// the host's boot clock in milliseconds, read just before the
+    /// statement is sent (integer; 0 otherwise).
+    NowMillis,
+    /// With [`Dialect::HOST_CLOCK`]: the boot id the `NowMillis` reading
+    /// belongs to (text; empty otherwise).
+    BootId,
+    /// The client's wall clock in milliseconds since the Unix epoch, read
+    /// with `NowMillis` — only for showing times to people (integer).
+    WallMillis,
 }
 
 /// How a statement reports its outcome.
@@ -112,11 +122,33 @@ pub struct Statements {
     pub cleanup: Statement,
 }
 
+/// One step of creating or upgrading a lock table.
+#[derive(Debug, Clone)]
+pub enum SchemaStep {
+    /// An idempotent statement (`CREATE … IF NOT EXISTS`).
+    Ddl(String),
+    /// Statements run only when `probe` (a query returning one integer)
+    /// returns 0: upgrading a table an older lockkit created, such as
+    /// adding a column.
+    Upgrade {
+        /// Returns 0 when the upgrade is still needed.
+        probe: String,
+        /// What the upgrade runs.
+        apply: Vec<String>,
+    },
+}
+
+impl From<String> for SchemaStep {
+    fn from(ddl: String) -> Self {
+        Self::Ddl(ddl)
+    }
+}
+
 /// The DDL that creates a lock table, run in order on one connection.
 #[derive(Debug, Clone)]
 pub struct Schema {
-    /// Idempotent statements.
-    pub statements: Vec<String>,
+    /// The steps, in order.
+    pub statements: Vec<SchemaStep>,
     /// Run them inside one transaction (Postgres: transactional DDL under
     /// an advisory lock, so concurrent starts serialise).
     pub in_transaction: bool,
@@ -153,6 +185,20 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// The backend kind for metrics and errors (`"sqlite"`, `"postgres"`, …).
     const KIND: &'static str;
+
+    /// Whether rows expire by a clock the client binds (the host's boot
+    /// clock, [`Param::NowMillis`] with [`Param::BootId`]) instead of the
+    /// database server's clock read inside each statement. Only SQLite,
+    /// which runs inside the client process, does.
+    const HOST_CLOCK: bool = false;
+
+    /// The URL schemes of a server dialect (lower-case); empty for SQLite,
+    /// whose URLs are paths.
+    const SCHEMES: &'static [&'static str] = &[];
+
+    /// The URL parameters the driver understands; any other parameter
+    /// (besides lockkit's `table`) is rejected before connecting.
+    const DRIVER_PARAMS: &'static [&'static str] = &[];
 
     /// The statements for `table`.
     fn statements(table: &TableName) -> Statements;

@@ -12,7 +12,7 @@
 //! | `owner_id` | the holder's owner label (`pipeline_1`) |
 //! | `lease_id` | the unique id of this acquisition; extend and release match it |
 //! | `fence` | the fencing token of this grant |
-//! | `created_at`, `expires_at` | by the **database's** clock |
+//! | `created_at`, `expires_at` | by the **database's** clock (SQLite: see below) |
 //!
 //! A companion table `<table>_fence (lock_name, fence)` keeps each name's
 //! tokens rising across deleted rows (release, force-release, clean-up), so
@@ -34,7 +34,9 @@
 //! - **acquire** is one statement (MySQL: one transaction of two): insert
 //!   the row, or — if a row exists and the database clock says it has
 //!   expired — take it over with a new fence.
-//!   It returns the new fence, or no row when the lock is held. (The seed's
+//!   It returns the new fence, or no row when the lock is held. (SQLite has
+//!   no server, so its "database clock" is the host's boot clock, bound by
+//!   the client; see [`sqlite`].) (The seed's
 //!   check query compared `expires_at < CURRENT_TIMESTAMP`, which selects
 //!   *expired* holders, and its release lacked `DELETE FROM`; neither is
 //!   copied.)
@@ -50,18 +52,21 @@
 //! ## Schema for DBAs (SQLite)
 //!
 //! With `create_schema: false` in [`SqlOptions`], create the objects by hand
-//! (replace `locks` by your table name):
+//! (replace `locks` by your table name). Expiry is decided by `boot_id` and
+//! `boot_expires_ms` (the host's boot clock, see [`sqlite`]):
 //!
 //! ```sql
 //! CREATE TABLE locks (
-//!   lock_name  TEXT    NOT NULL PRIMARY KEY,
-//!   owner_id   TEXT    NOT NULL,
-//!   lease_id   TEXT    NOT NULL,
-//!   fence      INTEGER NOT NULL,
-//!   created_at INTEGER NOT NULL,  -- ms since the Unix epoch, database clock
-//!   expires_at INTEGER NOT NULL
+//!   lock_name       TEXT    NOT NULL PRIMARY KEY,
+//!   owner_id        TEXT    NOT NULL,
+//!   lease_id        TEXT    NOT NULL,
+//!   fence           INTEGER NOT NULL,
+//!   created_at      INTEGER NOT NULL,  -- ms since the Unix epoch, granter's wall clock (informational)
+//!   expires_at      INTEGER NOT NULL,  -- likewise
+//!   boot_id         TEXT    NOT NULL DEFAULT '',  -- the host's boot id
+//!   boot_expires_ms INTEGER NOT NULL DEFAULT 0    -- expiry on that boot's CLOCK_BOOTTIME
 //! );
-//! CREATE INDEX locks_expires_at ON locks (expires_at);
+//! CREATE INDEX locks_boot_expires ON locks (boot_expires_ms);
 //! CREATE TABLE locks_fence (lock_name TEXT NOT NULL PRIMARY KEY, fence INTEGER NOT NULL);
 //! CREATE TRIGGER locks_keep_fence AFTER DELETE ON locks BEGIN
 //!   INSERT INTO locks_fence (lock_name, fence) VALUES (OLD.lock_name, OLD.fence)
@@ -84,8 +89,10 @@
 //! [`LockBackend::cleanup_expired`]: lockkit_core::LockBackend::cleanup_expired
 
 pub mod backend;
+mod connect;
 pub mod dialect;
 mod error;
+mod host_clock;
 pub mod table;
 
 #[cfg(feature = "mysql")]
@@ -96,5 +103,6 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use crate::backend::{SqlBackend, SqlOptions};
+pub use crate::connect::{CONNECT_TIMEOUT, LOCKKIT_PARAMS};
 pub use crate::dialect::Dialect;
 pub use crate::table::TableName;

@@ -42,17 +42,16 @@
 //! CREATE TABLE locks_fence (lock_name VARBINARY(255) NOT NULL PRIMARY KEY, fence BIGINT NOT NULL) ENGINE=InnoDB;
 //! ```
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use lockkit_core::{Error, Result, redact_url};
+use lockkit_core::Result;
 use sqlx::MySql;
-use sqlx::mysql::{MySqlConnectOptions, MySqlQueryResult};
-use sqlx::pool::PoolOptions;
+use sqlx::mysql::MySqlQueryResult;
 
 use crate::backend::{SqlBackend, SqlOptions};
-use crate::dialect::{Dialect, Outcome, Param, Schema, Statement, Statements};
+use crate::connect::{server_pool, server_url};
+use crate::dialect::{Dialect, Outcome, Param, Schema, SchemaStep, Statement, Statements};
 use crate::table::TableName;
+#[cfg(doc)]
+use lockkit_core::Error;
 
 /// The MySQL / MariaDB dialect.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,6 +70,24 @@ fn millis(column: &str) -> String {
 impl Dialect for MySqlDialect {
     type Db = MySql;
     const KIND: &'static str = "mysql";
+    const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
+    /// What sqlx 0.9 reads from a MySQL URL.
+    const DRIVER_PARAMS: &'static [&'static str] = &[
+        "sslmode",
+        "ssl-mode",
+        "sslca",
+        "ssl-ca",
+        "charset",
+        "collation",
+        "sslcert",
+        "ssl-cert",
+        "sslkey",
+        "ssl-key",
+        "statement-cache-capacity",
+        "socket",
+        "timezone",
+        "time-zone",
+    ];
 
     fn statements(table: &TableName) -> Statements {
         let t = table.quoted("", '`');
@@ -160,7 +177,7 @@ impl Dialect for MySqlDialect {
             ),
         ]);
         Schema {
-            statements,
+            statements: statements.into_iter().map(SchemaStep::from).collect(),
             in_transaction: false,
         }
     }
@@ -187,13 +204,19 @@ impl Dialect for MySqlDialect {
 }
 
 /// Connects to the MySQL or MariaDB database at `url` with the default
-/// [`SqlOptions`]: `mysql://user:password@host:3306/database` (sqlx's URL
-/// parameters such as `ssl-mode=required` apply).
+/// [`SqlOptions`]: `mysql://user:password@host:3306/database` (or
+/// `mariadb://…`).
+///
+/// Parameters: lockkit's `table=<name>` (it wins over
+/// [`SqlOptions::table`]) and sqlx's (`ssl-mode`, `ssl-ca`, `charset`, …,
+/// see [`MySqlDialect::DRIVER_PARAMS`]).
 ///
 /// # Errors
-/// [`Error::Configuration`] for a malformed URL, unreachable server or
-/// wrong credentials (password redacted); backend errors creating the
-/// schema.
+/// Before any I/O, [`Error::Configuration`] for a malformed URL or an
+/// unknown parameter, [`Error::InvalidInput`] for a bad table name. Then
+/// [`Error::Transient`] when the server cannot be reached (with its cause,
+/// at once); [`Error::Configuration`] for wrong credentials; backend errors
+/// creating the schema. Passwords are never in the message.
 pub async fn connect(url: &str) -> Result<MySqlBackend> {
     connect_with(url, SqlOptions::default()).await
 }
@@ -203,23 +226,7 @@ pub async fn connect(url: &str) -> Result<MySqlBackend> {
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with(url: &str, options: SqlOptions) -> Result<MySqlBackend> {
-    // `mariadb://` is accepted as a synonym.
-    let normalized = match url.strip_prefix("mariadb://") {
-        Some(rest) => format!("mysql://{rest}"),
-        None => url.to_owned(),
-    };
-    let connect = MySqlConnectOptions::from_str(&normalized).map_err(|e| Error::Configuration {
-        message: format!("invalid MySQL URL {:?}: {e}", redact_url(url)),
-        source: Some(Box::new(e)),
-    })?;
-    let pool = PoolOptions::<MySql>::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(connect)
-        .await
-        .map_err(|e| Error::Configuration {
-            message: format!("cannot connect to MySQL at {:?}: {e}", redact_url(url)),
-            source: Some(Box::new(e)),
-        })?;
-    MySqlBackend::from_pool(pool, options).await
+    let url = server_url::<MySqlDialect>(url, "mysql")?;
+    let pool = server_pool::<MySqlDialect>(&url, 8).await?;
+    MySqlBackend::from_pool(pool, url.apply(options)).await
 }

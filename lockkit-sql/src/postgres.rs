@@ -46,20 +46,24 @@
 //! The application's role needs `SELECT, INSERT, UPDATE, DELETE` on both
 //! tables; waiters `LISTEN` on `lockkit_locks`.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lockkit_core::wait::{PollPolicy, WakeHub};
-use lockkit_core::{Capabilities, Error, Result, redact_url};
+use lockkit_core::{Capabilities, Result};
 use sqlx::Postgres;
 use sqlx::pool::PoolOptions;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgQueryResult};
+use sqlx::postgres::{PgListener, PgQueryResult};
 
 use crate::backend::{SqlBackend, SqlOptions};
-use crate::dialect::{Dialect, ListenerTask, Param, Schema, StartListener, Statement, Statements};
+use crate::connect::{server_pool, server_url};
+use crate::dialect::{
+    Dialect, ListenerTask, Param, Schema, SchemaStep, StartListener, Statement, Statements,
+};
 use crate::error::classify;
 use crate::table::TableName;
+#[cfg(doc)]
+use lockkit_core::Error;
 
 /// The Postgres dialect.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,6 +86,28 @@ pub fn channel(table: &TableName) -> String {
 impl Dialect for PostgresDialect {
     type Db = Postgres;
     const KIND: &'static str = "postgres";
+    const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+    /// What sqlx 0.9 reads from a Postgres URL.
+    const DRIVER_PARAMS: &'static [&'static str] = &[
+        "sslmode",
+        "ssl-mode",
+        "sslrootcert",
+        "ssl-root-cert",
+        "ssl-ca",
+        "sslcert",
+        "ssl-cert",
+        "sslkey",
+        "ssl-key",
+        "statement-cache-capacity",
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "application_name",
+        "options",
+    ];
 
     fn statements(table: &TableName) -> Statements {
         let t = table.quoted("", '"');
@@ -180,7 +206,7 @@ impl Dialect for PostgresDialect {
             ),
         ]);
         Schema {
-            statements,
+            statements: statements.into_iter().map(SchemaStep::from).collect(),
             in_transaction: true,
         }
     }
@@ -272,14 +298,23 @@ async fn forward_notifications(mut listener: PgListener, hub: Arc<WakeHub>) {
 }
 
 /// Connects to the Postgres database at `url` with the default
-/// [`SqlOptions`]: `postgres://user:password@host:5432/database` (sqlx's
-/// URL parameters such as `sslmode=require` apply; passwords may come from
-/// `PGPASSWORD` too).
+/// [`SqlOptions`]: `postgres://user:password@host:5432/database`.
+///
+/// Parameters: lockkit's `table=<name>` (default `locks`; `schema.table`
+/// allowed; it wins over [`SqlOptions::table`]) and sqlx's (`sslmode`,
+/// `sslrootcert`, `sslcert`, `sslkey`, `application_name`, `options`, …,
+/// see [`PostgresDialect::DRIVER_PARAMS`]); passwords may come from
+/// `PGPASSWORD` too.
 ///
 /// # Errors
-/// [`Error::Configuration`] for a malformed URL, unreachable server, wrong
-/// credentials or missing database (password redacted); backend errors
-/// creating the schema.
+/// Before any I/O, [`Error::Configuration`] for a malformed URL (one slash
+/// after the scheme, an unencoded `/`, `?` or `#` in the password) or an
+/// unknown parameter, and [`Error::InvalidInput`] for a bad table name.
+/// Then [`Error::Transient`] when the server cannot be reached (the cause,
+/// such as "connection refused", is in the message, at once rather than
+/// after a pool timeout); [`Error::Configuration`] for wrong credentials or
+/// a missing database; backend errors creating the schema. Passwords are
+/// never in the message.
 pub async fn connect(url: &str) -> Result<PostgresBackend> {
     connect_with(url, SqlOptions::default()).await
 }
@@ -289,18 +324,7 @@ pub async fn connect(url: &str) -> Result<PostgresBackend> {
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with(url: &str, options: SqlOptions) -> Result<PostgresBackend> {
-    let connect = PgConnectOptions::from_str(url).map_err(|e| Error::Configuration {
-        message: format!("invalid Postgres URL {:?}: {e}", redact_url(url)),
-        source: Some(Box::new(e)),
-    })?;
-    let pool = PoolOptions::<Postgres>::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(connect)
-        .await
-        .map_err(|e| Error::Configuration {
-            message: format!("cannot connect to Postgres at {:?}: {e}", redact_url(url)),
-            source: Some(Box::new(e)),
-        })?;
-    PostgresBackend::from_pool(pool, options).await
+    let url = server_url::<PostgresDialect>(url, "postgres")?;
+    let pool = server_pool::<PostgresDialect>(&url, 8).await?;
+    PostgresBackend::from_pool(pool, url.apply(options)).await
 }

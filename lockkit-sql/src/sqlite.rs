@@ -1,8 +1,23 @@
 //! SQLite: the embedded default (feature `sqlite`).
 //!
-//! - Times are integer milliseconds since the Unix epoch, read from
-//!   SQLite's clock (`julianday('now')`, the same value for a whole
-//!   statement) — never from the client.
+//! - **Expiry follows the host's boot clock, not the wall clock.** SQLite
+//!   runs inside each client process, so there is no database clock: a
+//!   wall clock an hour behind would write rows that are already expired
+//!   (two holders at once), one an hour ahead would leave a crashed
+//!   holder's row blocking for an hour, and an NTP step would do either to
+//!   everyone. Every process on one host shares the kernel's
+//!   `CLOCK_BOOTTIME` (it never jumps, and counts suspended time), so each
+//!   row stores the boot id and its expiry on that clock
+//!   (`boot_id`, `boot_expires_ms`), and a row from another boot is
+//!   expired. The reading is taken after the instant the client's own
+//!   deadline counts from, so the row always outlives that deadline. See
+//!   `host_clock.rs` for the limits: one host only (no network shares),
+//!   no `boottime` time-namespace offsets; other systems than Linux fall
+//!   back to the wall clock.
+//! - `created_at` and `expires_at` are the granting process's wall clock in
+//!   milliseconds since the Unix epoch, for people only; `current` and
+//!   `list` report `expires_at` converted from the boot clock into the
+//!   reader's wall clock.
 //! - Files are opened in WAL mode with a busy timeout, so several processes
 //!   can share one database file; `SQLITE_BUSY` after the timeout is a
 //!   transient error that the waiting and renewal loops retry.
@@ -10,19 +25,23 @@
 //!   connection (useful in tests; not shared between processes).
 //! - Waiters poll (jittered, 5 ms growing to 250 ms): SQLite has no
 //!   notifications between processes.
+//! - A table created by lockkit 0.1 (wall-clock expiry) is upgraded in
+//!   place; its rows count as expired, so stop every process using the
+//!   file before upgrading.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use lockkit_core::wait::PollPolicy;
-use lockkit_core::{Error, Result, redact_url};
+use lockkit_core::{Error, Result};
 use sqlx::Sqlite;
 use sqlx::pool::PoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use tokio::time::Instant;
 
 use crate::backend::{SqlBackend, SqlOptions};
-use crate::dialect::{Dialect, Param, Schema, Statement, Statements};
+use crate::connect::sqlite_url;
+use crate::dialect::{Dialect, Param, Schema, SchemaStep, Statement, Statements};
 use crate::table::TableName;
 
 /// The SQLite dialect.
@@ -36,65 +55,93 @@ pub type SqliteBackend = SqlBackend<SqliteDialect>;
 /// reporting `SQLITE_BUSY` (a transient error).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The database clock in milliseconds since the Unix epoch.
-const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
-
 impl Dialect for SqliteDialect {
     type Db = Sqlite;
     const KIND: &'static str = "sqlite";
+    const HOST_CLOCK: bool = true;
 
     fn statements(table: &TableName) -> Statements {
         let t = table.quoted("", '"');
         let f = table.quoted("_fence", '"');
-        let columns = "lock_name, owner_id, lease_id, fence, created_at, expires_at";
-        let live = format!("CASE WHEN expires_at > {NOW_MS} THEN 1 ELSE 0 END");
+        // What `current` and `list` return: the expiry shown in the
+        // reader's wall clock, converted from the boot clock.
+        let columns =
+            "lock_name, owner_id, lease_id, fence, created_at, ?3 + (boot_expires_ms - ?1)";
+        // ?1 = boot clock now, ?2 = boot id (in `live` and `expired`).
+        let live = "CASE WHEN boot_id = ?2 AND boot_expires_ms > ?1 THEN 1 ELSE 0 END";
         Statements {
             // SQLite runs one writing statement at a time and reads the
             // latest data inside it, so the high-water mark read here
             // cannot be stale.
             fence_counter: None,
-            // Insert, or take over a row that the database clock says has
-            // expired. A new row continues from the name's high-water mark
-            // (kept in the fence table when rows are deleted).
+            // Insert, or take over a row that is expired by the host's boot
+            // clock or was written during another boot. A new row continues
+            // from the name's high-water mark (kept in the fence table when
+            // rows are deleted).
             acquire: Statement::rows(
                 format!(
-                    "INSERT INTO {t} ({columns}) \
-                     VALUES (?1, ?2, ?3, COALESCE((SELECT fence FROM {f} WHERE lock_name = ?1), 0) + 1, {NOW_MS}, {NOW_MS} + ?4) \
+                    "INSERT INTO {t} (lock_name, owner_id, lease_id, fence, created_at, expires_at, boot_id, boot_expires_ms) \
+                     VALUES (?1, ?2, ?3, COALESCE((SELECT fence FROM {f} WHERE lock_name = ?1), 0) + 1, \
+                             ?7, ?7 + ?4, ?6, ?5 + ?4) \
                      ON CONFLICT (lock_name) DO UPDATE SET \
                        owner_id = excluded.owner_id, lease_id = excluded.lease_id, fence = {t}.fence + 1, \
-                       created_at = excluded.created_at, expires_at = excluded.expires_at \
-                     WHERE {t}.expires_at <= excluded.created_at \
+                       created_at = excluded.created_at, expires_at = excluded.expires_at, \
+                       boot_id = excluded.boot_id, boot_expires_ms = excluded.boot_expires_ms \
+                     WHERE {t}.boot_id <> excluded.boot_id OR {t}.boot_expires_ms <= ?5 \
                      RETURNING fence"
                 ),
-                &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
+                &[
+                    Param::Name,
+                    Param::Owner,
+                    Param::LeaseId,
+                    Param::TtlMillis,
+                    Param::NowMillis,
+                    Param::BootId,
+                    Param::WallMillis,
+                ],
             ),
             extend: Statement::rows(
                 format!(
-                    "UPDATE {t} SET expires_at = {NOW_MS} + ?3 \
-                     WHERE lock_name = ?1 AND lease_id = ?2 AND expires_at > {NOW_MS} \
-                     RETURNING expires_at"
+                    "UPDATE {t} SET boot_expires_ms = ?4 + ?3, expires_at = ?6 + ?3 \
+                     WHERE lock_name = ?1 AND lease_id = ?2 AND boot_id = ?5 AND boot_expires_ms > ?4 \
+                     RETURNING boot_expires_ms"
                 ),
-                &[Param::Name, Param::LeaseId, Param::TtlMillis],
+                &[
+                    Param::Name,
+                    Param::LeaseId,
+                    Param::TtlMillis,
+                    Param::NowMillis,
+                    Param::BootId,
+                    Param::WallMillis,
+                ],
             ),
             release: Statement::rows(
-                format!("DELETE FROM {t} WHERE lock_name = ?1 AND lease_id = ?2 RETURNING {live}"),
-                &[Param::Name, Param::LeaseId],
+                format!("DELETE FROM {t} WHERE lock_name = ?3 AND lease_id = ?4 RETURNING {live}"),
+                &[Param::NowMillis, Param::BootId, Param::Name, Param::LeaseId],
             ),
             current: Statement::rows(
-                format!("SELECT {columns} FROM {t} WHERE lock_name = ?1 AND expires_at > {NOW_MS}"),
-                &[Param::Name],
+                format!(
+                    "SELECT {columns} FROM {t} \
+                     WHERE lock_name = ?4 AND boot_id = ?2 AND boot_expires_ms > ?1"
+                ),
+                &[
+                    Param::NowMillis,
+                    Param::BootId,
+                    Param::WallMillis,
+                    Param::Name,
+                ],
             ),
             list: Statement::rows(
-                format!("SELECT {columns} FROM {t} WHERE expires_at > {NOW_MS}"),
-                &[],
+                format!("SELECT {columns} FROM {t} WHERE boot_id = ?2 AND boot_expires_ms > ?1"),
+                &[Param::NowMillis, Param::BootId, Param::WallMillis],
             ),
             force_release: Statement::rows(
-                format!("DELETE FROM {t} WHERE lock_name = ?1 RETURNING {live}"),
-                &[Param::Name],
+                format!("DELETE FROM {t} WHERE lock_name = ?3 RETURNING {live}"),
+                &[Param::NowMillis, Param::BootId, Param::Name],
             ),
             cleanup: Statement::affected(
-                format!("DELETE FROM {t} WHERE expires_at <= {NOW_MS}"),
-                &[],
+                format!("DELETE FROM {t} WHERE boot_id <> ?2 OR boot_expires_ms <= ?1"),
+                &[Param::NowMillis, Param::BootId],
             ),
         }
     }
@@ -102,39 +149,58 @@ impl Dialect for SqliteDialect {
     fn schema(table: &TableName) -> Schema {
         let t = table.quoted("", '"');
         let f = table.quoted("_fence", '"');
-        let index = table.quoted_bare("_expires_at", '"');
+        let bare = table.quoted_bare("", '"');
+        let index = table.quoted_bare("_boot_expires", '"');
         let trigger = table.quoted("_keep_fence", '"');
+        let has_boot_columns = format!(
+            "SELECT COUNT(*) FROM pragma_table_info('{}') WHERE name = 'boot_expires_ms'",
+            table.table()
+        );
         let statements = vec![
-            format!(
+            SchemaStep::Ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
-                   lock_name  TEXT    NOT NULL PRIMARY KEY, \
-                   owner_id   TEXT    NOT NULL, \
-                   lease_id   TEXT    NOT NULL, \
-                   fence      INTEGER NOT NULL, \
-                   created_at INTEGER NOT NULL, \
-                   expires_at INTEGER NOT NULL)"
-            ),
-            format!(
-                "CREATE INDEX IF NOT EXISTS {index} ON {} (expires_at)",
-                table.quoted_bare("", '"')
-            ),
-            format!(
+                   lock_name       TEXT    NOT NULL PRIMARY KEY, \
+                   owner_id        TEXT    NOT NULL, \
+                   lease_id        TEXT    NOT NULL, \
+                   fence           INTEGER NOT NULL, \
+                   created_at      INTEGER NOT NULL, \
+                   expires_at      INTEGER NOT NULL, \
+                   boot_id         TEXT    NOT NULL DEFAULT '', \
+                   boot_expires_ms INTEGER NOT NULL DEFAULT 0)"
+            )),
+            // Tables from lockkit 0.1 expired rows by the wall clock; their
+            // rows count as written in another boot, i.e. expired.
+            SchemaStep::Upgrade {
+                probe: has_boot_columns,
+                apply: vec![
+                    format!("ALTER TABLE {t} ADD COLUMN boot_id TEXT NOT NULL DEFAULT ''"),
+                    format!(
+                        "ALTER TABLE {t} ADD COLUMN boot_expires_ms INTEGER NOT NULL DEFAULT 0"
+                    ),
+                ],
+            },
+            SchemaStep::Ddl(format!(
+                "CREATE INDEX IF NOT EXISTS {index} ON {bare} (boot_expires_ms)"
+            )),
+            SchemaStep::Ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {f} (\
                    lock_name TEXT    NOT NULL PRIMARY KEY, \
                    fence     INTEGER NOT NULL)"
-            ),
-            format!(
-                "CREATE TRIGGER IF NOT EXISTS {trigger} AFTER DELETE ON {} BEGIN \
+            )),
+            SchemaStep::Ddl(format!(
+                "CREATE TRIGGER IF NOT EXISTS {trigger} AFTER DELETE ON {bare} BEGIN \
                    INSERT INTO {} (lock_name, fence) VALUES (OLD.lock_name, OLD.fence) \
                    ON CONFLICT (lock_name) DO UPDATE SET fence = MAX(fence, excluded.fence); \
                  END",
-                table.quoted_bare("", '"'),
                 table.quoted_bare("_fence", '"'),
-            ),
+            )),
         ];
         Schema {
             statements,
-            in_transaction: false,
+            // One transaction, so processes upgrading an old table at once
+            // serialise (the loser's write fails as busy and is retried,
+            // then finds the columns in place).
+            in_transaction: true,
         }
     }
 
@@ -180,8 +246,11 @@ pub async fn connect(url: &str) -> Result<SqliteBackend> {
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with(url: &str, options: SqlOptions) -> Result<SqliteBackend> {
+    let checked = sqlite_url(url)?;
+    let options = checked.apply(options);
+    let url = checked.driver.as_str();
     let parsed = SqliteConnectOptions::from_str(url).map_err(|e| Error::Configuration {
-        message: format!("invalid SQLite URL {:?}: {e}", redact_url(url)),
+        message: format!("invalid SQLite URL {:?}: {e}", checked.redacted),
         source: Some(Box::new(e)),
     })?;
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -214,7 +283,7 @@ pub async fn connect_with(url: &str, options: SqlOptions) -> Result<SqliteBacken
             }
             Err(e) => {
                 return Err(Error::Configuration {
-                    message: format!("cannot open SQLite database {:?}: {e}", redact_url(url)),
+                    message: format!("cannot open SQLite database {:?}: {e}", checked.redacted),
                     source: Some(Box::new(e)),
                 });
             }

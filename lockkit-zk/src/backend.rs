@@ -25,9 +25,6 @@ use crate::session::{ConnectSpec, Generation, Sessions, monitor};
 /// is left to the background.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a release retries a delete cut off by a connection loss.
-const RELEASE_RETRY: Duration = Duration::from_secs(4);
-
 /// The ZooKeeper lock backend (see the [crate docs](crate)).
 ///
 /// Cheap to clone: clones share the session. Dropping the last clone ends
@@ -501,8 +498,15 @@ impl ZkBackend {
                             let record =
                                 Record::new(State::Waiting, req.ttl, &req.lease_id, &req.owner)
                                     .encode();
-                            match generation.client.set_data(&own.path, &record, None).await {
-                                Ok(_) => own.state = State::Waiting,
+                            let sent_at = Instant::now();
+                            let result = generation.client.set_data(&own.path, &record, None).await;
+                            generation.observe(sent_at, &result);
+                            match result {
+                                Ok(stat) => {
+                                    own.state = State::Waiting;
+                                    own.anchor = (stat.mtime, Instant::now());
+                                    own.written_at = sent_at;
+                                }
                                 Err(ZkError::NoNode) => {
                                     pending.disarm();
                                     continue 'create;
@@ -536,11 +540,15 @@ impl ZkBackend {
                             let ahead = u64::try_from(at.saturating_sub(server_ms)).unwrap_or(0);
                             local + Duration::from_millis(ahead)
                         });
+                        // Our own node expires like any other unless we
+                        // rewrite it: every third of the TTL.
+                        let refresh = own.written_at + req.ttl / 3;
+                        let wake = expiry.map_or(refresh, |e| e.min(refresh));
                         tokio::select! {
                             _ = watcher.changed() => {}
-                            () = sleep_until(expiry) => {
-                                // Read the server's clock by touching our
-                                // own node, then look again.
+                            () = tokio::time::sleep_until(wake) => {
+                                // Refresh our node, which also reads the
+                                // server's clock, then look again.
                                 let record = Record::new(State::Waiting, req.ttl, &req.lease_id, &req.owner).encode();
                                 let sent_at = Instant::now();
                                 let result = generation.client.set_data(&own.path, &record, None).await;
@@ -705,8 +713,14 @@ impl LockBackend for ZkBackend {
         }
     }
 
+    /// Deletes the lease node. One attempt: a transient failure is returned
+    /// as is and the lease stays registered, so the core's retry
+    /// (`lockkit_core::RELEASE_RETRY_FOR`) judges the next attempt the same
+    /// way; the core also treats "already gone" after a failed attempt as
+    /// released by us.
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let held = self.inner.registry.remove(&lease.lease_id);
+        let registry = &self.inner.registry;
+        let held = registry.releasing(&lease.lease_id);
         // A lease this backend does not hold any more (released, lost,
         // or granted to another session) is not held; its node is still
         // removed if it is there.
@@ -718,35 +732,27 @@ impl LockBackend for ZkBackend {
             .map(str::to_owned)
             .or_else(|| held.as_ref().map(|h| h.path.clone()))
         else {
+            registry.remove(&lease.lease_id);
             return Ok(false);
         };
-        // A delete cut off by a connection loss is retried (on the new
-        // connection, or a new session) for a while, so a failover does not
-        // leave the lock blocked until the TTL runs out. `Missing` after a
-        // retry may mean our first attempt worked.
-        let give_up = Instant::now() + RELEASE_RETRY;
-        let mut delay = Duration::from_millis(25);
-        let mut retried = false;
-        loop {
-            let generation = self.inner.sessions.current();
-            match self.inner.nodes.delete(&generation, &path, None).await {
-                Ok(deleted) => {
-                    let freed = deleted == Deleted::Yes || (retried && deleted == Deleted::Missing);
-                    return Ok(freed && !was_lost && Instant::now() < deadline);
+        let generation = self.inner.sessions.current();
+        match self.inner.nodes.delete(&generation, &path, None).await {
+            Ok(deleted) => {
+                registry.remove(&lease.lease_id);
+                Ok(deleted == Deleted::Yes && !was_lost && Instant::now() < deadline)
+            }
+            // A lost lease is not held whatever happens to its node, which
+            // goes with its session or its TTL.
+            Err(err) if was_lost && err.is_retryable() => {
+                registry.remove(&lease.lease_id);
+                tracing::debug!(%path, error = %err, "could not delete a lost lease's node");
+                Ok(false)
+            }
+            Err(err) => {
+                if !err.is_retryable() {
+                    registry.remove(&lease.lease_id);
                 }
-                Err(err) if err.is_retryable() && Instant::now() + delay < give_up => {
-                    retried = true;
-                    tracing::debug!(%path, error = %err, "releasing failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
-                }
-                // A lost lease is not held whatever happens to its node,
-                // which goes with its session or its TTL.
-                Err(err) if was_lost && err.is_retryable() => {
-                    tracing::debug!(%path, error = %err, "could not delete a lost lease's node");
-                    return Ok(false);
-                }
-                Err(err) => return Err(err),
+                Err(err)
             }
         }
     }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use lockkit_core::{Error, Result, redact_url};
+use lockkit_core::{BackendUrl, Error, Result};
 use percent_encoding::percent_decode_str;
 
 /// The port ZooKeeper listens on when a URL names none.
@@ -142,6 +142,14 @@ impl Credentials {
     }
 }
 
+/// The URL parameters a ZooKeeper URL may carry.
+pub const URL_PARAMS: &[&str] = &[
+    "session_timeout_ms",
+    "expiry_margin_ms",
+    "connect_timeout_ms",
+    "root",
+];
+
 /// A parsed `zk://` / `zookeeper://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZkUrl {
@@ -178,45 +186,26 @@ impl ZkUrl {
     /// # Ok::<(), lockkit_core::Error>(())
     /// ```
     pub fn parse(url: &str, base: ZkOptions) -> Result<Self> {
-        let redacted = redact_url(url);
+        let parsed = BackendUrl::parse(url, "ZooKeeper", &["zk", "zookeeper"])?;
+        let redacted = parsed.redacted().to_owned();
         let bad =
             |why: &str| Error::configuration(format!("invalid ZooKeeper URL {redacted:?}: {why}"));
-        let rest = url
-            .strip_prefix("zk://")
-            .or_else(|| url.strip_prefix("zookeeper://"))
-            .ok_or_else(|| bad("the scheme must be zk:// or zookeeper://"))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        if rest.contains('#') {
+        if parsed.fragment().is_some() {
             return Err(bad("fragments are not allowed"));
         }
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let (userinfo, hostlist) = match authority.rfind('@') {
-            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-            None => (None, authority),
-        };
-        let credentials = match userinfo {
+        parsed.check_params(URL_PARAMS)?;
+        let credentials = match parsed.credentials()? {
             None => None,
-            Some(info) => {
-                let (user, password) = info
-                    .split_once(':')
-                    .ok_or_else(|| bad("credentials must be user:password"))?;
-                let user = decode(user).map_err(|_| bad("the user name is not valid UTF-8"))?;
-                let password =
-                    decode(password).map_err(|_| bad("the password is not valid UTF-8"))?;
+            Some((_, None)) => return Err(bad("credentials must be user:password")),
+            Some((user, Some(password))) => {
                 if user.is_empty() || user.contains(':') {
                     return Err(bad("the user name must be non-empty and contain no ':'"));
                 }
                 Some(Credentials { user, password })
             }
         };
-        let hosts = parse_hosts(hostlist).map_err(|why| bad(&why))?;
-        let chroot = match path {
+        let hosts = parse_hosts(parsed.hosts()).map_err(|why| bad(&why))?;
+        let chroot = match parsed.path() {
             "" | "/" => None,
             p => {
                 let decoded = decode(p).map_err(|_| bad("the chroot is not valid UTF-8"))?;
@@ -225,25 +214,19 @@ impl ZkUrl {
             }
         };
         let mut options = base;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = decode(value).map_err(|_| bad("a parameter is not valid UTF-8"))?;
+        for (key, value) in parsed.params() {
             let millis = || {
                 value
                     .parse::<u64>()
                     .map(Duration::from_millis)
                     .map_err(|_| bad(&format!("`{key}` must be a whole number of milliseconds")))
             };
-            match key {
+            match key.as_str() {
                 "session_timeout_ms" => options.session_timeout = millis()?,
                 "expiry_margin_ms" => options.expiry_margin = millis()?,
                 "connect_timeout_ms" => options.connect_timeout = millis()?,
-                "root" => options.root = value.clone(),
-                other => {
-                    return Err(bad(&format!(
-                        "unknown parameter `{other}` (known: session_timeout_ms, expiry_margin_ms, connect_timeout_ms, root)"
-                    )));
-                }
+                // `check_params` let only the names in URL_PARAMS through.
+                _ => options.root = value.clone(),
             }
         }
         options

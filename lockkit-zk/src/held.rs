@@ -82,13 +82,29 @@ impl Registry {
             held.stop.clone(),
             shutdown.clone(),
         );
-        self.entries().insert(lease_id, held);
+        {
+            let mut entries = self.entries();
+            // Leases whose release gave up on transient errors stay until
+            // their deadline has passed; forget them now.
+            let now = Instant::now();
+            entries.retain(|_, h| !(h.stop.is_cancelled() && h.deadline <= now));
+            entries.insert(lease_id, held);
+        }
         tokio::spawn(watch);
         lost
     }
 
     pub(crate) fn get(&self, lease_id: &LeaseId) -> Option<Held> {
         self.entries().get(lease_id).cloned()
+    }
+
+    /// Marks a lease as being released: its watch stops (our own delete is
+    /// not a loss), but the entry stays until [`remove`](Self::remove), so a
+    /// retried release judges the lease the same way.
+    pub(crate) fn releasing(&self, lease_id: &LeaseId) -> Option<Held> {
+        let held = self.entries().get(lease_id).cloned()?;
+        held.stop.cancel();
+        Some(held)
     }
 
     /// Forgets a lease this backend is releasing; its watch stops without

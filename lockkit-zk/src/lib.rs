@@ -56,6 +56,13 @@
 //!   racing the takeover wins. A waiter arms a timer for that moment besides
 //!   its watch. The holder's own deadline is counted on its monotonic clock
 //!   from before its write, so it always ends first.
+//! - **Waiters expire too.** A waiting node follows the same rule with its
+//!   request's TTL: live waiters rewrite their node every third of the TTL,
+//!   and the waiter behind a dead one deletes it once `mtime + TTL +
+//!   margin` has passed. A waiter process that dies while queued therefore
+//!   blocks the queue for at most its TTL plus the margin, not for the
+//!   session timeout (a waiter that could not refresh in time, say on an
+//!   overloaded host, finds its node gone and queues again at the back).
 //! - **Session.** One session per backend instance; its nodes vanish when it
 //!   expires, so a crashed holder frees the lock after
 //!   `min(TTL, session timeout)` plus the margin. Every lease of the session
@@ -94,8 +101,6 @@
 //!   leader no longer hears the session; the 2/3 rule leaves 1/3 of the
 //!   session timeout for that. Keep `syncLimit × tickTime` below a third
 //!   of the session timeout.
-//! - A waiter whose process died keeps its place in the queue until its
-//!   session expires (waiters do not expire by TTL).
 //! - `current` and `list` write to `<root>/clock` to read the server's
 //!   clock, so they need write access like everything else.
 //! - Ops made during a connection loss wait for the reconnection (bounded
@@ -120,7 +125,7 @@ mod record;
 mod session;
 
 pub use crate::backend::{ZkBackend, connect, connect_with};
-pub use crate::config::{Credentials, DEFAULT_PORT, ZkOptions, ZkUrl};
+pub use crate::config::{Credentials, DEFAULT_PORT, URL_PARAMS, ZkOptions, ZkUrl};
 pub use crate::layout::{decode_name, encode_name, lock_path};
 
 /// The ZooKeeper client crate, re-exported for tests and advanced use.

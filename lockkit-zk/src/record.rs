@@ -26,7 +26,10 @@ const MAGIC: &str = "lockkit-zk/1";
 pub(crate) enum State {
     /// Granted; expires `ttl` after its last write (mtime) unless renewed.
     Held,
-    /// Queued; never expires by TTL, only with its session.
+    /// Queued; like a held node it expires `ttl` after its last write, so
+    /// live waiters rewrite their node every third of the TTL and a waiter
+    /// whose process died stops blocking the queue after TTL + margin (not
+    /// after the session timeout).
     Waiting,
 }
 
@@ -103,18 +106,18 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// When (server ms) this node's lease expires, counting `margin`; `None`
-    /// for waiting or unknown nodes, which only go away with their session.
+    /// When (server ms) this node expires unless rewritten, counting
+    /// `margin`: `ttl` after its last write (`mtime`), for held and waiting
+    /// nodes alike. `None` for nodes that are not lockkit records, which
+    /// only go away with their session.
     pub(crate) fn expires_ms(&self, margin: Duration) -> Option<i64> {
         let record = self.record.as_ref()?;
-        (record.state == State::Held).then(|| {
-            let ttl = i64::try_from(record.ttl_ms).unwrap_or(i64::MAX);
-            let margin = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
-            self.stat.mtime.saturating_add(ttl).saturating_add(margin)
-        })
+        let ttl = i64::try_from(record.ttl_ms).unwrap_or(i64::MAX);
+        let margin = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
+        Some(self.stat.mtime.saturating_add(ttl).saturating_add(margin))
     }
 
-    /// Whether this node is a held lease that expired by `server_now_ms`.
+    /// Whether this node (holder or waiter) expired by `server_now_ms`.
     pub(crate) fn is_expired(&self, server_now_ms: i64, margin: Duration) -> bool {
         self.expires_ms(margin)
             .is_some_and(|at| at <= server_now_ms)

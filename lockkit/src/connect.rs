@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lockkit_core::memory::MemoryBackend;
-use lockkit_core::{Error, LockBackend, Result, redact_url};
+use lockkit_core::{BackendUrl, Error, LockBackend, Result, redact_url, url_scheme};
 
 /// The URL schemes lockkit understands, the cargo feature each needs, and
 /// whether this build has it.
@@ -22,9 +22,6 @@ pub const SCHEMES: &[(&str, &str, bool)] = &[
     ("zookeeper", "zookeeper", cfg!(feature = "zookeeper")),
 ];
 
-/// Query parameters lockkit reads itself (the rest go to the driver).
-const LOCKKIT_PARAMS: &[&str] = &["table"];
-
 /// Connects to the backend a URL names and returns it as a shared trait
 /// object, ready for [`Locker::new`](crate::Locker::new).
 ///
@@ -38,12 +35,17 @@ const LOCKKIT_PARAMS: &[&str] = &["table"];
 /// | `zk://[user:pass@]h1:2181[,h2:2181…][/chroot]`, `zookeeper://…` | ZooKeeper | `zookeeper` |
 ///
 /// SQL URLs take `?table=<name>` (default `locks`; `schema.table` allowed).
+/// Every backend rejects query parameters it does not know, naming the
+/// valid ones.
 ///
 /// # Errors
-/// [`Error::Configuration`] for a malformed URL, an unknown scheme, or a
-/// scheme whose cargo feature is not compiled in (the message names the
-/// feature); any password in the URL is replaced by `***`. Backend errors
-/// while connecting.
+/// Before any I/O, [`Error::Configuration`] for a malformed URL (a single
+/// slash after the scheme, an unencoded `/`, `?` or `#` in a password), an
+/// unknown parameter, an unknown scheme, or a scheme whose cargo feature is
+/// not compiled in (the message names the feature). Then
+/// [`Error::Transient`] for an unreachable server and
+/// [`Error::Configuration`] for refused credentials. Passwords never appear
+/// in a message, whatever the URL looks like.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -74,122 +76,53 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockBackend>> {
             env!("CARGO_PKG_VERSION"),
         )));
     }
-    let (driver_url, params) = split_params(url);
     match scheme.as_str() {
-        "memory" => Ok(Arc::new(MemoryBackend::new())),
+        "memory" => memory(url),
         #[cfg(feature = "sqlite")]
-        "sqlite" => {
-            let options = sql_options(&params)?;
-            Ok(Arc::new(
-                lockkit_sql::sqlite::connect_with(&driver_url, options).await?,
-            ))
-        }
+        "sqlite" => Ok(Arc::new(lockkit_sql::sqlite::connect(url).await?)),
         #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => {
-            let options = sql_options(&params)?;
-            Ok(Arc::new(
-                lockkit_sql::postgres::connect_with(&driver_url, options).await?,
-            ))
-        }
+        "postgres" | "postgresql" => Ok(Arc::new(lockkit_sql::postgres::connect(url).await?)),
         #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => {
-            let options = sql_options(&params)?;
-            Ok(Arc::new(
-                lockkit_sql::mysql::connect_with(&driver_url, options).await?,
-            ))
-        }
+        "mysql" | "mariadb" => Ok(Arc::new(lockkit_sql::mysql::connect(url).await?)),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(lockkit_redis::connect(url).await?)),
         #[cfg(feature = "etcd")]
         "etcd" | "etcds" => Ok(Arc::new(lockkit_etcd::connect(url).await?)),
         #[cfg(feature = "zookeeper")]
         "zk" | "zookeeper" => Ok(Arc::new(lockkit_zk::connect(url).await?)),
-        _ => {
-            let _ = (driver_url, params);
-            Err(Error::configuration(format!(
-                "the `{feature}` backend is not implemented in lockkit {} yet (URL {:?})",
-                env!("CARGO_PKG_VERSION"),
-                redact_url(url)
-            )))
-        }
+        _ => Err(Error::configuration(format!(
+            "the `{feature}` backend is not implemented in lockkit {} yet (URL {:?})",
+            env!("CARGO_PKG_VERSION"),
+            redact_url(url)
+        ))),
     }
 }
 
-/// The scheme of `url`, lower-cased. URLs that may name several hosts
-/// (`etcd://h1:2379,h2:2379`, `zk://h1:2181,h2:2181/chroot`) are not valid
-/// for a URL parser, so their scheme is read directly; every other URL must
-/// parse.
+/// `memory://` takes no host, path or parameters.
+fn memory(url: &str) -> Result<Arc<dyn LockBackend>> {
+    let parsed = BackendUrl::parse(url, "memory", &["memory"])?;
+    parsed.check_params(&[])?;
+    if !parsed.hosts().is_empty() || !parsed.path().is_empty() || parsed.as_str().contains('@') {
+        return Err(parsed.error("memory:// takes no host, credentials or path"));
+    }
+    Ok(Arc::new(MemoryBackend::new()))
+}
+
+/// The scheme of `url`, lower-cased; the rest of the URL is the
+/// backend's to check, so a password that confuses URL parsers cannot
+/// end up in this message.
 fn scheme_of(url: &str) -> Result<String> {
-    const MULTI_HOST: &[&str] = &["etcd", "etcds", "zk", "zookeeper"];
-    if let Some((scheme, _)) = url.split_once("://") {
-        let scheme = scheme.to_ascii_lowercase();
-        if MULTI_HOST.contains(&scheme.as_str()) {
-            return Ok(scheme);
-        }
-    }
-    let parsed = url::Url::parse(url).map_err(|e| Error::Configuration {
-        message: format!("malformed lock backend URL {:?}: {e}", redact_url(url)),
-        source: Some(Box::new(e)),
-    })?;
-    Ok(parsed.scheme().to_ascii_lowercase())
-}
-
-/// Splits lockkit's own query parameters off `url`, returning the URL for
-/// the driver and the parameters.
-fn split_params(url: &str) -> (String, Vec<(String, String)>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), Vec::new());
-    };
-    let (query, fragment) = match query.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query, None),
-    };
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if LOCKKIT_PARAMS.contains(&key) {
-            ours.push((key.to_owned(), value.to_owned()));
-        } else {
-            theirs.push(pair);
-        }
-    }
-    let mut driver = base.to_owned();
-    if !theirs.is_empty() {
-        driver.push('?');
-        driver.push_str(&theirs.join("&"));
-    }
-    if let Some(fragment) = fragment {
-        driver.push('#');
-        driver.push_str(fragment);
-    }
-    (driver, ours)
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-fn sql_options(params: &[(String, String)]) -> Result<lockkit_sql::SqlOptions> {
-    let mut options = lockkit_sql::SqlOptions::default();
-    for (key, value) in params {
-        if key == "table" {
-            options.table = lockkit_sql::TableName::new(value)?;
-        }
-    }
-    Ok(options)
+    url_scheme(url).ok_or_else(|| {
+        Error::configuration(format!(
+            "malformed lock backend URL {:?}: it does not start with a scheme such as sqlite:, postgres:// or redis://",
+            redact_url(url)
+        ))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_lockkit_params() {
-        let (driver, ours) = split_params("sqlite:///tmp/x.db?table=ops.locks&mode=rwc");
-        assert_eq!(driver, "sqlite:///tmp/x.db?mode=rwc");
-        assert_eq!(ours, vec![("table".to_owned(), "ops.locks".to_owned())]);
-        let (driver, ours) = split_params("sqlite::memory:");
-        assert_eq!(driver, "sqlite::memory:");
-        assert!(ours.is_empty());
-    }
 
     #[tokio::test]
     async fn errors_are_clear_and_redacted() {
@@ -215,11 +148,21 @@ mod tests {
     }
 
     #[test]
-    fn multi_host_urls_have_a_scheme() {
+    fn schemes_are_read_without_parsing() {
         assert_eq!(scheme_of("etcd://h1:2379,h2:2379").unwrap(), "etcd");
         assert_eq!(scheme_of("ZK://h1:1,h2:2/chroot").unwrap(), "zk");
         assert_eq!(scheme_of("sqlite::memory:").unwrap(), "sqlite");
-        assert!(scheme_of("postgres://h1:1,h2:2/db").is_err());
+        assert_eq!(scheme_of("postgres://u:Sup/3r@h/db").unwrap(), "postgres");
+        assert!(scheme_of("//u:pw@h").is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_urls_take_nothing() {
+        for url in ["memory://h", "memory://?x=1", "memory:/", "memory://u:pw@"] {
+            let err = connect(url).await.unwrap_err();
+            assert!(matches!(err, Error::Configuration { .. }), "{url}: {err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
     }
 
     #[tokio::test]

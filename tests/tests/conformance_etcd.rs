@@ -28,6 +28,7 @@ lockkit_core::conformance_suite! {
         cleanup_expired_removes_only_expired,
         extend_moves_expiry,
         release_is_idempotent,
+        release_retries_transient_failures,
         hostile_names_work,
         invalid_names_rejected_before_io,
         invalid_ttl_and_owner_rejected_before_io,

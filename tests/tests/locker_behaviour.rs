@@ -1,6 +1,10 @@
 //! `Locker` and `LockGuard` behaviour that does not depend on the backend:
 //! renewal retries, loss on permanent renewal failure and on the local
 //! deadline, maximum hold time, re-entry, the loss token.
+//!
+//! The memory backend keeps time with Tokio's clock, so these tests run on
+//! a paused clock (`start_paused`): timers fire in order, at the virtual
+//! instant they name, however loaded the machine is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +19,7 @@ fn locker_on(backend: Arc<dyn LockBackend>, opts: LockOptions) -> Locker {
         .expect("locker")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn renewal_retries_transient_failures_until_it_succeeds() {
     let counting = CountingBackend::wrap(Arc::new(MemoryBackend::new()));
     let ttl = Duration::from_millis(900);
@@ -38,7 +42,7 @@ async fn renewal_retries_transient_failures_until_it_succeeds() {
     assert!(guard.release().await.expect("release"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn permanent_renewal_failure_reports_loss_and_frees_the_lock() {
     let memory = MemoryBackend::new();
     let counting = CountingBackend::wrap(Arc::new(memory.clone()));
@@ -63,7 +67,7 @@ async fn permanent_renewal_failure_reports_loss_and_frees_the_lock() {
     assert!(again.release().await.expect("release"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transient_failures_past_the_deadline_report_expiry() {
     let counting = CountingBackend::wrap(Arc::new(MemoryBackend::new()));
     let ttl = Duration::from_millis(450);
@@ -82,7 +86,7 @@ async fn transient_failures_past_the_deadline_report_expiry() {
     counting.fail_extends(0, InjectedFailure::Transient);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn max_hold_gives_the_lock_up() {
     let memory = MemoryBackend::new();
     let opts = LockOptions::new()
@@ -104,7 +108,7 @@ async fn max_hold_gives_the_lock_up() {
     assert!(next.release().await.expect("release"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn lost_token_is_a_child_and_explicit_extend_moves_the_deadline() {
     let memory = MemoryBackend::new();
     let locker = locker_on(
@@ -142,7 +146,7 @@ async fn lost_token_is_a_child_and_explicit_extend_moves_the_deadline() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn concurrent_acquires_of_one_name_by_one_locker_do_not_wait_for_themselves() {
     let locker = Locker::new(Arc::new(MemoryBackend::new()), "single").expect("locker");
     let (a, b) = tokio::join!(locker.acquire("same"), locker.acquire("same"));

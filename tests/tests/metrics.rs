@@ -1,6 +1,8 @@
 //! The `Locker` reports through the `metrics` facade: acquires by outcome,
 //! wait and hold time, extends, losses, held gauge — labelled by backend
-//! and lock. One test per binary: it installs the global recorder.
+//! and lock. One test per binary: it installs the global recorder. It runs
+//! on Tokio's paused clock, so the renewal at TTL/3 happens before the
+//! sleep that waits for it ends, on any machine.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,7 @@ fn labels(key: &CompositeKey) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn locker_records_outcomes_times_and_losses() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();

@@ -147,9 +147,13 @@ async fn sixteen_contenders_get_fair_shares() {
 /// A waiter that stops refreshing its queue entry (its process froze or
 /// died without cleaning up) blocks the queue only until the entry
 /// expires; meanwhile nobody jumps the queue, not even `try_acquire`.
+///
+/// The frozen entry was refreshed at most a third of its TTL before it was
+/// frozen, so it certainly lives until `frozen + 2/3 TTL`: tries sent
+/// before then must be refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dead_waiter_entry_expires_and_nobody_jumps_the_queue() {
-    let entry_ttl = Duration::from_millis(600);
+    let entry_ttl = Duration::from_secs(3);
     let h = RedisHarness::standalone_fifo().await;
     let options = RedisOptions::default()
         .fifo(true)
@@ -172,27 +176,36 @@ async fn dead_waiter_entry_expires_and_nobody_jumps_the_queue() {
         () = until_queued(&h, &name, 1) => {}
     }
     std::mem::forget(waiting);
+    let entry_lives_until = Instant::now() + entry_ttl * 2 / 3;
 
+    let other = h.backend_with(options.clone()).await;
+    let plain = h.backend_with(RedisOptions::default()).await;
     let released_at = Instant::now();
     assert!(holder.release(&held).await.unwrap());
-    let other = h.backend_with(options.clone()).await;
-    assert!(
-        other
-            .try_acquire(&req(&name, "jumper", LONG))
-            .await
-            .unwrap()
-            .is_none(),
-        "a queued waiter comes first"
-    );
-    let plain = h.backend_with(RedisOptions::default()).await;
-    assert!(
-        plain
-            .try_acquire(&req(&name, "jumper", LONG))
-            .await
-            .unwrap()
-            .is_none(),
-        "default-mode clients respect the queue too"
-    );
+    let sent = Instant::now();
+    let jumped = other
+        .try_acquire(&req(&name, "jumper", LONG))
+        .await
+        .unwrap();
+    let sent_plain = Instant::now();
+    let jumped_plain = plain
+        .try_acquire(&req(&name, "jumper", LONG))
+        .await
+        .unwrap();
+    if sent < entry_lives_until {
+        assert!(jumped.is_none(), "a queued waiter comes first");
+    }
+    if sent_plain < entry_lives_until {
+        assert!(
+            jumped_plain.is_none(),
+            "default-mode clients respect the queue too"
+        );
+    }
+    for (client, lease) in [(&other, jumped), (&plain, jumped_plain)] {
+        if let Some(lease) = lease {
+            assert!(client.release(&lease).await.unwrap());
+        }
+    }
     let deadline = Instant::now() + entry_ttl + Duration::from_secs(3);
     let lease = other
         .acquire(&req(&name, "next", LONG), Some(deadline))

@@ -438,12 +438,14 @@ async fn retried_acquire_is_idempotent() {
     let h = RedisHarness::standalone().await;
     let backend = h.backend().await;
     let name = unique_name("idempotent-acquire");
-    let request = req(&name, "a", Duration::from_secs(2));
+    // Long enough that the shortened key cannot expire before the retry,
+    // however loaded the machine.
+    let request = req(&name, "a", Duration::from_secs(60));
     let first = backend.try_acquire(&request).await.unwrap().unwrap();
     let keys = backend.keys(&name);
     let _: () = h
         .inspector()
-        .query(redis::cmd("PEXPIRE").arg(&keys.lock).arg(500))
+        .query(redis::cmd("PEXPIRE").arg(&keys.lock).arg(20_000))
         .await;
     let again = backend
         .try_acquire(&request)
@@ -455,7 +457,7 @@ async fn retried_acquire_is_idempotent() {
         .inspector()
         .query(redis::cmd("PTTL").arg(&keys.lock))
         .await;
-    assert!(pttl > 1_000, "the TTL restarts from the retry: {pttl}");
+    assert!(pttl > 30_000, "the TTL restarts from the retry: {pttl}");
     let other = req(&name, "b", Duration::from_secs(2));
     assert!(backend.try_acquire(&other).await.unwrap().is_none());
     assert!(backend.release(&again).await.unwrap());

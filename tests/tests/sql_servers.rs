@@ -85,13 +85,18 @@ async fn processes_race_on_an_empty_database(kind: SqlKind) {
 }
 
 /// A holder process whose wall clock is two hours ahead (faketime) takes a
-/// lock for 2 s: the database clock decides — the row expires 2 s after
-/// the database's now, and another client gets the lock after about 2 s.
+/// lock for 4 s: the database clock decides — the row expires 4 s after
+/// the database's now, and another client gets the lock after about 4 s.
+///
+/// The grant happened after `started`, so a try sent before
+/// `started + ttl` must be refused; on a stalled machine that sends it
+/// later, that part is not judged.
 async fn client_clock_skew_changes_nothing(kind: SqlKind) {
     let faketime = require_binary("faketime", &[], "apt-get install -y faketime");
     let harness = SqlHarness::start(kind).await;
     let name = unique_name("skew");
-    let ttl = Duration::from_secs(2);
+    let ttl = Duration::from_secs(4);
+    let started = Instant::now();
     let mut holder = Command::new(faketime)
         .args(["-f", "+2h"])
         .arg(env!("CARGO_BIN_EXE_skewed_holder"))
@@ -104,7 +109,6 @@ async fn client_clock_skew_changes_nothing(kind: SqlKind) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn the skewed holder");
-    let started = Instant::now();
     let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
     let wall_ms: u128 = lines
         .next()
@@ -112,6 +116,8 @@ async fn client_clock_skew_changes_nothing(kind: SqlKind) {
         .and_then(|l| l.strip_prefix("wall_ms=").map(str::to_owned))
         .and_then(|v| v.parse().ok())
         .expect("the holder reports its wall clock");
+    // It prints after its grant.
+    let granted_by = Instant::now();
     let real_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("epoch")
@@ -136,20 +142,24 @@ async fn client_clock_skew_changes_nothing(kind: SqlKind) {
         "expiry {expires_in:?} away follows the database clock, not the holder's"
     );
     let other = harness.client().await;
-    assert!(
-        other
-            .try_acquire(&request(&name, "other", ttl))
-            .await
-            .expect("try")
-            .is_none()
-    );
+    let sent = Instant::now();
+    let early = other
+        .try_acquire(&request(&name, "other", ttl))
+        .await
+        .expect("try");
+    if sent < started + ttl {
+        assert!(early.is_none(), "the skewed holder's row is live");
+    }
+    if let Some(early) = early {
+        assert!(other.release(&early).await.expect("release"));
+    }
     let lease = other
         .acquire(
             &request(&name, "other", ttl),
-            Some(started + ttl + Duration::from_secs(3)),
+            Some(granted_by + ttl + Duration::from_secs(3)),
         )
         .await
-        .expect("free about 2 s later, by the database clock");
+        .expect("free about 4 s later, by the database clock");
     assert!(
         started.elapsed() + Duration::from_millis(300) >= ttl,
         "freed too early: {:?}",
@@ -249,8 +259,11 @@ async fn killed_holder_connection_keeps_exclusion(kind: SqlKind) {
             .await
             .expect("try");
         if let Some(lease) = won {
+            // The guard's local deadline (counted from before its last
+            // request) ends before the row's; its timer may not have run
+            // yet on a loaded machine, but `ensure_held` checks the clock.
             assert!(
-                guard.is_lost(),
+                guard.ensure_held().is_err(),
                 "two holders: the contender got in while the guard still claims the lock"
             );
             contender.release(&lease).await.expect("release");
@@ -277,6 +290,68 @@ async fn killed_holder_connection_keeps_exclusion(kind: SqlKind) {
         eprintln!("{kind:?}: the guard recovered after its connection was killed");
         assert!(guard.release().await.expect("release"));
     }
+}
+
+/// The server kills the holder's only connection right before it
+/// releases: the release reconnects and retries instead of failing with
+/// a transient error, so the lock is free at once, not after its TTL.
+async fn release_after_killed_connection_frees_the_lock(kind: SqlKind) {
+    let harness = SqlHarness::start(kind).await;
+    let (holder_backend, connection) =
+        holder_with_known_connection(&harness, harness.table()).await;
+    let locker = Locker::new(holder_backend, "holder")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(Duration::from_secs(60))))
+        .expect("locker");
+    let name = unique_name("killed-before-release");
+    let guard = locker.acquire(&name).await.expect("acquire");
+    kill_connection(&harness, connection).await;
+    assert!(
+        guard
+            .release()
+            .await
+            .expect("release retries a killed connection"),
+        "the lease was held until the release"
+    );
+    let other = harness.client().await;
+    let lease = other
+        .try_acquire(&request(&name, "other", Duration::from_secs(60)))
+        .await
+        .expect("try")
+        .expect("free right after the release, not after the 60 s TTL");
+    assert!(other.release(&lease).await.expect("release"));
+}
+
+/// An unreachable server is a transient error that names the cause, at
+/// once — not a configuration error after a pool timeout.
+async fn unreachable_server_is_transient_at_once(kind: SqlKind) {
+    let harness = SqlHarness::start(kind).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let authority_end = harness.url().rfind('/').expect("a database path");
+    let host_start = harness.url().rfind('@').map_or(0, |at| at + 1);
+    let url = format!(
+        "{}127.0.0.1:{port}{}",
+        &harness.url()[..host_start],
+        &harness.url()[authority_end..]
+    );
+    let started = Instant::now();
+    let err = lockkit::connect(&url)
+        .await
+        .expect_err("nothing listens there");
+    let took = started.elapsed();
+    assert!(matches!(err, Error::Transient { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    let message = err.to_string();
+    assert!(
+        message.to_lowercase().contains("refused"),
+        "the cause is named: {message}"
+    );
+    assert!(!message.contains("lockkit-test-pw"), "{message}");
+    assert!(
+        took < lockkit_sql::CONNECT_TIMEOUT,
+        "reported at once, not after a timeout: {took:?}"
+    );
 }
 
 /// A wrong password is a configuration error whose message names the
@@ -426,6 +501,16 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn wrong_password_is_a_configuration_error() {
         super::wrong_password_is_a_configuration_error(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn release_after_killed_connection_frees_the_lock() {
+        super::release_after_killed_connection_frees_the_lock(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn unreachable_server_is_transient_at_once() {
+        super::unreachable_server_is_transient_at_once(SqlKind::Postgres).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -584,6 +669,16 @@ mod mysql {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn wrong_password_is_a_configuration_error() {
         super::wrong_password_is_a_configuration_error(SqlKind::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn release_after_killed_connection_frees_the_lock() {
+        super::release_after_killed_connection_frees_the_lock(SqlKind::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn unreachable_server_is_transient_at_once() {
+        super::unreachable_server_is_transient_at_once(SqlKind::MySql).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

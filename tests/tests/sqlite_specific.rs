@@ -9,8 +9,22 @@ use lockkit_sql::{SqlOptions, TableName};
 use lockkit_tests::sqlite::SqliteHarness;
 use sqlx::Row;
 
+/// The kernel's boot id and boot clock (ms), read the way `/proc` shows
+/// them (`/proc/uptime` counts from boot, suspended time included, like
+/// `CLOCK_BOOTTIME`).
+fn host_boot() -> (String, i64) {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let uptime = std::fs::read_to_string("/proc/uptime").expect("uptime");
+    let secs: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("uptime seconds");
+    (id.trim().to_owned(), (secs * 1000.0) as i64)
+}
+
 #[tokio::test]
-async fn the_row_holds_what_the_lease_says_by_the_database_clock() {
+async fn the_row_holds_what_the_lease_says_by_the_host_boot_clock() {
     let harness = SqliteHarness::start().await;
     let backend = lockkit_sql::sqlite::connect(harness.url())
         .await
@@ -20,7 +34,8 @@ async fn the_row_holds_what_the_lease_says_by_the_database_clock() {
         AcquireRequest::new(name.clone(), "pipeline_1", Duration::from_secs(600)).expect("request");
     let lease = backend.try_acquire(&req).await.expect("try").expect("free");
     let row = sqlx::query(
-        "SELECT owner_id, lease_id, fence, created_at, expires_at FROM locks WHERE lock_name = ?1",
+        "SELECT owner_id, lease_id, fence, created_at, expires_at, boot_id, boot_expires_ms \
+         FROM locks WHERE lock_name = ?1",
     )
     .bind(name.as_str())
     .fetch_one(harness.inspector())
@@ -37,18 +52,28 @@ async fn the_row_holds_what_the_lease_says_by_the_database_clock() {
     assert_eq!(
         expires - created,
         600_000,
-        "expires_at = created_at + TTL, both by the database clock"
+        "the informational wall-clock columns span the TTL"
     );
-    let now_ms = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("after epoch")
-            .as_millis(),
-    )
-    .expect("fits");
+    let (boot_id, boot_now) = host_boot();
+    assert_eq!(row.get::<String, _>(5), boot_id, "the row names this boot");
+    let boot_expires: i64 = row.get(6);
     assert!(
-        (now_ms - created).abs() < 5_000,
-        "created_at is the database's current time"
+        (boot_expires - boot_now - 600_000).abs() < 5_000,
+        "expiry is on the boot clock: {boot_expires} vs uptime {boot_now} + 600 s"
+    );
+    let info = backend
+        .current(&name)
+        .await
+        .expect("current")
+        .expect("held");
+    let shown = info
+        .expires_at
+        .expect("expiry")
+        .duration_since(std::time::SystemTime::now())
+        .expect("in the future");
+    assert!(
+        shown > Duration::from_secs(590) && shown <= Duration::from_secs(600),
+        "current() shows the boot-clock expiry in wall time: {shown:?}"
     );
 
     assert!(backend.release(&lease).await.expect("release"));
@@ -69,18 +94,28 @@ async fn the_row_holds_what_the_lease_says_by_the_database_clock() {
 }
 
 #[tokio::test]
-async fn an_expired_row_is_taken_over_by_the_database_clock_only() {
+async fn an_expired_row_is_taken_over_by_the_boot_clock_only() {
     let harness = SqliteHarness::start().await;
     let backend = lockkit_sql::sqlite::connect(harness.url())
         .await
         .expect("connect");
-    let name = unique_name("db-clock");
+    let name = unique_name("boot-clock");
     let a = AcquireRequest::new(name.clone(), "a", Duration::from_secs(600)).expect("request");
     let held = backend.try_acquire(&a).await.expect("try").expect("free");
     let b = AcquireRequest::new(name.clone(), "b", Duration::from_secs(600)).expect("request");
     assert!(backend.try_acquire(&b).await.expect("try").is_none());
-    // Age the row in the database itself: the next acquire takes it over.
-    sqlx::query("UPDATE locks SET expires_at = expires_at - 600001 WHERE lock_name = ?1")
+    // The wall-clock columns say nothing: a row "expired" by them stays held.
+    sqlx::query("UPDATE locks SET expires_at = expires_at - 86400000 WHERE lock_name = ?1")
+        .bind(name.as_str())
+        .execute(harness.inspector())
+        .await
+        .expect("age the wall-clock column");
+    assert!(
+        backend.try_acquire(&b).await.expect("try").is_none(),
+        "the wall clock does not decide"
+    );
+    // Age the row on the boot clock: the next acquire takes it over.
+    sqlx::query("UPDATE locks SET boot_expires_ms = boot_expires_ms - 600001 WHERE lock_name = ?1")
         .bind(name.as_str())
         .execute(harness.inspector())
         .await
@@ -89,7 +124,7 @@ async fn an_expired_row_is_taken_over_by_the_database_clock_only() {
         .try_acquire(&b)
         .await
         .expect("try")
-        .expect("expired by the database clock");
+        .expect("expired by the boot clock");
     assert_eq!(taken.token.get(), held.token.get() + 1);
     assert!(
         backend
@@ -98,6 +133,51 @@ async fn an_expired_row_is_taken_over_by_the_database_clock_only() {
             .expect("current")
             .is_some_and(|i| i.owner == "b")
     );
+    // A row written during another boot is expired, whatever it says.
+    sqlx::query("UPDATE locks SET boot_id = 'another-boot', boot_expires_ms = 9000000000000 WHERE lock_name = ?1")
+        .bind(name.as_str())
+        .execute(harness.inspector())
+        .await
+        .expect("move the row to another boot");
+    assert!(backend.current(&name).await.expect("current").is_none());
+    let c = AcquireRequest::new(name.clone(), "c", Duration::from_secs(600)).expect("request");
+    let third = backend
+        .try_acquire(&c)
+        .await
+        .expect("try")
+        .expect("a row from another boot is expired");
+    assert_eq!(third.token.get(), taken.token.get() + 1);
+}
+
+/// A table made by lockkit 0.1 (expiry by the wall clock, no boot columns)
+/// is upgraded in place; its rows count as expired.
+#[tokio::test]
+async fn an_old_table_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/old.db?mode=rwc", dir.path().display());
+    let raw = sqlx::SqlitePool::connect(&url).await.expect("raw pool");
+    for ddl in [
+        "CREATE TABLE locks (lock_name TEXT NOT NULL PRIMARY KEY, owner_id TEXT NOT NULL, \
+         lease_id TEXT NOT NULL, fence INTEGER NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL)",
+        "INSERT INTO locks VALUES ('node_b', 'old', 'a1b2', 7, 0, 99999999999999)",
+    ] {
+        sqlx::query(ddl).execute(&raw).await.expect("old schema");
+    }
+    raw.close().await;
+    let backend = lockkit_sql::sqlite::connect(&url).await.expect("upgrade");
+    let name = lockkit_core::LockName::new("node_b").expect("name");
+    assert!(backend.current(&name).await.expect("current").is_none());
+    let req = AcquireRequest::new(name.clone(), "new", Duration::from_secs(60)).expect("request");
+    let lease = backend
+        .try_acquire(&req)
+        .await
+        .expect("try")
+        .expect("taken over");
+    assert_eq!(lease.token.get(), 8, "tokens continue from the old row");
+    // Connecting again finds the table already upgraded.
+    lockkit_sql::sqlite::connect(&url)
+        .await
+        .expect("second connect");
 }
 
 #[tokio::test]

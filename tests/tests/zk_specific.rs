@@ -136,9 +136,11 @@ async fn token_is_the_czxid_of_an_ephemeral_sequential_node_named_by_lease_id() 
 
 /// Closes `backend`'s session from the server side, the classic way: a
 /// second connection with the same session id and password, then a clean
-/// close of that connection. The first attempts may lose a tug of war
-/// with the holder's own reconnection; they are retried.
-async fn expire_session(hosts_url: &str, backend: &ZkBackend) {
+/// close of that connection. The holder's own reconnection may win the
+/// tug of war and take the session back before the close is sent, so the
+/// close is confirmed by the session's ephemeral `node` disappearing, and
+/// retried otherwise.
+async fn expire_session(hosts_url: &str, backend: &ZkBackend, raw: &Client, node: &str) {
     let hosts = hosts_url.trim_start_matches("zk://");
     let hosts = hosts.split('/').next().expect("hosts");
     let session = backend.client().session().clone();
@@ -151,12 +153,22 @@ async fn expire_session(hosts_url: &str, backend: &ZkBackend) {
             .await;
         match twin {
             // Not detached: dropping it closes the session on the server.
-            Ok(twin) => return drop(twin),
+            Ok(twin) => drop(twin),
             Err(zookeeper_client::Error::SessionExpired) => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        }
+        let confirm_until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < confirm_until {
+            if matches!(raw.check_stat(node).await, Ok(None)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    panic!("could not attach to the holder's session");
+    panic!("could not close the holder's session");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -187,7 +199,12 @@ async fn session_expiry_fires_lost_and_frees_the_lock() {
     wait_for_queue(&h.raw(), contender.root(), &lock, 2).await;
 
     let expired_at = Instant::now();
-    expire_session(h.url(), &holder_backend).await;
+    let node = guard.lease().handle.expect("lease node path").to_string();
+    assert!(
+        h.raw().check_stat(&node).await.expect("stat").is_some(),
+        "the inspector sees the holder's node at {node}"
+    );
+    expire_session(h.url(), &holder_backend, &h.raw(), &node).await;
     let reason = tokio::time::timeout(Duration::from_secs(10), guard.lost())
         .await
         .expect("the loss signal fires when the session ends");
@@ -588,10 +605,10 @@ async fn release_wakes_the_next_waiter_by_push() {
     eprintln!(
         "release -> waiter granted (push): p50 {p50:?}, max {max:?} over {HANDOVERS} handovers"
     );
-    // A poll at lockkit's default 10..500 ms backoff would show p50 in the
-    // tens of milliseconds; a watch wakes within a few round trips.
-    assert!(p50 < Duration::from_millis(100), "p50 {p50:?}");
-    assert!(max < Duration::from_millis(750), "max {max:?}");
+    // The waiter has no timer of its own here (its holder's lease runs
+    // 30 s): only the watch can wake it. The bound is loose, because it
+    // must hold on a loaded machine; the figures above are what it shows.
+    assert!(max < Duration::from_secs(3), "p50 {p50:?}, max {max:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -610,4 +627,68 @@ async fn facade_connects_both_schemes() {
         .expect_err("bad parameter");
     assert!(matches!(err, Error::Configuration { .. }));
     let _ = ZkOptions::default();
+}
+
+/// A waiter process killed while queued (its session lives on for the
+/// 10 s session timeout) blocks the waiter behind it for at most its own
+/// TTL plus the slack: waiter nodes expire by `mtime` like holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_waiter_process_blocks_for_its_ttl_not_the_session_timeout() {
+    let h = ZkHarness::start().await;
+    let raw = h.raw();
+    let lock = name("dead-waiter");
+    let holder = h.backend().await;
+    let held = holder
+        .try_acquire(&req(&lock, "holder", LONG))
+        .await
+        .expect("try")
+        .expect("free");
+    let waiter_ttl = Duration::from_secs(2);
+    let session_timeout = Duration::from_secs(10);
+    let url = format!(
+        "{}?session_timeout_ms={}",
+        h.url(),
+        session_timeout.as_millis()
+    );
+    let mut dead = std::process::Command::new(env!("CARGO_BIN_EXE_queued_waiter"))
+        .args([
+            url.as_str(),
+            lock.as_str(),
+            &waiter_ttl.as_millis().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn the waiter process");
+    wait_for_queue(&raw, holder.root(), &lock, 2).await;
+    dead.kill().expect("SIGKILL the queued waiter");
+    dead.wait().expect("reap");
+    // The dead waiter refreshed its node at the latest when it was killed.
+    let killed_at = Instant::now();
+
+    let behind = h.backend().await;
+    let waiting = {
+        let (behind, lock) = (behind.clone(), lock.clone());
+        tokio::spawn(async move {
+            let lease = behind
+                .acquire(
+                    &req(&lock, "behind", LONG),
+                    Some(Instant::now() + Duration::from_secs(30)),
+                )
+                .await;
+            (lease, Instant::now())
+        })
+    };
+    wait_for_queue(&raw, holder.root(), &lock, 3).await;
+    assert!(holder.release(&held).await.expect("release"));
+    let (lease, granted_at) = waiting.await.expect("task");
+    let lease = lease.expect("the waiter behind the dead one gets the lock");
+    let waited = granted_at - killed_at;
+    let slack = behind.capabilities().expiry_slack + Duration::from_secs(1);
+    assert!(
+        waited <= waiter_ttl + slack,
+        "blocked {waited:?} by a dead waiter: its TTL is {waiter_ttl:?} (+ {slack:?}), \
+         its session timeout {session_timeout:?}"
+    );
+    assert!(behind.release(&lease).await.expect("release"));
 }

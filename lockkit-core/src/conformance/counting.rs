@@ -1,5 +1,6 @@
 //! A backend wrapper that counts calls (to prove validation happens before
-//! I/O) and injects extend failures (to exercise renewal retries).
+//! I/O) and injects extend and release failures (to exercise the retries of
+//! renewal and release).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,13 +17,46 @@ use crate::name::LockName;
 use crate::wait::{PollPolicy, WakeSubscription};
 
 /// Wraps a backend, counts every call that could reach the server, and can
-/// make the next `extend` calls fail (a fault hook for renewal tests).
+/// make the next `extend` or `release` calls fail (a fault hook for renewal
+/// and release tests).
 #[derive(Debug)]
 pub struct CountingBackend {
     inner: Arc<dyn LockBackend>,
     calls: AtomicUsize,
-    failing_extends: AtomicUsize,
-    failure_is_transient: AtomicBool,
+    extends: Injector,
+    releases: Injector,
+}
+
+/// Failures still to inject into one kind of call.
+#[derive(Debug, Default)]
+struct Injector {
+    remaining: AtomicUsize,
+    transient: AtomicBool,
+    /// Apply the call to the backend first, then fail (a lost reply).
+    after_applying: AtomicBool,
+}
+
+impl Injector {
+    fn arm(&self, count: usize, failure: InjectedFailure, after_applying: bool) {
+        self.transient
+            .store(failure == InjectedFailure::Transient, Ordering::SeqCst);
+        self.after_applying.store(after_applying, Ordering::SeqCst);
+        self.remaining.store(count, Ordering::SeqCst);
+    }
+
+    /// The failure to inject now, if any, and whether to apply the call first.
+    fn take(&self, kind: &'static str, what: &str) -> Option<(Error, bool)> {
+        self.remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()?;
+        let message = format!("injected {what} failure");
+        let err = if self.transient.load(Ordering::SeqCst) {
+            Error::transient(kind, message, None)
+        } else {
+            Error::backend(kind, message, None)
+        };
+        Some((err, self.after_applying.load(Ordering::SeqCst)))
+    }
 }
 
 /// The kind of failure [`CountingBackend::fail_extends`] injects.
@@ -40,8 +74,8 @@ impl CountingBackend {
         Arc::new(Self {
             inner,
             calls: AtomicUsize::new(0),
-            failing_extends: AtomicUsize::new(0),
-            failure_is_transient: AtomicBool::new(true),
+            extends: Injector::default(),
+            releases: Injector::default(),
         })
     }
 
@@ -53,26 +87,25 @@ impl CountingBackend {
     /// Makes the next `count` calls to `extend` fail with `failure`
     /// without reaching the backend.
     pub fn fail_extends(&self, count: usize, failure: InjectedFailure) {
-        self.failure_is_transient
-            .store(failure == InjectedFailure::Transient, Ordering::SeqCst);
-        self.failing_extends.store(count, Ordering::SeqCst);
+        self.extends.arm(count, failure, false);
     }
 
     /// Extend failures still to be injected.
     pub fn pending_extend_failures(&self) -> usize {
-        self.failing_extends.load(Ordering::SeqCst)
+        self.extends.remaining.load(Ordering::SeqCst)
     }
 
-    fn injected_extend_failure(&self) -> Option<Error> {
-        self.failing_extends
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .ok()?;
-        let message = "injected extend failure";
-        Some(if self.failure_is_transient.load(Ordering::SeqCst) {
-            Error::transient(self.inner.kind(), message, None)
-        } else {
-            Error::backend(self.inner.kind(), message, None)
-        })
+    /// Makes the next `count` calls to `release` fail with `failure`. With
+    /// `after_applying`, each call first reaches the backend (the lease is
+    /// released there) and only its reply is replaced by the failure — a
+    /// reply lost on the way back.
+    pub fn fail_releases(&self, count: usize, failure: InjectedFailure, after_applying: bool) {
+        self.releases.arm(count, failure, after_applying);
+    }
+
+    /// Release failures still to be injected.
+    pub fn pending_release_failures(&self) -> usize {
+        self.releases.remaining.load(Ordering::SeqCst)
     }
 
     fn count(&self) {
@@ -102,7 +135,10 @@ impl LockBackend for CountingBackend {
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         self.count();
-        if let Some(err) = self.injected_extend_failure() {
+        if let Some((err, apply)) = self.extends.take(self.inner.kind(), "extend") {
+            if apply {
+                let _ = self.inner.extend(lease, ttl).await;
+            }
             return Err(err);
         }
         self.inner.extend(lease, ttl).await
@@ -110,6 +146,12 @@ impl LockBackend for CountingBackend {
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         self.count();
+        if let Some((err, apply)) = self.releases.take(self.inner.kind(), "release") {
+            if apply {
+                let _ = self.inner.release(lease).await;
+            }
+            return Err(err);
+        }
         self.inner.release(lease).await
     }
 

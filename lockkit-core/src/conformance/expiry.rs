@@ -72,7 +72,14 @@ pub async fn crash_releases_after_ttl<H: Harness + ?Sized>(h: &H) {
         .acquire(&request(&name, "survivor", LONG_TTL), Some(sent + bound))
         .await
         .expect("a crashed holder must not block beyond TTL + slack");
-    assert!(sent.elapsed() <= bound);
+    // The granting request was sent before the deadline (its reply may
+    // arrive a little later on a loaded machine).
+    let granting_sent = lease.deadline - lease.ttl;
+    assert!(
+        granting_sent <= sent + bound,
+        "granted by a request sent {:?} after the crash, beyond TTL + slack {bound:?}",
+        granting_sent - sent
+    );
     assert!(lease.token > held.token);
     assert!(survivor.release(&lease).await.expect("release"));
     assert_clean(h, &*survivor, &name).await;
@@ -151,7 +158,9 @@ pub async fn lost_fires_on_force_release<H: Harness + ?Sized>(h: &H) {
 /// its token and lease id; nobody else gets in.
 pub async fn renewal_keeps_lease_alive<H: Harness + ?Sized>(h: &H) {
     let timing = h.timing().await;
-    let ttl = timing.short_ttl;
+    // Three short TTLs: a renewal every TTL/3 then has two thirds of the
+    // TTL to get through on a loaded machine before the lease may expire.
+    let ttl = timing.short_ttl * 3;
     let name = unique_name("renewal");
     let locker = Locker::new(h.client().await, "renewer")
         .and_then(|l| l.with_options(LockOptions::new().ttl(ttl)))
@@ -159,7 +168,7 @@ pub async fn renewal_keeps_lease_alive<H: Harness + ?Sized>(h: &H) {
     let guard = locker.acquire(&name).await.expect("acquire");
     let token = guard.token();
     let other = h.client().await;
-    let until = Instant::now() + ttl * 3;
+    let until = Instant::now() + ttl * 2;
     while Instant::now() < until {
         tokio::time::sleep(ttl / 4).await;
         assert!(

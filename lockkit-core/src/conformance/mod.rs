@@ -50,6 +50,7 @@ pub use self::input::{
 pub use self::ownership::{
     cleanup_expired_removes_only_expired, current_and_list_report_holder, extend_moves_expiry,
     force_release_frees_lock, only_owner_can_extend_or_release, release_is_idempotent,
+    release_retries_transient_failures,
 };
 pub use self::waiting::{
     acquire_timeout_leaves_nothing, cancelled_acquire_leaves_nothing, release_wakes_waiter,
@@ -82,6 +83,7 @@ pub const PROPERTIES: &[&str] = &[
     "cleanup_expired_removes_only_expired",
     "extend_moves_expiry",
     "release_is_idempotent",
+    "release_retries_transient_failures",
     "hostile_names_work",
     "invalid_names_rejected_before_io",
     "invalid_ttl_and_owner_rejected_before_io",
@@ -269,6 +271,26 @@ pub(crate) async fn await_queued<H: Harness + ?Sized>(h: &H, name: &LockName, n:
         assert!(
             tokio::time::Instant::now() < give_up,
             "{n} waiter(s) for {name:?} never showed up in the queue"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits (observing, not sleeping blindly) until no waiter is queued for
+/// `name`, failing after `within`; returns at once for backends that
+/// cannot tell ([`Harness::queued`] is `None`).
+pub(crate) async fn await_queue_drained<H: Harness + ?Sized>(
+    h: &H,
+    name: &LockName,
+    within: std::time::Duration,
+) {
+    let give_up = tokio::time::Instant::now() + within;
+    while let Some(queued) = h.queued(name).await
+        && queued > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "{queued} waiter(s) for {name:?} still queued {within:?} after being cancelled"
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

@@ -4,7 +4,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{Harness, LONG_TTL, assert_clean, request, unique_name};
+use super::{
+    CountingBackend, Harness, InjectedFailure, LONG_TTL, assert_clean, request, unique_name,
+};
 use crate::error::Error;
 use crate::locker::Locker;
 use crate::options::LockOptions;
@@ -78,16 +80,18 @@ pub async fn current_and_list_report_holder<H: Harness + ?Sized>(h: &H) {
         "acquired_at {:?} is too early",
         info.acquired_at
     );
-    if let Some(expires_at) = info.expires_at {
-        let lifetime = expires_at
-            .duration_since(info.acquired_at)
-            .expect("expires after acquired");
-        assert!(
-            lifetime + Duration::from_secs(1) >= LONG_TTL
-                && lifetime <= LONG_TTL + Duration::from_secs(2),
-            "expires_at - acquired_at = {lifetime:?}, TTL was {LONG_TTL:?}"
-        );
-    }
+    // Every backend knows when a record expires unless renewed.
+    let expires_at = info
+        .expires_at
+        .expect("current() reports when the lease expires");
+    let lifetime = expires_at
+        .duration_since(info.acquired_at)
+        .expect("expires after acquired");
+    assert!(
+        lifetime + Duration::from_secs(1) >= LONG_TTL
+            && lifetime <= LONG_TTL + Duration::from_secs(2),
+        "expires_at - acquired_at = {lifetime:?}, TTL was {LONG_TTL:?}"
+    );
 
     let listed: Vec<_> = observer
         .list()
@@ -106,6 +110,7 @@ pub async fn current_and_list_report_holder<H: Harness + ?Sized>(h: &H) {
         assert_eq!(&info.name, name);
         assert_eq!(info.owner, *owner);
         assert_eq!(info.token, *token);
+        assert!(info.expires_at.is_some(), "list() reports expiry: {info:?}");
     }
 
     assert!(a.release(&l1).await.expect("release"));
@@ -206,9 +211,13 @@ pub async fn cleanup_expired_removes_only_expired<H: Harness + ?Sized>(h: &H) {
 }
 
 /// Extending moves the expiry: the lease outlives its original TTL.
+///
+/// Judged on recorded instants: the original lease certainly expired by
+/// `granted_by + ttl` (+ slack), the extended one certainly lives until
+/// `extend_sent + 10 × ttl`; a refused try in between shows the extension.
 pub async fn extend_moves_expiry<H: Harness + ?Sized>(h: &H) {
     let timing = h.timing().await;
-    let ttl = timing.short_ttl;
+    let ttl = timing.short_ttl * 2;
     let name = unique_name("extend");
     let (a, b) = (h.client().await, h.client().await);
     let lease = a
@@ -216,23 +225,33 @@ pub async fn extend_moves_expiry<H: Harness + ?Sized>(h: &H) {
         .await
         .expect("try")
         .expect("free");
-    let extended = a.extend(&lease, ttl * 5).await.expect("extend");
+    let granted_by = Instant::now();
+    let extended = a.extend(&lease, ttl * 10).await.expect("extend");
+    let extend_sent = extended.deadline - extended.ttl;
     assert!(extended.deadline > lease.deadline);
     assert_eq!(extended.token, lease.token);
     assert_eq!(extended.lease_id, lease.lease_id);
-    tokio::time::sleep(ttl + timing.expiry_slack).await;
-    assert!(
-        b.try_acquire(&request(&name, "b", ttl))
-            .await
-            .expect("try")
-            .is_none(),
-        "an extended lease must outlive its first TTL"
-    );
-    assert_eq!(
-        b.current(&name).await.expect("current").map(|i| i.lease_id),
-        Some(lease.lease_id.clone())
-    );
-    assert!(a.release(&extended).await.expect("release"));
+    tokio::time::sleep_until(granted_by + ttl + timing.expiry_slack).await;
+    let try_sent = Instant::now();
+    let got = b.try_acquire(&request(&name, "b", ttl)).await.expect("try");
+    // Beyond the extended TTL (only on a very stalled machine) nothing
+    // can be concluded.
+    let judged = try_sent < extend_sent + extended.ttl;
+    if judged {
+        assert!(
+            got.is_none(),
+            "an extended lease must outlive its first TTL"
+        );
+        assert_eq!(
+            b.current(&name).await.expect("current").map(|i| i.lease_id),
+            Some(lease.lease_id.clone())
+        );
+    }
+    if let Some(other) = got {
+        assert!(b.release(&other).await.expect("release"));
+    }
+    let released = a.release(&extended).await.expect("release");
+    assert!(released || !judged, "the extended lease was still held");
     assert_clean(h, &*b, &name).await;
 }
 
@@ -268,4 +287,61 @@ pub async fn release_is_idempotent<H: Harness + ?Sized>(h: &H) {
     assert!(next.token > token);
     assert!(other.release(&next).await.expect("release"));
     assert_clean(h, &*other, &name).await;
+}
+
+/// A guard's release retries transient failures: a release that failed
+/// before reaching the backend and one whose reply was lost after the
+/// backend applied it both end with the lock free, `true` returned and
+/// nothing left behind.
+pub async fn release_retries_transient_failures<H: Harness + ?Sized>(h: &H) {
+    let name = unique_name("release-retry");
+    let counting = CountingBackend::wrap(h.client().await);
+    let locker = Locker::new(counting.clone(), "flaky-network")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(LONG_TTL)))
+        .expect("locker");
+    let other = h.client().await;
+
+    // Two attempts fail without reaching the backend; the third frees it.
+    let guard = locker.acquire(&name).await.expect("acquire");
+    counting.fail_releases(2, InjectedFailure::Transient, false);
+    assert!(
+        guard
+            .release()
+            .await
+            .expect("release retries transient errors"),
+        "the lease was held until the release"
+    );
+    assert_eq!(counting.pending_release_failures(), 0);
+    assert_eq!(
+        other.current(&name).await.expect("current"),
+        None,
+        "released"
+    );
+
+    // The first attempt is applied but its reply is lost; the retry finds
+    // nothing to delete, which still means our lease was released.
+    let guard = locker.acquire(&name).await.expect("acquire again");
+    counting.fail_releases(1, InjectedFailure::Transient, true);
+    assert!(
+        guard.release().await.expect("release after a lost reply"),
+        "a lost reply of a release that was applied still counts as released"
+    );
+    let lease = other
+        .try_acquire(&request(&name, "other", LONG_TTL))
+        .await
+        .expect("try")
+        .expect("free after the release");
+
+    // A permanent failure is not retried.
+    let name2 = unique_name("release-permanent");
+    let guard = locker.acquire(&name2).await.expect("acquire");
+    counting.fail_releases(1, InjectedFailure::Permanent, false);
+    let calls = counting.calls();
+    assert!(matches!(guard.release().await, Err(Error::Backend { .. })));
+    assert_eq!(counting.calls(), calls + 1, "one attempt only");
+    assert!(other.force_release(&name2).await.expect("force"));
+
+    assert!(other.release(&lease).await.expect("release"));
+    assert_clean(h, &*other, &name).await;
+    assert_clean(h, &*other, &name2).await;
 }

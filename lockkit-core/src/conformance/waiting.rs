@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Harness, LONG_TTL, assert_clean, await_queued, request, unique_name};
+use super::{
+    Harness, LONG_TTL, assert_clean, await_queue_drained, await_queued, request, unique_name,
+};
 use crate::error::Error;
 use crate::locker::Locker;
 use crate::options::LockOptions;
@@ -121,6 +123,10 @@ pub async fn cancelled_acquire_leaves_nothing<H: Harness + ?Sized>(h: &H) {
         joined.as_ref().is_err_and(|e| e.is_cancelled()),
         "the waiter was cancelled: {joined:?}"
     );
+    // A dropped future cannot await its clean-up, so backends finish it in
+    // the background; it must be done promptly, well before any queue
+    // entry could expire by itself.
+    await_queue_drained(h, &name, Duration::from_secs(2)).await;
     assert!(holder.release(&held).await.expect("release"));
     let next = h.client().await;
     let lease = next
