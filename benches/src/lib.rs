@@ -1,9 +1,9 @@
 //! # lockkit-benches
 //!
 //! Contention benchmarks for lockkit against the raw backends and peer
-//! libraries (DESIGN §6).
+//! libraries.
 //!
 //! **Status: placeholder.** This crate compiles so the workspace layout of
-//! DESIGN §1 is complete; a later issue fills it.
+//! `ARCHITECTURE.md` §1 is complete; a later issue fills it.
 
 pub use lockkit_core::Capabilities;

@@ -13,6 +13,9 @@
 //! - `conformance` (feature `conformance`): the public test kit every
 //!   backend runs.
 //!
+//! `ARCHITECTURE.md` at the repository root describes the contract, the
+//! layout and one acquire's path through this crate.
+//!
 //! Shared logic lives here once: waiting ([`wait`]), renewal (the guard),
 //! validation ([`LockName::new`], [`validate_ttl`]), metrics ([`metrics`]),
 //! redaction ([`redact_url`]), URL checks ([`BackendUrl`]), release retries
@@ -67,7 +70,7 @@ pub use crate::options::{LockOptions, Renewal};
 pub use crate::redact::redact_url;
 pub use crate::release::RELEASE_RETRY_FOR;
 pub use crate::ttl::{MAX_TTL, MIN_TTL, round_up_ttl, ttl_millis, validate_ttl};
-pub use crate::url::{BackendUrl, url_scheme};
+pub use crate::url::{BackendUrl, url_params, url_scheme, without_params};
 
 /// Re-exports for macros; not part of the public API.
 #[doc(hidden)]

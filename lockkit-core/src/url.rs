@@ -65,6 +65,78 @@ pub fn url_scheme(url: &str) -> Option<String> {
     Some(scheme.to_ascii_lowercase())
 }
 
+/// The decoded query parameters of any URL, in order (`+` and `%20` are
+/// spaces). The query starts at the first `?` after the last `@`, and ends
+/// at `#`.
+///
+/// ```
+/// assert_eq!(
+///     lockkit_core::url_params("sqlite:///x.db?table=ops.locks&mode=rwc"),
+///     [("table".to_owned(), "ops.locks".to_owned()), ("mode".to_owned(), "rwc".to_owned())]
+/// );
+/// ```
+pub fn url_params(url: &str) -> Vec<(String, String)> {
+    split_query(url)
+        .1
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `url` without the query parameters named in `drop` (for handing the
+/// rest to a driver); everything else stays byte for byte.
+///
+/// ```
+/// assert_eq!(
+///     lockkit_core::without_params("sqlite:///x.db?table=t&mode=rwc#f", &["table"]),
+///     "sqlite:///x.db?mode=rwc#f"
+/// );
+/// ```
+pub fn without_params(url: &str, drop: &[&str]) -> String {
+    let (base, query, fragment) = split_query(url);
+    let Some(query) = query else {
+        return url.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && !drop.contains(&key)
+        })
+        .collect();
+    let mut out = base.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
+/// `(before the query, query, fragment)`; the query begins at the first `?`
+/// after the last `@`.
+fn split_query(url: &str) -> (&str, Option<&str>, Option<&str>) {
+    let host_start = url.rfind('@').map_or(0, |at| at + 1);
+    let (head, fragment) = match url[host_start..].find('#') {
+        Some(i) => (&url[..host_start + i], Some(&url[host_start + i + 1..])),
+        None => (url, None),
+    };
+    match head[host_start..].find('?') {
+        Some(i) => (
+            &head[..host_start + i],
+            Some(&head[host_start + i + 1..]),
+            fragment,
+        ),
+        None => (head, None, fragment),
+    }
+}
+
 impl<'a> BackendUrl<'a> {
     /// Splits `url` for `backend` (a name for messages: `"postgres"`),
     /// whose schemes are `schemes` (lower-case).
@@ -207,13 +279,7 @@ impl<'a> BackendUrl<'a> {
 
     /// The query parameters, decoded (`+` and `%20` are spaces), in order.
     pub fn params(&self) -> Vec<(String, String)> {
-        self.query
-            .map(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        url_params(self.raw)
     }
 
     /// Rejects parameters not in `known`.
@@ -241,28 +307,7 @@ impl<'a> BackendUrl<'a> {
     /// The URL as given, without the query parameters named in `drop` (for
     /// handing the rest to a driver). Everything else stays byte for byte.
     pub fn without_params(&self, drop: &[&str]) -> String {
-        let Some(query) = self.query else {
-            return self.raw.to_owned();
-        };
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| {
-                let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-                !pair.is_empty() && !drop.contains(&key)
-            })
-            .collect();
-        let query_start =
-            self.raw.len() - query.len() - self.fragment.map_or(0, |f| f.len() + 1) - 1;
-        let mut out = self.raw[..query_start].to_owned();
-        if !kept.is_empty() {
-            out.push('?');
-            out.push_str(&kept.join("&"));
-        }
-        if let Some(fragment) = self.fragment {
-            out.push('#');
-            out.push_str(fragment);
-        }
-        out
+        without_params(self.raw, drop)
     }
 }
 

@@ -5,7 +5,7 @@
 //! detection, plus a runner that takes each task's lock.
 //!
 //! **Status: placeholder.** This crate compiles so the workspace layout of
-//! DESIGN §1 is complete; a later issue fills it. The `pipelines` example of
+//! `ARCHITECTURE.md` §1 is complete; a later issue fills it. The `pipelines` example of
 //! the `lockkit` crate shows the idea by hand meanwhile.
 
 pub use lockkit_core::LockOptions;

@@ -1,7 +1,7 @@
 //! # lockkit-etcd
 //!
 //! The etcd backend of lockkit: session leases, a FIFO queue of keys
-//! ordered by create revision, and watches (DESIGN §3).
+//! ordered by create revision, and watches (`ARCHITECTURE.md` §6).
 //!
 //! ```no_run
 //! use std::sync::Arc;

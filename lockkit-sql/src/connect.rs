@@ -56,44 +56,11 @@ pub(crate) fn sqlite_url(url: &str) -> Result<SqlUrl> {
             "malformed SQLite URL {redacted:?}: expected sqlite:path, sqlite:///absolute/path or sqlite::memory:"
         )));
     }
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok(SqlUrl {
-            driver: url.to_owned(),
-            redacted,
-            table: None,
-        });
-    };
-    let params: Vec<(String, String)> = form_pairs(query);
-    let table = table_param(&params)?;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !pair.is_empty() && !LOCKKIT_PARAMS.contains(&key)
-        })
-        .collect();
-    let driver = if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
     Ok(SqlUrl {
-        driver,
+        driver: lockkit_core::without_params(url, LOCKKIT_PARAMS),
         redacted,
-        table,
+        table: table_param(&lockkit_core::url_params(url))?,
     })
-}
-
-#[cfg(feature = "sqlite")]
-fn form_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k.to_owned(), v.to_owned())
-        })
-        .collect()
 }
 
 fn table_param(params: &[(String, String)]) -> Result<Option<TableName>> {

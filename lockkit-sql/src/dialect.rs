@@ -87,7 +87,7 @@ impl Statement {
     }
 }
 
-/// The statements of the row-lease recipe (DESIGN §3).
+/// The statements of the row-lease recipe (`ARCHITECTURE.md` §6).
 ///
 /// With [`Outcome::Rows`], statements return, in this column order:
 /// - `acquire`: `fence`; no row when the lock is held.

@@ -1,7 +1,7 @@
 //! # lockkit-sql
 //!
 //! Leases as rows of a SQL table — the seed's `locks` table, done right
-//! (DESIGN §3). SQLite is the embedded default (feature `sqlite`); Postgres
+//! (`ARCHITECTURE.md` §6). SQLite is the embedded default (feature `sqlite`); Postgres
 //! and MySQL join as sibling dialects of the same backend.
 //!
 //! ## The table

@@ -109,7 +109,8 @@
 //!
 //! ## Departure from the design note
 //!
-//! DESIGN.md ties expiry to the ZooKeeper session. With one session per
+//! The original design tied expiry to the ZooKeeper session
+//! (`ARCHITECTURE.md` §9). With one session per
 //! backend shared by leases of different TTLs, the session timeout cannot
 //! be every lease's TTL; it is a separate setting ([`ZkOptions::session_timeout`],
 //! default 10 s) and the TTL is enforced with node `mtime`s as above. A lease

@@ -279,6 +279,46 @@ async fn client_kill_does_not_break_exclusion() {
     assert!(waiter.release(&lease).await.unwrap());
 }
 
+/// The server kills the holder's connection right before each release:
+/// the release reconnects and retries (it is idempotent per lease id)
+/// instead of failing with "broken pipe" and leaving the lock held until
+/// its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_right_after_a_killed_connection_frees_the_lock() {
+    let server = RedisServer::start(RedisConfig::default());
+    let backend = Arc::new(lockkit_redis::connect(&server.url()).await.unwrap());
+    let locker = Locker::new(backend.clone(), "holder")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(Duration::from_secs(60))))
+        .unwrap();
+    let mut raw = server.raw();
+    for round in 0..5 {
+        let name = unique_name("kill-before-release");
+        let guard = locker.acquire(&name).await.unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .query(&mut raw)
+            .unwrap();
+        assert!(
+            killed >= 1,
+            "round {round}: the holder's connection was killed"
+        );
+        assert!(
+            guard.release().await.unwrap_or_else(|e| panic!(
+                "round {round}: release after a killed connection: {e:?}"
+            )),
+            "round {round}: the lease was held until the release"
+        );
+        let left: i64 = redis::cmd("EXISTS")
+            .arg(&backend.keys(&name).lock)
+            .query(&mut raw)
+            .unwrap();
+        assert_eq!(
+            left, 0,
+            "round {round}: the lock is free at once, not after its TTL"
+        );
+    }
+}
+
 /// With `appendfsync always`, a SIGKILLed and restarted server keeps the
 /// fence counter (tokens keep increasing) and the live lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
