@@ -223,16 +223,18 @@ impl RedisBackend {
         let mut backoff = self.inner.options.poll.backoff();
         loop {
             let sent_at = Instant::now();
+            // From the moment the script is sent it may queue us, even if
+            // its reply never arrives (the future dropped mid-request, a
+            // lost reply): the ticket leaves the queue on drop from here.
+            ticket.queued = true;
             match self.run_acquire(req, Mode::Wait).await {
                 Ok(Some(token)) => {
                     // The script removed our entry when it granted.
                     ticket.queued = false;
                     return Ok(Lease::granted(req, token, sent_at));
                 }
-                Ok(None) => ticket.queued = true,
+                Ok(None) => {}
                 Err(err) if err.is_retryable() => {
-                    // The script may or may not have queued us.
-                    ticket.queued = true;
                     tracing::debug!(lock = %req.name, error = %err, "transient error while queued; retrying");
                 }
                 Err(err) => return Err(err),

@@ -309,8 +309,9 @@ where
     }
 
     /// The values for a statement about `name` (and a lease), with a fresh
-    /// host-clock reading. Call it after taking the instant a lease's
-    /// deadline counts from, so the row never outlives the local deadline.
+    /// host-clock reading. Call it after taking the instant a lease's local
+    /// deadline counts from, so that deadline always ends before the row
+    /// expires.
     fn values<'a>(
         &'a self,
         name: &'a str,

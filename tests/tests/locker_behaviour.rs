@@ -172,3 +172,37 @@ fn guard_dropped_outside_a_runtime_does_not_panic() {
     drop(runtime);
     drop(guard); // no runtime: the lease is left to expire, without a panic
 }
+
+/// A release whose future is dropped while it retries (say, under a
+/// caller's timeout) still frees the lock: the guard, dropped with the
+/// future, finishes the release in the background with the same retries.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_release_still_frees_the_lock() {
+    let memory = MemoryBackend::new();
+    let counting = CountingBackend::wrap(Arc::new(memory.clone()));
+    let locker = locker_on(
+        counting.clone(),
+        LockOptions::new().ttl(Duration::from_secs(60)),
+    );
+    let guard = locker.acquire("cancelled-release").await.expect("acquire");
+    let name = guard.name();
+    counting.fail_releases(3, InjectedFailure::Transient, false);
+    // The first attempt fails at once; the backoff before the next one is
+    // at least 5 ms, so this timeout drops the future while it waits.
+    let outcome = tokio::time::timeout(Duration::from_millis(1), guard.release()).await;
+    assert!(outcome.is_err(), "the release was cut off: {outcome:?}");
+    let started = tokio::time::Instant::now();
+    while memory.current(&name).await.expect("current").is_some() {
+        assert!(
+            started.elapsed() < lockkit_core::RELEASE_RETRY_FOR,
+            "the background release never freed the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counting.pending_release_failures(), 0, "it retried");
+    let again = locker
+        .acquire("cancelled-release")
+        .await
+        .expect("acquire again");
+    assert!(again.release().await.expect("release"));
+}
