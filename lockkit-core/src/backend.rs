@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::lease::{AcquireRequest, Lease, LockInfo};
+use crate::loss::LossSignal;
 use crate::name::LockName;
 use crate::wait::{PollPolicy, WakeSubscription, wait_and_acquire};
 
@@ -159,10 +159,10 @@ pub trait LockBackend: Send + Sync + Debug {
         PollPolicy::default()
     }
 
-    /// A token the backend cancels when it knows `lease` is gone (its
-    /// session died, an admin removed it). `None` (the default) means loss
-    /// is found by renewal only.
-    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+    /// A signal the backend fires, with the reason, when it knows `lease`
+    /// is gone (its session died, an admin removed it, it was observed
+    /// expired). `None` (the default) means loss is found by renewal only.
+    fn loss_signal(&self, lease: &Lease) -> Option<LossSignal> {
         let _ = lease;
         None
     }

@@ -1,6 +1,7 @@
 //! The one error type of the lockkit contract.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::name::LockName;
@@ -49,8 +50,14 @@ pub enum Error {
     },
 
     /// Some other argument is invalid (an owner label, a table name, an option).
-    #[error("invalid input: {0}")]
-    InvalidInput(String),
+    #[error("invalid input: {message}")]
+    InvalidInput {
+        /// What is wrong.
+        message: String,
+        /// The underlying error (a number that did not parse), if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// The lock was not granted before the deadline.
     #[error("timed out after {waited:?} waiting for lock {name:?}")]
@@ -153,6 +160,22 @@ impl Error {
         }
     }
 
+    /// An [`Error::InvalidInput`] without a source.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Error::InvalidInput`] caused by `source`.
+    pub fn invalid_input_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::InvalidInput {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
     /// A [`Error::Configuration`] error without a source.
     pub fn configuration(message: impl Into<String>) -> Self {
         Self::Configuration {
@@ -177,7 +200,7 @@ impl Error {
         match self {
             Self::InvalidName { .. } => "invalid_name",
             Self::InvalidTtl { .. } => "invalid_ttl",
-            Self::InvalidInput(_) => "invalid_input",
+            Self::InvalidInput { .. } => "invalid_input",
             Self::Timeout { .. } => "timeout",
             Self::Lost { .. } => "lost",
             Self::WouldDeadlock { .. } => "would_deadlock",
@@ -189,7 +212,11 @@ impl Error {
 }
 
 /// Why a lease was lost.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Two reasons are equal when they are the same kind; for
+/// [`RenewalFailed`](Self::RenewalFailed) and
+/// [`SessionLost`](Self::SessionLost) their messages must match too.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum LostReason {
     /// The local safe deadline passed without a successful renewal.
@@ -197,8 +224,9 @@ pub enum LostReason {
     /// The backend says the lease is no longer ours (it expired there and
     /// was taken over, or an admin force-released it).
     NotHeld,
-    /// Renewal failed with an error that retrying cannot fix.
-    RenewalFailed(String),
+    /// Renewal failed with an error that retrying cannot fix (kept as the
+    /// error itself, with its source chain).
+    RenewalFailed(Arc<Error>),
     /// The backend session that carried the lease (etcd lease, ZooKeeper
     /// session, connection) ended.
     SessionLost(String),
@@ -218,6 +246,20 @@ impl LostReason {
         }
     }
 }
+
+impl PartialEq for LostReason {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::RenewalFailed(a), Self::RenewalFailed(b)) => {
+                a.kind() == b.kind() && a.to_string() == b.to_string()
+            }
+            (Self::SessionLost(a), Self::SessionLost(b)) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
+impl Eq for LostReason {}
 
 impl fmt::Display for LostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,31 +1,59 @@
-//! `LockGuard`: a held lease, kept alive in the background, with a loss signal.
+//! `LockGuard`: a held lease, kept alive in the background, with a loss
+//! signal — as an explicit state machine (`ARCHITECTURE.md` §4).
+//!
+//! ```text
+//!            lose(reason)               begin_release() — first caller wins
+//!   Held ───────────────────▶ Lost ─────────────────────────────┐
+//!    │                                                           ▼
+//!    └──── begin_release(): release(), Drop ───────────▶ Releasing ──▶ Released
+//! ```
+//!
+//! Exactly one party releases the lease on the backend: whoever moves the
+//! phase to `Releasing` first — an explicit [`LockGuard::release`], the
+//! guard's `Drop`, or the maintenance task after a loss (a lost lease may
+//! still be held by the backend after `MaxHoldExceeded` or a local-deadline
+//! expiry, so it is always released; the lease id makes that harmless).
+//! The maintenance task holds only a `Weak` reference.
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::LockBackend;
 use crate::error::{Error, LostReason, Result};
 use crate::lease::{FencingToken, Lease};
+use crate::loss::LossSignal;
 use crate::metrics;
 use crate::name::LockName;
-use crate::options::LockOptions;
+use crate::options::{LockOptions, Renewal};
 use crate::release::release_retrying;
 use crate::wait::PollPolicy;
 
 /// The set of names a [`Locker`](crate::Locker) currently holds.
 pub(crate) type HeldSet = Arc<Mutex<HashSet<LockName>>>;
 
-/// State shared by a guard and its maintenance task.
+/// Where a guard is in its life (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Held,
+    Lost,
+    Releasing,
+    Released,
+}
+
+/// State shared by a guard, its handles and its maintenance task.
 #[derive(Debug)]
 struct Shared {
     backend: Arc<dyn LockBackend>,
     lease: Mutex<Lease>,
+    phase: Mutex<Phase>,
     /// Serialises extend calls so the stored deadline is that of the
     /// extension the backend applied last.
     extend_lock: tokio::sync::Mutex<()>,
@@ -33,9 +61,15 @@ struct Shared {
     lost_reason: OnceLock<LostReason>,
     /// Stops the maintenance task (release or drop).
     stop: CancellationToken,
+    /// The lease moved (an explicit extend, a renewal): the maintenance
+    /// task recomputes its renewal time from the current TTL.
+    lease_changed: Arc<Notify>,
     held: HeldSet,
     held_cleared: AtomicBool,
-    acquired_at: Instant,
+    /// When the lock was granted (after any wait): the start of the hold.
+    granted_at: Instant,
+    renewal: Renewal,
+    max_hold: Option<Duration>,
 }
 
 impl Shared {
@@ -48,6 +82,7 @@ impl Shared {
 
     fn set_lease(&self, lease: Lease) {
         *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
+        self.lease_changed.notify_one();
     }
 
     fn name(&self) -> LockName {
@@ -56,6 +91,27 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .name
             .clone()
+    }
+
+    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims the release of the lease on the backend; `true` for exactly
+    /// one caller.
+    fn begin_release(&self) -> bool {
+        let mut phase = self.phase();
+        match *phase {
+            Phase::Held | Phase::Lost => {
+                *phase = Phase::Releasing;
+                true
+            }
+            Phase::Releasing | Phase::Released => false,
+        }
+    }
+
+    fn finish_release(&self) {
+        *self.phase() = Phase::Released;
     }
 
     /// Forgets the name in the locker's held set, once.
@@ -67,19 +123,30 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&name);
             metrics::held(self.backend.kind(), &name, -1.0);
-            metrics::hold(self.backend.kind(), &name, self.acquired_at.elapsed());
+            metrics::hold(self.backend.kind(), &name, self.granted_at.elapsed());
         }
     }
 
-    /// Marks the lease lost (first reason wins) and fires the signal.
+    /// Held → Lost: records the reason (the first one wins) and fires the
+    /// signal. A guard that is being released is not "lost".
     fn lose(&self, reason: LostReason) {
-        if self.lost_reason.set(reason.clone()).is_ok() {
-            let name = self.name();
-            tracing::warn!(backend = self.backend.kind(), lock = %name, %reason, "lease lost");
-            metrics::lost(self.backend.kind(), &name, &reason);
-            self.clear_held();
-            self.lost.cancel();
+        {
+            let mut phase = self.phase();
+            if *phase != Phase::Held {
+                return;
+            }
+            *phase = Phase::Lost;
         }
+        let _ = self.lost_reason.set(reason.clone());
+        let name = self.name();
+        tracing::warn!(backend = self.backend.kind(), lock = %name, %reason, "lease lost");
+        metrics::lost(self.backend.kind(), &name, &reason);
+        self.clear_held();
+        self.lost.cancel();
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
     }
 
     fn lost_error(&self) -> Error {
@@ -96,7 +163,7 @@ impl Shared {
     /// One extension, serialised with others.
     async fn extend(&self, ttl: Duration) -> Result<Lease> {
         let _serial = self.extend_lock.lock().await;
-        if self.lost.is_cancelled() {
+        if self.is_lost() {
             return Err(self.lost_error());
         }
         let current = self.lease();
@@ -107,10 +174,10 @@ impl Shared {
                 self.set_lease(renewed.clone());
                 Ok(renewed)
             }
-            Err(err) if err.is_lost() => {
+            Err(Error::Lost { name, reason }) => {
                 metrics::extend(kind, &current.name, "lost");
-                self.lose(LostReason::NotHeld);
-                Err(err)
+                self.lose(reason.clone());
+                Err(Error::Lost { name, reason })
             }
             Err(err) => {
                 metrics::extend(kind, &current.name, "error");
@@ -118,71 +185,31 @@ impl Shared {
             }
         }
     }
-}
 
-/// A held lock. Obtained from [`Locker::acquire`](crate::Locker::acquire).
-///
-/// While the guard lives, a background task renews the lease (unless
-/// renewal is off) and watches for its loss. The guard's [`lost`](Self::lost)
-/// future completes, and [`is_lost`](Self::is_lost) turns true, when:
-/// - the backend says the lease is no longer held (expired and taken over,
-///   force-released by an admin),
-/// - renewal fails with an error retrying cannot fix,
-/// - the local safe deadline passes without a successful renewal (for
-///   example while the backend is unreachable),
-/// - the backend's session carrying the lease dies,
-/// - the maximum hold time passes.
-///
-/// Work protected by the lock should stop when that happens, and pass
-/// [`token`](Self::token) to storage that checks fencing tokens.
-///
-/// Release with [`release`](Self::release). Dropping the guard without
-/// releasing spawns a best-effort release on the current Tokio runtime; with
-/// no runtime (or if that release fails) the lease simply expires after its
-/// TTL.
-#[derive(Debug)]
-pub struct LockGuard {
-    shared: Arc<Shared>,
-    released: bool,
-}
-
-impl LockGuard {
-    /// Wraps a granted lease and starts its maintenance task. The lock's name
-    /// must already be in `held`.
-    pub(crate) fn start(
-        backend: Arc<dyn LockBackend>,
-        lease: Lease,
-        opts: &LockOptions,
-        held: HeldSet,
-        acquired_at: Instant,
-    ) -> Self {
-        let backend_loss = backend.loss_signal(&lease);
-        metrics::held(backend.kind(), &lease.name, 1.0);
-        let renew_every = opts.renew_interval(lease.ttl);
-        let max_hold_at = opts.max_hold.map(|m| acquired_at + m);
-        let shared = Arc::new(Shared {
-            backend,
-            lease: Mutex::new(lease),
-            extend_lock: tokio::sync::Mutex::new(()),
-            lost: CancellationToken::new(),
-            lost_reason: OnceLock::new(),
-            stop: CancellationToken::new(),
-            held,
-            held_cleared: AtomicBool::new(false),
-            acquired_at,
-        });
-        tokio::spawn(maintain(
-            Arc::clone(&shared),
-            renew_every,
-            max_hold_at,
-            backend_loss,
-        ));
-        Self {
-            shared,
-            released: false,
-        }
+    /// Releases on the backend (the caller claimed it with
+    /// `begin_release`), after any in-flight renewal.
+    async fn release_now(&self) -> Result<bool> {
+        let _serial = self.extend_lock.lock().await;
+        let lease = self.lease();
+        self.clear_held();
+        let result = release_retrying(&*self.backend, &lease).await;
+        self.finish_release();
+        tracing::debug!(backend = self.backend.kind(), lock = %lease.name, ?result, "released");
+        result
     }
+}
 
+/// A view of a held lease: its token, deadline and loss signal.
+///
+/// [`Locker::run_exclusive`](crate::Locker::run_exclusive) hands one to the
+/// protected work; a [`LockGuard`] dereferences to one. Clones are cheap
+/// and all see the same lease.
+#[derive(Debug, Clone)]
+pub struct LeaseHandle {
+    shared: Arc<Shared>,
+}
+
+impl LeaseHandle {
     /// The lock's name.
     pub fn name(&self) -> LockName {
         self.shared.name()
@@ -206,7 +233,7 @@ impl LockGuard {
     /// the instant before the last granting or renewing request was sent.
     /// Zero once the lease is lost.
     pub fn remaining(&self) -> Duration {
-        if self.shared.lost.is_cancelled() {
+        if self.shared.is_lost() {
             return Duration::ZERO;
         }
         self.shared.lease().remaining()
@@ -214,7 +241,7 @@ impl LockGuard {
 
     /// `true` once the lease is known to be lost.
     pub fn is_lost(&self) -> bool {
-        self.shared.lost.is_cancelled()
+        self.shared.is_lost()
     }
 
     /// Why the lease was lost, once it is.
@@ -223,8 +250,11 @@ impl LockGuard {
     }
 
     /// A future that completes with the reason when the lease is lost. It
-    /// does not borrow the guard, so it can be moved into a `select!` or a
-    /// spawned task.
+    /// does not borrow, so it can be moved into a `select!` or a spawned
+    /// task.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping it only stops waiting.
     pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
         let shared = Arc::clone(&self.shared);
         async move {
@@ -238,7 +268,7 @@ impl LockGuard {
     }
 
     /// A cancellation token that is cancelled when the lease is lost.
-    /// Cancelling it yourself does not affect the guard.
+    /// Cancelling it yourself does not affect the lease.
     pub fn lost_token(&self) -> CancellationToken {
         self.shared.lost.child_token()
     }
@@ -249,7 +279,7 @@ impl LockGuard {
     /// # Errors
     /// [`Error::Lost`] as described.
     pub fn ensure_held(&self) -> Result<()> {
-        if self.shared.lost.is_cancelled() {
+        if self.shared.is_lost() {
             return Err(self.shared.lost_error());
         }
         if self.shared.lease().remaining().is_zero() {
@@ -259,20 +289,113 @@ impl LockGuard {
         Ok(())
     }
 
-    /// Extends the lease to `ttl` from now (by the backend's clock).
+    /// Extends the lease to `ttl` from now (by the backend's clock). Renewal
+    /// continues at the interval for the new TTL (a third of it by
+    /// default), shorter or longer.
     ///
     /// # Errors
     /// [`Error::InvalidTtl`] for a TTL out of bounds (before any I/O);
     /// [`Error::Lost`] if the lease is gone (the loss signal fires too);
-    /// backend errors otherwise.
+    /// backend errors otherwise (the lease is unchanged).
+    ///
+    /// # Cancel safety
+    /// If the future is dropped, the extension may or may not have been
+    /// applied by the backend; the guard keeps the deadline it knew, which
+    /// is the earlier one, so it never believes it holds too long.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         crate::ttl::validate_ttl(ttl)?;
         self.shared.extend(ttl).await.map(|_| ())
     }
+}
+
+/// A held lock. Obtained from [`Locker::acquire`](crate::Locker::acquire).
+///
+/// While the guard lives, a background task renews the lease (unless
+/// renewal is off) and watches for its loss. The guard's
+/// [`lost`](LeaseHandle::lost) future completes, and
+/// [`is_lost`](LeaseHandle::is_lost) turns true, when:
+/// - the backend says the lease is no longer held (expired and taken over,
+///   force-released by an admin), with the backend's reason,
+/// - renewal fails with an error retrying cannot fix,
+/// - the local safe deadline passes without a successful renewal (for
+///   example while the backend is unreachable),
+/// - the backend's session carrying the lease dies,
+/// - the maximum hold time, counted from the grant, passes.
+///
+/// Work protected by the lock should stop when that happens, and pass
+/// [`token`](LeaseHandle::token) to storage that checks fencing tokens. The
+/// guard dereferences to a [`LeaseHandle`] for all of these.
+///
+/// Release with [`release`](Self::release). Dropping the guard releases in
+/// the background on the current Tokio runtime (with retries, see
+/// [`RELEASE_RETRY_FOR`](crate::RELEASE_RETRY_FOR)); with no runtime the
+/// lease simply expires after its TTL. After a loss the lease is released
+/// too, by exactly one of these paths.
+#[must_use = "dropping a LockGuard releases the lock at once"]
+#[derive(Debug)]
+pub struct LockGuard {
+    handle: LeaseHandle,
+}
+
+impl Deref for LockGuard {
+    type Target = LeaseHandle;
+
+    fn deref(&self) -> &LeaseHandle {
+        &self.handle
+    }
+}
+
+impl LockGuard {
+    /// Wraps a granted lease and starts its maintenance task. The lock's
+    /// name must already be in `held`; `granted_at` is when the grant
+    /// reached the caller (the hold starts there, not when waiting began).
+    pub(crate) fn start(
+        backend: Arc<dyn LockBackend>,
+        lease: Lease,
+        opts: &LockOptions,
+        held: HeldSet,
+        granted_at: Instant,
+    ) -> Self {
+        let backend_loss = backend.loss_signal(&lease);
+        metrics::held(backend.kind(), &lease.name, 1.0);
+        let shared = Arc::new(Shared {
+            backend,
+            lease: Mutex::new(lease),
+            phase: Mutex::new(Phase::Held),
+            extend_lock: tokio::sync::Mutex::new(()),
+            lost: CancellationToken::new(),
+            lost_reason: OnceLock::new(),
+            stop: CancellationToken::new(),
+            lease_changed: Arc::new(Notify::new()),
+            held,
+            held_cleared: AtomicBool::new(false),
+            granted_at,
+            renewal: opts.renewal,
+            max_hold: opts.max_hold,
+        });
+        tokio::spawn(maintain(
+            Arc::downgrade(&shared),
+            Signals {
+                stop: shared.stop.clone(),
+                lost: shared.lost.clone(),
+                lease_changed: Arc::clone(&shared.lease_changed),
+                backend_loss,
+            },
+        ));
+        Self {
+            handle: LeaseHandle { shared },
+        }
+    }
+
+    /// A cheap handle on the same lease (token, deadline, loss signal)
+    /// that does not own the lock.
+    pub fn handle(&self) -> LeaseHandle {
+        self.handle.clone()
+    }
 
     /// Releases the lock. Returns `true` if it was still held by this guard
     /// and is now free; `false` if it had already been lost (expired and
-    /// taken over, force-released).
+    /// taken over, force-released, given up after `max_hold`).
     ///
     /// Transient backend failures (a reset connection, a lost reply) are
     /// retried with jittered backoff for up to
@@ -284,63 +407,54 @@ impl LockGuard {
     /// retries; the lease then expires after its TTL.
     ///
     /// # Cancel safety
-    /// If the future is dropped before it completes, the guard is dropped
-    /// with it and the best-effort release of [`Drop`] takes over in the
-    /// background (with the same retries), so the lock is still freed.
-    pub async fn release(mut self) -> Result<bool> {
-        self.shared.stop.cancel();
-        // Wait for an in-flight renewal so we release the lease it produced.
-        let serial = self.shared.extend_lock.lock().await;
-        let lease = self.shared.lease();
-        let was_lost = self.shared.lost.is_cancelled();
-        self.shared.clear_held();
-        let result = release_retrying(&*self.shared.backend, &lease).await;
-        drop(serial);
-        self.released = true;
-        tracing::debug!(backend = self.shared.backend.kind(), lock = %lease.name, ?result, "released");
-        match result {
-            Ok(still_held) => Ok(still_held && !was_lost),
-            Err(err) => Err(err),
+    /// The release runs in a task of its own: dropping this future does not
+    /// stop it, so the lock is still freed.
+    pub async fn release(self) -> Result<bool> {
+        let shared = Arc::clone(&self.handle.shared);
+        shared.stop.cancel();
+        if !shared.begin_release() {
+            // The maintenance task is releasing a lost lease, or did.
+            return Ok(false);
         }
+        let was_lost = shared.is_lost();
+        let releasing = Arc::clone(&shared);
+        let outcome = tokio::spawn(async move { releasing.release_now().await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::backend(
+                    shared.backend.kind(),
+                    format!("the release task failed: {e}"),
+                    None,
+                ))
+            });
+        outcome.map(|still_held| still_held && !was_lost)
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if self.released {
+        let shared = &self.handle.shared;
+        shared.stop.cancel();
+        shared.clear_held();
+        if !shared.begin_release() {
             return;
         }
-        self.shared.stop.cancel();
-        self.shared.clear_held();
-        if self.shared.lost.is_cancelled() {
-            // The maintenance task already released what it could.
-            return;
-        }
-        let shared = Arc::clone(&self.shared);
         match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    let _serial = shared.extend_lock.lock().await;
-                    let lease = shared.lease();
-                    let outcome = release_retrying(&*shared.backend, &lease).await;
-                    tracing::debug!(lock = %lease.name, ?outcome, "released on drop");
+            Ok(runtime) => {
+                let shared = Arc::clone(shared);
+                runtime.spawn(async move {
+                    let outcome = shared.release_now().await;
+                    tracing::debug!(lock = %shared.name(), ?outcome, "released on drop");
                 });
             }
             Err(_) => {
+                shared.finish_release();
                 tracing::debug!(
-                    lock = %self.shared.name(),
+                    lock = %shared.name(),
                     "guard dropped outside a Tokio runtime; the lease will expire after its TTL"
                 );
             }
         }
-    }
-}
-
-/// Waits for an optional token.
-async fn cancelled(token: Option<&CancellationToken>) {
-    match token {
-        Some(token) => token.cancelled().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -352,57 +466,103 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The background task of a guard: renews, watches the deadline, the
-/// backend's loss signal and the maximum hold time.
-async fn maintain(
-    shared: Arc<Shared>,
-    renew_every: Option<Duration>,
+/// Waits for an optional backend loss signal.
+async fn backend_lost(signal: Option<&LossSignal>) -> LostReason {
+    match signal {
+        Some(signal) => signal.fired().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The instant the request behind `lease`'s current deadline was sent.
+fn sent_at(lease: &Lease) -> Instant {
+    lease
+        .deadline
+        .checked_sub(lease.ttl)
+        .unwrap_or(lease.deadline)
+}
+
+/// What the maintenance task waits on, owned so that it holds no strong
+/// reference to the guard's state while it waits.
+struct Signals {
+    stop: CancellationToken,
+    lost: CancellationToken,
+    lease_changed: Arc<Notify>,
+    backend_loss: Option<LossSignal>,
+}
+
+/// What one turn of the maintenance task waits for.
+struct Timers {
+    deadline: Instant,
+    next_renewal: Option<Instant>,
     max_hold_at: Option<Instant>,
-    backend_loss: Option<CancellationToken>,
-) {
-    let mut next_renewal = renew_every.map(|every| Instant::now() + every);
+}
+
+/// The background task of a guard: renews at the interval for the current
+/// TTL, watches the deadline, the backend's loss signal and the maximum
+/// hold time; after a loss, releases the lease unless another party
+/// already claimed that.
+async fn maintain(shared: Weak<Shared>, signals: Signals) {
     let reason = loop {
-        let deadline = shared.lease().deadline;
+        let timers = {
+            let Some(guard) = shared.upgrade() else {
+                return;
+            };
+            let lease = guard.lease();
+            Timers {
+                deadline: lease.deadline,
+                next_renewal: guard
+                    .renewal
+                    .interval(lease.ttl)
+                    .map(|every| sent_at(&lease) + every),
+                max_hold_at: guard.max_hold.map(|m| guard.granted_at + m),
+            }
+        };
         tokio::select! {
             biased;
-            () = shared.stop.cancelled() => return,
-            () = shared.lost.cancelled() => break None,
-            () = cancelled(backend_loss.as_ref()) => {
-                break Some(LostReason::NotHeld);
-            }
-            () = sleep_until(max_hold_at) => break Some(LostReason::MaxHoldExceeded),
-            () = tokio::time::sleep_until(deadline) => {
-                if Instant::now() >= shared.lease().deadline {
+            () = signals.stop.cancelled() => return,
+            () = signals.lost.cancelled() => break None,
+            reason = backend_lost(signals.backend_loss.as_ref()) => break Some(reason),
+            () = sleep_until(timers.max_hold_at) => break Some(LostReason::MaxHoldExceeded),
+            () = signals.lease_changed.notified() => {}
+            () = tokio::time::sleep_until(timers.deadline) => {
+                let Some(guard) = shared.upgrade() else { return };
+                if Instant::now() >= guard.lease().deadline {
                     break Some(LostReason::Expired);
                 }
             }
-            () = sleep_until(next_renewal) => {
-                let started = Instant::now();
-                match renew(&shared).await {
-                    Ok(()) => {
-                        next_renewal = renew_every.map(|every| started + every);
-                    }
-                    Err(reason) => break reason,
+            () = sleep_until(timers.next_renewal) => {
+                let Some(guard) = shared.upgrade() else { return };
+                match renew(&guard, &signals.stop).await {
+                    Ok(()) => {}
+                    Err(None) => return,
+                    Err(Some(reason)) => break Some(reason),
                 }
             }
         }
     };
-    if let Some(reason) = reason {
-        shared.lose(reason);
-    }
-    if shared.stop.is_cancelled() {
+    let Some(guard) = shared.upgrade() else {
         return;
+    };
+    if let Some(reason) = reason {
+        guard.lose(reason);
     }
-    // Free the lock for others now rather than after the TTL; matching on the
-    // lease id makes this harmless if someone else holds it.
-    let lease = shared.lease();
-    let outcome = release_retrying(&*shared.backend, &lease).await;
-    tracing::debug!(lock = %lease.name, ?outcome, "best-effort release after loss");
+    // A lost lease may still be held by the backend (max hold, a local
+    // deadline that ran out while the backend was slow): free it now rather
+    // than after its TTL. The lease id makes this harmless if someone else
+    // holds the lock.
+    if guard.begin_release() {
+        let outcome = guard.release_now().await;
+        tracing::debug!(lock = %guard.name(), ?outcome, "released after the loss");
+    }
 }
 
 /// Renews once, retrying transient errors until the local deadline.
 /// `Err(None)` means the guard is being released; `Err(Some(_))` is a loss.
-async fn renew(shared: &Shared) -> std::result::Result<(), Option<LostReason>> {
+async fn renew(
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> std::result::Result<(), Option<LostReason>> {
     let ttl = shared.lease().ttl;
     let mut backoff = PollPolicy::new(Duration::from_millis(20), ttl / 6).backoff();
     loop {
@@ -412,23 +572,23 @@ async fn renew(shared: &Shared) -> std::result::Result<(), Option<LostReason>> {
         }
         let attempt = tokio::select! {
             biased;
-            () = shared.stop.cancelled() => return Err(None),
+            () = stop.cancelled() => return Err(None),
             attempt = tokio::time::timeout_at(deadline, shared.extend(ttl)) => attempt,
         };
         match attempt {
             Err(_elapsed) => return Err(Some(LostReason::Expired)),
             Ok(Ok(_)) => return Ok(()),
-            Ok(Err(err)) if err.is_lost() => return Err(Some(LostReason::NotHeld)),
+            Ok(Err(Error::Lost { reason, .. })) => return Err(Some(reason)),
             Ok(Err(err)) if err.is_retryable() => {
                 tracing::debug!(lock = %shared.name(), error = %err, "renewal failed; retrying");
                 let wake = (Instant::now() + backoff.next_delay()).min(deadline);
                 tokio::select! {
                     biased;
-                    () = shared.stop.cancelled() => return Err(None),
+                    () = stop.cancelled() => return Err(None),
                     () = tokio::time::sleep_until(wake) => {}
                 }
             }
-            Ok(Err(err)) => return Err(Some(LostReason::RenewalFailed(err.to_string()))),
+            Ok(Err(err)) => return Err(Some(LostReason::RenewalFailed(Arc::new(err)))),
         }
     }
 }

@@ -67,7 +67,7 @@ impl LeaseId {
     /// [`Error::InvalidInput`] for an empty id, one over 255 bytes, or one
     /// with control characters.
     pub fn parse(value: &str) -> Result<Self> {
-        validate_label(value, "lease id").map_err(Error::InvalidInput)?;
+        validate_label(value, "lease id").map_err(Error::invalid_input)?;
         Ok(Self(value.into()))
     }
 
@@ -136,7 +136,7 @@ impl AcquireRequest {
 /// # Errors
 /// [`Error::InvalidInput`] saying what is wrong.
 pub fn validate_owner(owner: &str) -> Result<()> {
-    validate_label(owner, "owner label").map_err(Error::InvalidInput)
+    validate_label(owner, "owner label").map_err(Error::invalid_input)
 }
 
 /// One grant of a lock to one owner, as the holder sees it.

@@ -43,6 +43,7 @@ mod error;
 mod guard;
 mod lease;
 mod locker;
+mod loss;
 mod name;
 mod options;
 mod redact;
@@ -60,11 +61,12 @@ pub mod conformance;
 pub use crate::backend::{Capabilities, LockBackend};
 pub use crate::cleanup::{CleanupTask, spawn_cleanup};
 pub use crate::error::{BoxError, Error, LostReason, Result};
-pub use crate::guard::LockGuard;
+pub use crate::guard::{LeaseHandle, LockGuard};
 pub use crate::lease::{
     AcquireRequest, FencingToken, Lease, LeaseId, LockInfo, system_time_from_millis, validate_owner,
 };
 pub use crate::locker::Locker;
+pub use crate::loss::LossSignal;
 pub use crate::name::{IntoLockName, LockName, MAX_NAME_BYTES};
 pub use crate::options::{LockOptions, Renewal};
 pub use crate::redact::redact_url;

@@ -9,8 +9,8 @@ use tracing::Instrument;
 
 use crate::backend::LockBackend;
 use crate::error::{Error, LostReason, Result};
-use crate::guard::{HeldSet, LockGuard};
-use crate::lease::{AcquireRequest, Lease, validate_owner};
+use crate::guard::{HeldSet, LeaseHandle, LockGuard};
+use crate::lease::{AcquireRequest, validate_owner};
 use crate::metrics;
 use crate::name::{IntoLockName, LockName};
 use crate::options::LockOptions;
@@ -43,7 +43,7 @@ use crate::options::LockOptions;
 /// // Or let the locker release for you, and stop the work if the lease is lost:
 /// let rows = locker
 ///     .run_exclusive("node_b", &LockOptions::new(), |lease| async move {
-///         // write with lease.token …
+///         // write with lease.token(), checking lease.ensure_held() first …
 ///         42
 ///     })
 ///     .await?;
@@ -165,14 +165,20 @@ impl Locker {
 
     /// Runs `work` under the lock `name` and releases it afterwards.
     ///
-    /// `work` receives the lease (for its fencing token). If the lease is
-    /// lost while `work` runs, `work` is dropped (cancelled at its next
-    /// `.await`) and [`Error::Lost`] is returned; if the backend reports at
-    /// release time that the lease was no longer held, [`Error::Lost`] is
-    /// returned too, because the work may have overlapped with another holder.
+    /// `work` receives a [`LeaseHandle`]: its [`token`](LeaseHandle::token)
+    /// for fenced writes, and [`ensure_held`](LeaseHandle::ensure_held)
+    /// for a check right before a side effect. If the lease is lost while
+    /// `work` runs, `work` is dropped (cancelled at its next `.await`) and
+    /// [`Error::Lost`] is returned; if the backend reports at release time
+    /// that the lease was no longer held, [`Error::Lost`] is returned too,
+    /// because the work may have overlapped with another holder.
     ///
     /// # Errors
     /// Those of [`acquire_with`](Self::acquire_with), and [`Error::Lost`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops `work` and the guard, whose drop releases
+    /// the lock in the background.
     pub async fn run_exclusive<F, Fut, T>(
         &self,
         name: impl IntoLockName,
@@ -180,12 +186,12 @@ impl Locker {
         work: F,
     ) -> Result<T>
     where
-        F: FnOnce(Lease) -> Fut,
+        F: FnOnce(LeaseHandle) -> Fut,
         Fut: Future<Output = T>,
     {
         let guard = self.acquire_with(name, opts).await?;
         let lost = guard.lost();
-        let work = work(guard.lease());
+        let work = work(guard.handle());
         tokio::select! {
             biased;
             reason = lost => {
@@ -239,12 +245,13 @@ impl Locker {
                 metrics::acquire(kind, &name, "acquired", waited);
                 tracing::debug!(backend = kind, lock = %name, token = %lease.token, ?waited, "acquired");
                 reservation.keep();
+                // The hold (max hold, hold-time metric) starts at the grant.
                 Ok(Some(LockGuard::start(
                     Arc::clone(&self.backend),
                     lease,
                     opts,
                     Arc::clone(&self.held),
-                    started,
+                    Instant::now(),
                 )))
             }
             Ok(None) => {

@@ -20,6 +20,19 @@ pub enum Renewal {
     Every(Duration),
 }
 
+impl Renewal {
+    /// The renewal interval for a lease of `ttl`, if any: a third of it,
+    /// or the fixed interval capped at half the TTL (so that a shorter
+    /// explicit extend is still renewed in time).
+    pub fn interval(&self, ttl: Duration) -> Option<Duration> {
+        match self {
+            Self::Off => None,
+            Self::EveryThirdOfTtl => Some(ttl / 3),
+            Self::Every(every) => Some((*every).min(ttl / 2)),
+        }
+    }
+}
+
 /// Settings for one acquisition; a [`Locker`](crate::Locker) holds defaults.
 ///
 /// ```
@@ -41,7 +54,8 @@ pub struct LockOptions {
     pub wait: Option<Duration>,
     /// How the lease is kept alive. Default: renew every TTL/3.
     pub renewal: Renewal,
-    /// After this long the guard gives the lock up and reports
+    /// After this long, counted from the grant (not from when waiting
+    /// began), the guard gives the lock up and reports
     /// [`LostReason::MaxHoldExceeded`](crate::LostReason::MaxHoldExceeded).
     /// Default: no limit.
     pub max_hold: Option<Duration>,
@@ -109,25 +123,22 @@ impl LockOptions {
         if let Renewal::Every(every) = self.renewal
             && (every.is_zero() || every >= self.ttl)
         {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::invalid_input(format!(
                 "renewal interval {every:?} must be above zero and shorter than the TTL {:?}",
                 self.ttl
             )));
         }
         if self.max_hold.is_some_and(|m| m.is_zero()) {
-            return Err(Error::InvalidInput(
+            return Err(Error::invalid_input(
                 "max hold must be above zero".to_owned(),
             ));
         }
         Ok(())
     }
 
-    /// The renewal interval in effect for a lease of `ttl`, if any.
+    /// The renewal interval in effect for a lease of `ttl`, if any (see
+    /// [`Renewal::interval`]).
     pub fn renew_interval(&self, ttl: Duration) -> Option<Duration> {
-        match self.renewal {
-            Renewal::Off => None,
-            Renewal::EveryThirdOfTtl => Some(ttl / 3),
-            Renewal::Every(every) => Some(every.min(ttl / 2)),
-        }
+        self.renewal.interval(ttl)
     }
 }

@@ -13,7 +13,7 @@ use etcd_client::{
 use lockkit_core::wait::PollPolicy;
 use lockkit_core::{
     AcquireRequest, Capabilities, Error, FencingToken, Lease, LockBackend, LockInfo, LockName,
-    LostReason, Result, round_up_ttl,
+    LossSignal, LostReason, Result, round_up_ttl,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -482,14 +482,12 @@ impl LockBackend for EtcdBackend {
         let current = lock.state();
         if current.session.is_lost() {
             shared.held.forget(&lock);
-            lock.lost.cancel();
-            return Err(Error::lost(
-                &lease.name,
-                LostReason::SessionLost(current.session.lost_reason()),
-            ));
+            let reason = LostReason::SessionLost(current.session.lost_reason());
+            lock.lost.fire(reason.clone());
+            return Err(Error::lost(&lease.name, reason));
         }
-        if lock.lost.is_cancelled() {
-            return Err(Error::lost(&lease.name, LostReason::NotHeld));
+        if let Some(reason) = lock.lost.reason() {
+            return Err(Error::lost(&lease.name, reason));
         }
         let secs = ttl_secs(ttl);
         let same_ttl =
@@ -534,7 +532,7 @@ impl LockBackend for EtcdBackend {
         };
         if !resp.succeeded() {
             shared.held.forget(&lock);
-            lock.lost.cancel();
+            lock.lost.fire(LostReason::NotHeld);
             return Err(Error::lost(&lease.name, LostReason::NotHeld));
         }
         let effective = session.ttl();
@@ -634,7 +632,7 @@ impl LockBackend for EtcdBackend {
             && let Some(lock) = shared.held.remove(key)
         {
             lock.done.cancel();
-            lock.lost.cancel();
+            lock.lost.fire(LostReason::NotHeld);
         }
         Ok(resp.succeeded())
     }
@@ -644,7 +642,7 @@ impl LockBackend for EtcdBackend {
         Ok(0)
     }
 
-    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+    fn loss_signal(&self, lease: &Lease) -> Option<LossSignal> {
         let shared = self.shared();
         shared
             .held

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use lockkit_core::LockName;
+use lockkit_core::{LockName, LossSignal};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +27,8 @@ pub(crate) struct HeldLock {
     /// The key's create revision: the fencing token.
     pub(crate) token: i64,
     state: Mutex<HeldState>,
-    /// Cancelled when the lock is known to be lost.
-    pub(crate) lost: CancellationToken,
+    /// Fired, with the reason, when the lock is known to be lost.
+    pub(crate) lost: LossSignal,
     /// Cancelled when the lock is released (stops the watchdog).
     pub(crate) done: CancellationToken,
     /// Wakes the watchdog after an extend.
@@ -52,7 +52,7 @@ impl HeldLock {
             key,
             token,
             state: Mutex::new(state),
-            lost: CancellationToken::new(),
+            lost: LossSignal::new(),
             done: CancellationToken::new(),
             changed: Notify::new(),
         })

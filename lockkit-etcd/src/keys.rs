@@ -32,13 +32,13 @@ impl Layout {
     pub(crate) fn new(prefix: &str) -> Result<Self> {
         let trimmed = prefix.trim_end_matches('/');
         if trimmed.is_empty() {
-            return Err(Error::InvalidInput(
-                "the etcd key prefix must not be empty".into(),
+            return Err(Error::invalid_input(
+                "the etcd key prefix must not be empty",
             ));
         }
         if trimmed.chars().any(char::is_control) {
-            return Err(Error::InvalidInput(
-                "the etcd key prefix must not contain control characters".into(),
+            return Err(Error::invalid_input(
+                "the etcd key prefix must not contain control characters",
             ));
         }
         Ok(Self {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, WatchFilterType, WatchOptions};
+use lockkit_core::LostReason;
 use lockkit_core::wait::PollPolicy;
 use tokio::time::Instant;
 
@@ -32,13 +33,13 @@ pub(crate) async fn watchdog(shared: Arc<Shared>, lock: Arc<HeldLock>) {
             () = lock.changed.notified() => {}
             () = state.session.lost().cancelled() => {
                 shared.held.forget(&lock);
-                lock.lost.cancel();
+                lock.lost.fire(LostReason::SessionLost(state.session.lost_reason()));
                 return;
             }
             () = &mut deleted => {
                 tracing::debug!(lock = %lock.name, "the lock's key was deleted by someone else");
                 shared.held.forget(&lock);
-                lock.lost.cancel();
+                lock.lost.fire(LostReason::NotHeld);
                 return;
             }
             () = tokio::time::sleep_until(state.deadline) => {
@@ -47,7 +48,7 @@ pub(crate) async fn watchdog(shared: Arc<Shared>, lock: Arc<HeldLock>) {
                 }
                 tracing::debug!(lock = %lock.name, "lease not extended before its TTL; freeing it");
                 shared.held.forget(&lock);
-                lock.lost.cancel();
+                lock.lost.fire(LostReason::Expired);
                 shared
                     .delete_eventually(lock.key.clone(), Some(lock.token), state.session)
                     .await;

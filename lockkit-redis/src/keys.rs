@@ -46,7 +46,7 @@ impl KeyPrefix {
     /// ```
     pub fn new(prefix: &str) -> Result<Self> {
         if prefix.is_empty() || prefix.len() > MAX_PREFIX_BYTES {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::invalid_input(format!(
                 "a Redis key prefix must have 1..={MAX_PREFIX_BYTES} bytes, got {}",
                 prefix.len()
             )));
@@ -55,7 +55,7 @@ impl KeyPrefix {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || "_-.:/|".contains(*c)))
         {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::invalid_input(format!(
                 "invalid character {bad:?} in Redis key prefix {prefix:?}: use ASCII letters, digits and _ - . : / |"
             )));
         }

@@ -155,13 +155,13 @@ impl RedisOptions {
     /// under 30 ms.
     pub fn validate(&self) -> Result<()> {
         if self.queue_entry_ttl < Duration::from_millis(30) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::invalid_input(format!(
                 "queue_entry_ttl must be at least 30 ms, got {:?}",
                 self.queue_entry_ttl
             )));
         }
         if self.response_timeout.is_zero() || self.connection_timeout.is_zero() {
-            return Err(Error::InvalidInput(
+            return Err(Error::invalid_input(
                 "Redis timeouts must be greater than zero".to_owned(),
             ));
         }
@@ -301,7 +301,7 @@ impl ParsedUrl {
 
 /// `base` pointed at `node` (`host:port`).
 fn node_url(base: &Url, node: &str) -> Result<Url> {
-    let bad = || Error::InvalidInput(format!("invalid cluster node {node:?}: expected host:port"));
+    let bad = || Error::invalid_input(format!("invalid cluster node {node:?}: expected host:port"));
     let (host, port) = node.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     let mut url = base.clone();
@@ -314,17 +314,18 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     match value.to_ascii_lowercase().as_str() {
         "" | "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(Error::InvalidInput(format!(
+        _ => Err(Error::invalid_input(format!(
             "URL parameter {key}={value:?} must be true or false"
         ))),
     }
 }
 
 fn parse_u64(key: &str, value: &str) -> Result<u64> {
-    value.parse().map_err(|_| {
-        Error::InvalidInput(format!(
-            "URL parameter {key}={value:?} must be a whole number"
-        ))
+    value.parse().map_err(|e| {
+        Error::invalid_input_from(
+            format!("URL parameter {key}={value:?} must be a whole number"),
+            e,
+        )
     })
 }
 
@@ -384,7 +385,7 @@ mod tests {
             "redis://h?queue_ttl_ms=1",
         ] {
             let err = ParsedUrl::parse(url, RedisOptions::default()).unwrap_err();
-            assert!(matches!(err, Error::InvalidInput(_)), "{url}: {err}");
+            assert!(matches!(err, Error::InvalidInput { .. }), "{url}: {err}");
         }
     }
 }

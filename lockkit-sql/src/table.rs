@@ -102,12 +102,12 @@ fn check_identifier(value: &str, what: &str, max: usize) -> Result<()> {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !first_ok || !rest_ok {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::invalid_input(format!(
             "{what} {value:?} must start with a letter or '_' and contain only ASCII letters, digits and '_'"
         )));
     }
     if value.len() > max {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::invalid_input(format!(
             "{what} {value:?} is longer than {max} bytes"
         )));
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use lockkit_core::wait::PollPolicy;
 use lockkit_core::{
     AcquireRequest, Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo,
-    LockName, LostReason, Result,
+    LockName, LossSignal, LostReason, Result,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -667,15 +667,15 @@ impl LockBackend for ZkBackend {
         let registry = &self.inner.registry;
         let held = registry.get(&lease.lease_id);
         let deadline = held.as_ref().map_or(lease.deadline, |h| h.deadline);
-        if held.as_ref().is_some_and(|h| h.lost.is_cancelled()) {
-            return Err(Error::lost(&lease.name, LostReason::NotHeld));
+        if let Some(reason) = held.as_ref().and_then(|h| h.lost.reason()) {
+            return Err(Error::lost(&lease.name, reason));
         }
         if Instant::now() >= deadline {
             // When in doubt, lost: a contender may already have taken it.
             if let Some(held) = &held {
-                held.lost.cancel();
+                held.lost.fire(LostReason::Expired);
             }
-            return Err(Error::lost(&lease.name, LostReason::NotHeld));
+            return Err(Error::lost(&lease.name, LostReason::Expired));
         }
         let Some(path) = lease
             .handle
@@ -724,7 +724,7 @@ impl LockBackend for ZkBackend {
         // A lease this backend does not hold any more (released, lost,
         // or granted to another session) is not held; its node is still
         // removed if it is there.
-        let was_lost = held.as_ref().is_none_or(|h| h.lost.is_cancelled());
+        let was_lost = held.as_ref().is_none_or(|h| h.lost.is_fired());
         let deadline = held.as_ref().map_or(lease.deadline, |h| h.deadline);
         let Some(path) = lease
             .handle
@@ -870,7 +870,7 @@ impl LockBackend for ZkBackend {
         Ok(removed)
     }
 
-    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+    fn loss_signal(&self, lease: &Lease) -> Option<LossSignal> {
         let held = self.inner.registry.get(&lease.lease_id)?;
         let same_node = lease.handle.as_deref().is_none_or(|h| h == held.path);
         same_node.then_some(held.lost)

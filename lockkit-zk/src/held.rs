@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use lockkit_core::LeaseId;
+use lockkit_core::{LeaseId, LossSignal, LostReason};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Error as ZkError, EventType};
@@ -22,8 +22,9 @@ pub(crate) struct Held {
     pub(crate) generation: Arc<Generation>,
     pub(crate) path: String,
     pub(crate) owner: String,
-    /// Cancelled when the lease is known to be gone.
-    pub(crate) lost: CancellationToken,
+    /// Fired, with the reason, when the lease is known to be gone; follows
+    /// its session generation (`SessionLost`).
+    pub(crate) lost: LossSignal,
     /// Cancelled when this backend releases the lease (stops the watch).
     stop: CancellationToken,
     /// The local safe deadline after the last grant or renewal.
@@ -41,8 +42,11 @@ impl Held {
         deadline: Instant,
         granted_ms: i64,
     ) -> Self {
+        let session = Arc::clone(&generation);
         Self {
-            lost: generation.child_token(),
+            lost: LossSignal::child_of(generation.lost_token(), move || {
+                LostReason::SessionLost(session.reason())
+            }),
             generation,
             path,
             owner,
@@ -71,7 +75,7 @@ impl Registry {
         lease_id: LeaseId,
         held: Held,
         shutdown: &CancellationToken,
-    ) -> CancellationToken {
+    ) -> LossSignal {
         let lost = held.lost.clone();
         let watch = watch_node(
             Arc::downgrade(self),
@@ -125,7 +129,7 @@ impl Registry {
     /// Reports a lease whose node is gone as lost, and forgets it.
     pub(crate) fn lose(&self, lease_id: &LeaseId) {
         if let Some(held) = self.entries().remove(lease_id) {
-            held.lost.cancel();
+            held.lost.fire(LostReason::NotHeld);
             held.stop.cancel();
         }
     }
@@ -134,7 +138,7 @@ impl Registry {
     pub(crate) fn holds_in(&self, number: u64) -> bool {
         self.entries()
             .values()
-            .any(|h| h.generation.number == number && !h.lost.is_cancelled())
+            .any(|h| h.generation.number == number && !h.lost.is_fired())
     }
 }
 
@@ -145,7 +149,7 @@ async fn watch_node(
     lease_id: LeaseId,
     generation: Arc<Generation>,
     path: String,
-    lost: CancellationToken,
+    lost: LossSignal,
     stop: CancellationToken,
     shutdown: CancellationToken,
 ) {
@@ -153,7 +157,7 @@ async fn watch_node(
     loop {
         let watched = tokio::select! {
             () = stop.cancelled() => return,
-            () = lost.cancelled() => break,
+            _ = lost.fired() => break,
             () = shutdown.cancelled() => return,
             watched = generation.client.check_and_watch_stat(&path) => watched,
         };
@@ -163,7 +167,7 @@ async fn watch_node(
                 retry = Duration::from_millis(20);
                 let event = tokio::select! {
                     () = stop.cancelled() => return,
-                    () = lost.cancelled() => break,
+                    _ = lost.fired() => break,
                     () = shutdown.cancelled() => return,
                     event = watcher.changed() => event,
                 };
@@ -174,7 +178,7 @@ async fn watch_node(
                         // Wait for the monitor to end the generation.
                         tokio::select! {
                             () = stop.cancelled() => return,
-                            () = lost.cancelled() => break,
+                            _ = lost.fired() => break,
                             () = shutdown.cancelled() => return,
                         }
                     }
@@ -184,7 +188,7 @@ async fn watch_node(
             Err(ZkError::SessionExpired | ZkError::ClientClosed) => {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = lost.cancelled() => break,
+                    _ = lost.fired() => break,
                     () = shutdown.cancelled() => return,
                 }
             }
@@ -192,7 +196,7 @@ async fn watch_node(
                 tracing::debug!(%path, error = %err, "watching a held lease node failed; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = lost.cancelled() => break,
+                    _ = lost.fired() => break,
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(retry) => {}
                 }
@@ -210,7 +214,7 @@ async fn watch_node(
             if let Some(registry) = registry.upgrade() {
                 registry.lose(&lease_id);
             }
-            lost.cancel();
+            lost.fire(LostReason::NotHeld);
             return;
         }
     }

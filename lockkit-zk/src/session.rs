@@ -140,9 +140,9 @@ impl Generation {
         *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A token cancelled when this generation ends.
-    pub(crate) fn child_token(&self) -> CancellationToken {
-        self.lost.child_token()
+    /// Cancelled when this generation ends.
+    pub(crate) fn lost_token(&self) -> &CancellationToken {
+        &self.lost
     }
 
     /// Whether this generation has ended.

@@ -271,7 +271,7 @@ async fn run_tasks(pipeline: &str, url: &str, tasks: &[Task]) -> lockkit::Result
             let millis = task.millis;
             locker
                 .run_exclusive(task.name, locker.options(), |lease| async move {
-                    emit(pipeline, task.name, "start", Some(lease.token.get()));
+                    emit(pipeline, task.name, "start", Some(lease.token().get()));
                     tokio::time::sleep(Duration::from_millis(millis)).await;
                     emit(pipeline, task.name, "end", None);
                 })

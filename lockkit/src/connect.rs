@@ -135,7 +135,7 @@ mod tests {
         assert!(!msg.contains("s3cret"), "{msg}");
 
         let err = connect("sqlite::memory:?table=bad-name").await.unwrap_err();
-        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
     }
 
     #[cfg(not(feature = "redis"))]

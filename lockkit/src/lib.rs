@@ -27,7 +27,7 @@
 //!
 //! locker
 //!     .run_exclusive("node_b", locker.options(), |lease| async move {
-//!         println!("node_b runs with fencing token {}", lease.token);
+//!         println!("node_b runs with fencing token {}", lease.token());
 //!     })
 //!     .await?;
 //! # Ok(())

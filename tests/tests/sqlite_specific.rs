@@ -233,7 +233,10 @@ async fn bad_table_names_fail_before_any_file_is_touched() {
         let err = lockkit::connect(&url)
             .await
             .expect_err("invalid table name");
-        assert!(matches!(err, Error::InvalidInput(_)), "{table:?}: {err}");
+        assert!(
+            matches!(err, Error::InvalidInput { .. }),
+            "{table:?}: {err}"
+        );
         assert!(TableName::new(table).is_err());
     }
     assert!(!path.exists(), "validation must happen before I/O");

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Capabilities, LockBackend};
 use crate::error::{Error, Result};
 use crate::lease::{AcquireRequest, Lease, LockInfo};
+use crate::loss::LossSignal;
 use crate::name::LockName;
 use crate::wait::{PollPolicy, WakeSubscription};
 
@@ -184,7 +184,7 @@ impl LockBackend for CountingBackend {
         self.inner.poll_policy()
     }
 
-    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+    fn loss_signal(&self, lease: &Lease) -> Option<LossSignal> {
         self.inner.loss_signal(lease)
     }
 }

@@ -104,9 +104,10 @@ pub async fn lost_fires_on_expiry<H: Harness + ?Sized>(h: &H) {
         after >= ttl,
         "lost fired after {after:?}, before the TTL {ttl:?}"
     );
-    assert!(
-        matches!(reason, LostReason::Expired | LostReason::NotHeld),
-        "unexpected reason {reason:?}"
+    assert_eq!(
+        reason,
+        LostReason::Expired,
+        "an expiry is reported as such, not as {reason:?}"
     );
     assert!(guard.is_lost());
     assert_eq!(guard.remaining(), Duration::ZERO);
@@ -203,7 +204,7 @@ pub async fn run_exclusive_stops_on_loss<H: Harness + ?Sized>(h: &H) {
     let opts = LockOptions::new().ttl(ttl);
 
     let out = locker
-        .run_exclusive(&name, &opts, |lease| async move { lease.token.get() })
+        .run_exclusive(&name, &opts, |lease| async move { lease.token().get() })
         .await
         .expect("run_exclusive");
     assert!(out > 0);
@@ -234,4 +235,131 @@ pub async fn run_exclusive_stops_on_loss<H: Harness + ?Sized>(h: &H) {
         .expect("task");
     assert!(matches!(result, Err(Error::Lost { .. })), "got {result:?}");
     assert_clean(h, &*admin, &name).await;
+}
+
+/// `max_hold` counts from the grant, not from when waiting began: a guard
+/// that waited first still holds for its whole `max_hold`, is then
+/// reported lost (`MaxHoldExceeded`) and the lock is free at once — not
+/// after its TTL.
+pub async fn max_hold_counts_from_grant<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let name = unique_name("max-hold");
+    let max_hold = Duration::from_millis(1500);
+    let holder = h.client().await;
+    let held = holder
+        .try_acquire(&request(&name, "holder", LONG_TTL))
+        .await
+        .expect("try")
+        .expect("free");
+    let waiter = Locker::new(h.client().await, "bounded")
+        .and_then(|l| {
+            l.with_options(
+                LockOptions::new()
+                    .ttl(LONG_TTL)
+                    .wait_timeout(Duration::from_secs(30))
+                    .max_hold(max_hold),
+            )
+        })
+        .expect("locker");
+    let task = {
+        let name = name.clone();
+        tokio::spawn(async move {
+            let guard = waiter.acquire(&name).await.expect("acquire after the wait");
+            let granted_at = Instant::now();
+            let reason = guard.lost().await;
+            let lost_at = Instant::now();
+            (guard, granted_at, lost_at, reason)
+        })
+    };
+    super::await_queued(h, &name, 1).await;
+    // Make the waiter wait about as long as its max hold.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(holder.release(&held).await.expect("release"));
+    let (guard, granted_at, lost_at, reason) = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("max hold must end the hold")
+        .expect("task");
+    assert_eq!(reason, LostReason::MaxHoldExceeded);
+    let held_for = lost_at - granted_at;
+    assert!(
+        held_for >= max_hold,
+        "lost {held_for:?} after the grant, before max_hold {max_hold:?}: it counted the wait"
+    );
+    drop(guard);
+    let other = h.client().await;
+    let next = other
+        .acquire(
+            &request(&name, "other", LONG_TTL),
+            Some(Instant::now() + timing.wake_latency + Duration::from_secs(1)),
+        )
+        .await
+        .expect("given up after max hold: free at once, not after the 30 s TTL");
+    assert!(other.release(&next).await.expect("release"));
+    assert_clean(h, &*other, &name).await;
+}
+
+/// After an explicit `extend` to a shorter TTL, renewal follows the new
+/// TTL: the lease is kept for several of the new TTLs and nobody gets in.
+pub async fn renewal_follows_a_shorter_extend<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let long = timing.short_ttl * 12;
+    let short = timing.short_ttl * 3;
+    let name = unique_name("shorter-extend");
+    let locker = Locker::new(h.client().await, "shortener")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(long)))
+        .expect("locker");
+    let guard = locker.acquire(&name).await.expect("acquire");
+    guard.extend(short).await.expect("extend to a shorter TTL");
+    assert_eq!(guard.lease().ttl, short);
+    let other = h.client().await;
+    // The first renewal at the old interval would come after `long / 3`,
+    // beyond the new TTL; watch for twice that.
+    let until = Instant::now() + long * 2 / 3;
+    while Instant::now() < until {
+        tokio::time::sleep(short / 4).await;
+        assert!(
+            !guard.is_lost(),
+            "renewal must follow the shorter TTL: {:?}",
+            guard.lost_reason()
+        );
+        assert!(
+            other
+                .try_acquire(&request(&name, "other", LONG_TTL))
+                .await
+                .expect("try")
+                .is_none(),
+            "the lease must stay held"
+        );
+    }
+    assert!(guard.release().await.expect("release"));
+    assert_clean(h, &*other, &name).await;
+}
+
+/// A guard dropped right when its loss is reported (as `run_exclusive`
+/// does) still has its lease released on the backend, at once: here the
+/// loss is the maximum hold time, while the backend still holds the lease
+/// for its 30 s TTL.
+pub async fn drop_after_loss_releases_at_once<H: Harness + ?Sized>(h: &H) {
+    let timing = h.timing().await;
+    let name = unique_name("drop-after-loss");
+    let max_hold = timing.short_ttl * 2;
+    let locker = Locker::new(h.client().await, "dropper")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(LONG_TTL).max_hold(max_hold)))
+        .expect("locker");
+    let guard = locker.acquire(&name).await.expect("acquire");
+    let reason = tokio::time::timeout(Duration::from_secs(30), guard.lost())
+        .await
+        .expect("lost after max hold");
+    assert_eq!(reason, LostReason::MaxHoldExceeded);
+    drop(guard);
+    let other = h.client().await;
+    let next = other
+        .acquire(
+            &request(&name, "other", LONG_TTL),
+            Some(Instant::now() + timing.wake_latency + Duration::from_secs(1)),
+        )
+        .await
+        .expect("the lost lease was released, not left to its 30 s TTL");
+    assert!(other.release(&next).await.expect("release"));
+    assert_clean(h, &*other, &name).await;
 }

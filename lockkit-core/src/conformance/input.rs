@@ -154,7 +154,7 @@ pub async fn invalid_ttl_and_owner_rejected_before_io<H: Harness + ?Sized>(h: &H
         assert!(
             matches!(
                 Locker::new(Arc::clone(&backend), owner),
-                Err(Error::InvalidInput(_))
+                Err(Error::InvalidInput { .. })
             ),
             "{owner:?}"
         );
@@ -164,7 +164,7 @@ pub async fn invalid_ttl_and_owner_rejected_before_io<H: Harness + ?Sized>(h: &H
         .renewal(crate::options::Renewal::Every(Duration::from_secs(2)));
     assert!(matches!(
         locker.acquire_with(&name, &bad_renewal).await,
-        Err(Error::InvalidInput(_))
+        Err(Error::InvalidInput { .. })
     ));
     assert_eq!(
         counting.calls(),

@@ -26,13 +26,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use self::clock::Clock;
 pub use self::clock::ManualClock;
 use crate::backend::{Capabilities, LockBackend};
 use crate::error::{Error, LostReason, Result};
 use crate::lease::{AcquireRequest, FencingToken, Lease, LeaseId, LockInfo};
+use crate::loss::LossSignal;
 use crate::name::LockName;
 use crate::wait::{WakeHub, WakeSubscription};
 
@@ -89,7 +89,7 @@ struct Holder {
     token: u64,
     acquired_at: Duration,
     expires_at: Duration,
-    lost: CancellationToken,
+    lost: LossSignal,
 }
 
 impl Default for MemoryBackend {
@@ -178,7 +178,7 @@ impl State {
         if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now)
             && let Some(expired) = slot.holder.take()
         {
-            expired.lost.cancel();
+            expired.lost.fire(LostReason::Expired);
         }
         slot
     }
@@ -206,7 +206,7 @@ impl State {
             token,
             acquired_at: now,
             expires_at: now + req.ttl,
-            lost: CancellationToken::new(),
+            lost: LossSignal::new(),
         });
         token
     }
@@ -337,7 +337,7 @@ impl LockBackend for MemoryBackend {
         if ours && let Some(holder) = slot.holder.take() {
             was_live = holder.expires_at > now;
             if !was_live {
-                holder.lost.cancel();
+                holder.lost.fire(LostReason::Expired);
             }
         }
         state.prune(&lease.name);
@@ -384,7 +384,7 @@ impl LockBackend for MemoryBackend {
         state.prune(name);
         drop(state);
         let removed = removed.is_some_and(|holder| {
-            holder.lost.cancel();
+            holder.lost.fire(LostReason::NotHeld);
             true
         });
         if removed {
@@ -401,7 +401,7 @@ impl LockBackend for MemoryBackend {
             if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now)
                 && let Some(holder) = slot.holder.take()
             {
-                holder.lost.cancel();
+                holder.lost.fire(LostReason::Expired);
                 removed += 1;
             }
         }
@@ -415,7 +415,7 @@ impl LockBackend for MemoryBackend {
         Ok(Some(self.inner.hub.subscribe(name)))
     }
 
-    fn loss_signal(&self, lease: &Lease) -> Option<CancellationToken> {
+    fn loss_signal(&self, lease: &Lease) -> Option<LossSignal> {
         let state = self.state();
         state
             .slots
