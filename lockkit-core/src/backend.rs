@@ -10,7 +10,8 @@ use crate::error::Result;
 use crate::lease::{AcquireRequest, Lease, LockInfo};
 use crate::loss::LossSignal;
 use crate::name::LockName;
-use crate::wait::{PollPolicy, WakeSubscription, wait_and_acquire};
+use crate::spi::LockQueue;
+use crate::wait::{PollPolicy, WakeSubscription};
 
 /// What a backend can do, so callers and the conformance suite know what to
 /// expect.
@@ -70,6 +71,10 @@ pub trait LockBackend: Send + Sync + Debug {
     /// Tries once to take the lock. `Ok(None)` means someone else holds it
     /// (or, for fair backends, others are queued for it).
     ///
+    /// Idempotent per lease id: a retry of the same request (after a reply
+    /// was lost) returns the same grant — same token, TTL restarted —
+    /// instead of finding the lock "held" by itself.
+    ///
     /// The returned lease's deadline is counted from an instant taken before
     /// the request was sent.
     ///
@@ -79,22 +84,49 @@ pub trait LockBackend: Send + Sync + Debug {
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>>;
 
     /// Waits until the lock is granted or `deadline` passes (`None`: no
-    /// deadline).
+    /// deadline), through the core's one acquisition driver
+    /// (`ARCHITECTURE.md` §4). **Backends do not override it**: they provide
+    /// the primitives it drives.
     ///
-    /// The default tries, then waits for a release hint from
-    /// [`subscribe_releases`](Self::subscribe_releases) or a jittered, capped
-    /// poll interval ([`poll_policy`](Self::poll_policy)), whichever comes
-    /// first, and never sleeps past the deadline. Transient errors while
-    /// waiting are retried. Backends with a queue override it.
-    ///
-    /// Dropping the future cancels the wait and leaves nothing behind.
+    /// Without a [`queue`](Self::queue), the driver tries, then waits for a
+    /// release hint from [`subscribe_releases`](Self::subscribe_releases)
+    /// or a jittered, capped poll ([`poll_policy`](Self::poll_policy)),
+    /// whichever comes first, never past the deadline. With a queue, it
+    /// steps the queue and waits for the turn. Transient errors are retried
+    /// (every primitive is idempotent per lease id).
     ///
     /// # Errors
     /// [`Error::Timeout`](crate::Error::Timeout) when the deadline passes,
-    /// permanent backend errors as they happen.
+    /// permanent backend errors as they happen. Whatever the request left
+    /// is abandoned first.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the request in the background
+    /// ([`abandon_in_background`](Self::abandon_in_background)): nothing of
+    /// it is left behind beyond that clean-up.
     async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
-        wait_and_acquire(self, req, deadline).await
+        crate::acquire::drive(self, req, deadline).await
     }
+
+    /// The backend's FIFO queue, if it has one (then
+    /// [`Capabilities::fifo`] is true). The default is `None`: waiters
+    /// poll, woken early by release hints.
+    fn queue(&self) -> Option<&dyn LockQueue> {
+        None
+    }
+
+    /// Removes whatever an acquire with `req`'s lease id may have left: a
+    /// lease granted by a request whose reply never arrived, a queue entry.
+    /// Idempotent; never touches another lease.
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()>;
+
+    /// Runs [`abandon`](Self::abandon) for `req` in the background, for
+    /// acquires cancelled by dropping their future. Implement it as
+    /// `lockkit_core::spi::spawn_abandon(self, req)`.
+    fn abandon_in_background(&self, req: AcquireRequest);
 
     /// Extends a lease it still holds to `ttl` from now (by the backend's
     /// clock) and returns the renewed lease.

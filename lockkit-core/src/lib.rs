@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+mod acquire;
 mod backend;
 mod cleanup;
 mod error;
@@ -53,6 +54,7 @@ mod url;
 
 pub mod memory;
 pub mod metrics;
+pub mod spi;
 pub mod wait;
 
 #[cfg(feature = "conformance")]

@@ -234,7 +234,7 @@ impl Locker {
                 let deadline = opts.wait.map(|w| started + w);
                 self.backend.acquire(&req, deadline).await.map(Some)
             } else {
-                self.backend.try_acquire(&req).await
+                crate::acquire::try_once(&*self.backend, &req).await
             }
         }
         .instrument(span)

@@ -1,18 +1,15 @@
 //! Waiting for a lock: jittered capped polling and in-process wake-ups.
 //!
-//! This is the one place waiting logic lives; backends only provide a try
-//! and, if they can, a [`WakeSubscription`] fed from their push channel.
+//! The acquisition driver (`LockBackend::acquire`) waits with these;
+//! backends only provide a try and, if they can, a [`WakeSubscription`]
+//! fed from their push channel.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::Instant;
 
-use crate::backend::LockBackend;
-use crate::error::{Error, Result};
-use crate::lease::{AcquireRequest, Lease};
 use crate::name::LockName;
 
 /// How a waiter polls when it has no (or missed a) push notification.
@@ -80,51 +77,6 @@ impl Backoff {
     /// Back to the first step (after a wake-up).
     pub fn reset(&mut self) {
         self.current = self.policy.initial;
-    }
-}
-
-/// The default wait loop behind [`LockBackend::acquire`]: subscribe, try,
-/// then sleep until a wake-up hint or the next poll, never past `deadline`.
-///
-/// # Errors
-/// [`Error::Timeout`] at the deadline; permanent backend errors at once.
-pub async fn wait_and_acquire<B: LockBackend + ?Sized>(
-    backend: &B,
-    req: &AcquireRequest,
-    deadline: Option<Instant>,
-) -> Result<Lease> {
-    let started = Instant::now();
-    let mut subscription = backend.subscribe_releases(&req.name).await?;
-    let mut backoff = backend.poll_policy().backoff();
-    loop {
-        match backend.try_acquire(req).await {
-            Ok(Some(lease)) => return Ok(lease),
-            Ok(None) => {}
-            Err(err) if err.is_retryable() => {
-                tracing::debug!(lock = %req.name, error = %err, "transient error while waiting; retrying");
-            }
-            Err(err) => return Err(err),
-        }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Err(Error::Timeout {
-                name: req.name.clone(),
-                waited: now - started,
-            });
-        }
-        let mut wake_at = now + backoff.next_delay();
-        if let Some(d) = deadline {
-            wake_at = wake_at.min(d);
-        }
-        match subscription.as_mut() {
-            Some(sub) => {
-                tokio::select! {
-                    _ = sub.changed() => backoff.reset(),
-                    () = tokio::time::sleep_until(wake_at) => {}
-                }
-            }
-            None => tokio::time::sleep_until(wake_at).await,
-        }
     }
 }
 

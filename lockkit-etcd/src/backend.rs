@@ -10,6 +10,7 @@ use etcd_client::{
     Client, Compare, CompareOp, GetOptions, GetResponse, KeyValue, PutOptions, SortOrder,
     SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
+use lockkit_core::spi::LockQueue;
 use lockkit_core::wait::PollPolicy;
 use lockkit_core::{
     AcquireRequest, Capabilities, Error, FencingToken, Lease, LockBackend, LockInfo, LockName,
@@ -469,8 +470,27 @@ impl LockBackend for EtcdBackend {
         }
     }
 
-    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
-        crate::queue::acquire(self.shared(), req, deadline).await
+    fn queue(&self) -> Option<&dyn LockQueue> {
+        Some(self)
+    }
+
+    /// Deletes this request's key, whatever it is (queued, or granted by a
+    /// transaction whose reply was lost), and forgets it if it was
+    /// registered as held.
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
+        let shared = self.shared();
+        let key = shared.layout.key(&req.name, &req.lease_id);
+        if let Some(lock) = shared.held.remove(&key) {
+            lock.done.cancel();
+        }
+        shared
+            .txn(crate::queue::delete_txn(&key), "abandoning a request")
+            .await
+            .map(|_| ())
+    }
+
+    fn abandon_in_background(&self, req: AcquireRequest) {
+        lockkit_core::spi::spawn_abandon(self, req);
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {

@@ -15,21 +15,25 @@
 //!    Jepsen found in etcd's own lock, etcd-io/etcd#11456). If an older key
 //!    remains (a waiter before us left), we watch that one.
 //!
-//! A timeout, an error or a dropped future deletes our key
-//! ([`Ticket`]), so nobody waits behind a key whose owner left.
+//! The core's acquisition driver runs these steps ([`LockQueue`]); a
+//! timeout, an error or a dropped future deletes our key through
+//! `LockBackend::abandon`, so nobody waits behind a key whose owner left.
+//! A key that vanished while we waited is joined again rather than
+//! reported as a lost lease (nothing was held yet).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use async_trait::async_trait;
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
 };
-use lockkit_core::wait::PollPolicy;
-use lockkit_core::{AcquireRequest, Error, Lease, LostReason, Result};
+use lockkit_core::spi::{LockQueue, QueuePlace, until};
+use lockkit_core::{AcquireRequest, Error, Lease, Result};
 use tokio::time::Instant;
 
-use crate::backend::{Shared, header_revision, ttl_secs};
+use crate::backend::{EtcdBackend, Shared, header_revision, ttl_secs};
 use crate::error::{bounded, malformed};
 use crate::keys;
 use crate::session::Session;
@@ -58,186 +62,114 @@ enum Woken {
     SessionLost,
 }
 
-/// Our key while we wait; deletes it unless [`disarm`](Self::disarm)ed.
-struct Ticket {
-    shared: Arc<Shared>,
-    key: String,
-    revision: Option<i64>,
+/// A queued request's state between the driver's steps.
+struct EtcdPlace {
+    /// The session lease our key lives on.
     session: Arc<Session>,
-    armed: bool,
+    /// Our key's create revision, once known.
+    revision: Option<i64>,
+    /// The key to wait for and the revision at which it was seen.
+    predecessor: Option<(Vec<u8>, i64)>,
 }
 
-impl Ticket {
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-
-    /// Deletes the key now (bounded by the request timeout); if that fails,
-    /// keeps trying in the background.
-    async fn withdraw(mut self) {
-        self.armed = false;
-        let txn = delete_txn(&self.key, self.revision);
-        if self.shared.txn(txn, "leaving the queue").await.is_err() {
-            self.spawn_delete();
+#[async_trait]
+impl LockQueue for EtcdBackend {
+    async fn step(
+        &self,
+        req: &AcquireRequest,
+        place: &mut Option<QueuePlace>,
+    ) -> Result<Option<Lease>> {
+        let shared = self.shared();
+        let secs = ttl_secs(req.ttl);
+        if place.is_none() {
+            *place = Some(QueuePlace::new(EtcdPlace {
+                session: shared.session_for(secs).await?,
+                revision: None,
+                predecessor: None,
+            }));
         }
-    }
-
-    fn spawn_delete(&self) {
-        let (shared, key, revision, session) = (
-            Arc::clone(&self.shared),
-            self.key.clone(),
-            self.revision,
-            Arc::clone(&self.session),
-        );
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { shared.delete_eventually(key, revision, session).await });
+        let Some(p) = place.as_mut().and_then(|p| p.get_mut::<EtcdPlace>()) else {
+            return Err(malformed("queue place of another backend"));
+        };
+        if p.session.is_lost() {
+            // Our key (if any) died with its session: join again on a
+            // fresh one.
+            p.session = shared.session_for(secs).await?;
+            p.revision = None;
         }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.armed {
-            self.spawn_delete();
-        }
-    }
-}
-
-fn delete_txn(key: &str, revision: Option<i64>) -> Txn {
-    match revision {
-        Some(rev) => Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, rev)])
-            .and_then([TxnOp::delete(key, None)]),
-        None => Txn::new().and_then([TxnOp::delete(key, None)]),
-    }
-}
-
-/// Waits in line for `req.name` until granted or `deadline`.
-pub(crate) async fn acquire(
-    shared: &Arc<Shared>,
-    req: &AcquireRequest,
-    deadline: Option<Instant>,
-) -> Result<Lease> {
-    let started = Instant::now();
-    let timeout = || Error::Timeout {
-        name: req.name.clone(),
-        waited: started.elapsed(),
-    };
-    let mut session = match until(deadline, shared.session_for(ttl_secs(req.ttl))).await {
-        Some(session) => session?,
-        None => return Err(timeout()),
-    };
-    let key = shared.layout.key(&req.name, &req.lease_id);
-    let prefix = shared.layout.name_prefix(&req.name);
-    let mut ticket = Ticket {
-        shared: Arc::clone(shared),
-        key: key.clone(),
-        revision: None,
-        session: Arc::clone(&session),
-        armed: true,
-    };
-    let mut backoff = PollPolicy::new(Duration::from_millis(20), Duration::from_secs(1)).backoff();
-    loop {
-        if session.is_lost() && ticket.revision.is_none() {
-            // No place in line yet: join on a fresh session instead.
-            session = match until(deadline, shared.session_for(ttl_secs(req.ttl))).await {
-                Some(fresh) => fresh?,
-                None => return Err(timeout()),
-            };
-            ticket.session = Arc::clone(&session);
-        }
-        if session.is_lost() {
-            return Err(Error::Lost {
-                name: req.name.clone(),
-                reason: LostReason::SessionLost(format!(
-                    "while waiting for the lock: {}",
-                    session.lost_reason()
-                )),
-            });
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            ticket.withdraw().await;
-            return Err(timeout());
-        }
+        p.predecessor = None;
+        let key = shared.layout.key(&req.name, &req.lease_id);
+        let prefix = shared.layout.name_prefix(&req.name);
         let sent_at = Instant::now();
-        let step = match ticket.revision {
-            None => join(shared, req, &key, &prefix, &session).await,
-            Some(revision) => recheck(shared, req, &key, &prefix, &session, revision).await,
+        let step = match p.revision {
+            None => join(shared, req, &key, &prefix, &p.session).await,
+            Some(revision) => recheck(shared, req, &key, &prefix, &p.session, revision).await,
         };
         let step = match step {
-            Ok(step) => step,
-            Err(err) if ticket.revision.is_none() && shared.lease_gone(&err, &session) => {
-                continue;
+            // The session lease vanished under a join: the next step uses a
+            // fresh one (`session_for` replaces a lost session).
+            Err(err) if p.revision.is_none() && shared.lease_gone(&err, &p.session) => {
+                return Ok(None);
             }
-            Err(err) if err.is_retryable() => {
-                tracing::debug!(lock = %req.name, error = %err, "transient error while queued; retrying");
-                if until(deadline, tokio::time::sleep(backoff.next_delay()))
-                    .await
-                    .is_none()
-                {
-                    ticket.withdraw().await;
-                    return Err(timeout());
-                }
-                continue;
-            }
-            Err(err) => return Err(err),
+            other => other?,
         };
         match step {
             Step::Granted(revision) => {
-                ticket.disarm();
-                return shared.grant(req, key, revision, session, sent_at);
+                let session = Arc::clone(&p.session);
+                shared.grant(req, key, revision, session, sent_at).map(Some)
             }
-            Step::Known(revision) => ticket.revision = Some(revision),
+            Step::Known(revision) => {
+                p.revision = Some(revision);
+                Ok(None)
+            }
             Step::Queued {
                 revision,
                 predecessor,
                 seen_at,
             } => {
-                ticket.revision = Some(revision);
-                match wait_for_deletion(shared, &predecessor, seen_at, deadline, &session).await {
-                    Woken::Deleted => backoff.reset(),
-                    Woken::Retry => {
-                        // The watch broke: look again after a short pause.
-                        if until(deadline, tokio::time::sleep(backoff.next_delay()))
-                            .await
-                            .is_none()
-                        {
-                            ticket.withdraw().await;
-                            return Err(timeout());
-                        }
-                    }
-                    Woken::Deadline => {
-                        ticket.withdraw().await;
-                        return Err(timeout());
-                    }
-                    Woken::SessionLost => {}
-                }
+                p.revision = Some(revision);
+                p.predecessor = Some((predecessor, seen_at));
+                Ok(None)
             }
+            // Our key is gone while we waited (its lease expired or was
+            // revoked, an admin deleted it): never believe we hold the lock
+            // (etcd-io/etcd#11456) — queue again.
             Step::Vanished => {
-                ticket.disarm();
-                let reason = if session.is_lost() {
-                    LostReason::SessionLost(session.lost_reason())
-                } else {
-                    LostReason::SessionLost(
-                        "the waiting request's key disappeared (its lease expired or was revoked, or an admin deleted it)"
-                            .to_owned(),
-                    )
-                };
-                return Err(Error::Lost {
-                    name: req.name.clone(),
-                    reason,
-                });
+                tracing::debug!(lock = %req.name, "our queued key vanished; joining again");
+                p.revision = None;
+                Ok(None)
             }
+        }
+    }
+
+    async fn wait_turn(
+        &self,
+        _req: &AcquireRequest,
+        place: &mut QueuePlace,
+        until: Option<Instant>,
+    ) -> Result<()> {
+        let Some(p) = place.get_mut::<EtcdPlace>() else {
+            return Ok(());
+        };
+        let Some((predecessor, seen_at)) = p.predecessor.take() else {
+            // Nothing to wait for: step again at once.
+            return Ok(());
+        };
+        match wait_for_deletion(self.shared(), &predecessor, seen_at, until, &p.session).await {
+            Woken::Deleted | Woken::Deadline | Woken::SessionLost => Ok(()),
+            Woken::Retry => Err(Error::transient(
+                crate::error::KIND,
+                "the watch on the key before ours broke",
+                None,
+            )),
         }
     }
 }
 
-/// Runs `fut` unless `deadline` passes first (`None` then).
-async fn until<T>(deadline: Option<Instant>, fut: impl Future<Output = T>) -> Option<T> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, fut).await.ok(),
-        None => Some(fut.await),
-    }
+/// Deletes `key` (every request's key is unique to its lease id, so
+/// deleting it unconditionally touches nobody else).
+pub(crate) fn delete_txn(key: &str) -> Txn {
+    Txn::new().and_then([TxnOp::delete(key, None)])
 }
 
 fn get_responses(resp: &TxnResponse) -> Vec<Vec<etcd_client::KeyValue>> {

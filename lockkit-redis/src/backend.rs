@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use lockkit_core::wait::{PollPolicy, WakeHub, WakeSubscription, wait_and_acquire};
+use lockkit_core::spi::{LockQueue, QueuePlace};
+use lockkit_core::wait::{Backoff, PollPolicy, WakeHub, WakeSubscription};
 use lockkit_core::{
     AcquireRequest, Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo,
     LockName, LostReason, Result, ttl_millis,
@@ -189,6 +190,26 @@ impl RedisBackend {
         }
     }
 
+    /// Compare-and-delete of `name`'s lease held by `lease_id`; `true` if
+    /// it was there (and unexpired).
+    async fn release_id(&self, name: &LockName, lease_id: &LeaseId) -> Result<bool> {
+        let keys = self.keys(name);
+        let released: i64 = SCRIPTS
+            .release
+            .key(&keys.lock)
+            .arg(lease_id.as_str())
+            .arg(&keys.channel)
+            .arg(name.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "releasing a lease"))?;
+        if released == 1 {
+            // Waiters in this process need not wait for the message.
+            self.inner.hub.notify(name);
+        }
+        Ok(released == 1)
+    }
+
     /// Removes a FIFO waiter's queue entry and wakes the others.
     async fn leave_queue(&self, name: &LockName, lease_id: &LeaseId) -> Result<bool> {
         let keys = self.keys(name);
@@ -208,56 +229,6 @@ impl RedisBackend {
         Ok(removed == 1)
     }
 
-    /// FIFO mode: queue in Redis and wait to reach the head.
-    async fn acquire_fifo(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
-        let started = Instant::now();
-        let mut wake = self.subscribe(&req.name).await;
-        let mut ticket = QueueTicket {
-            backend: self,
-            name: &req.name,
-            lease_id: &req.lease_id,
-            queued: false,
-        };
-        // A live waiter refreshes its queue entry well before it expires.
-        let refresh = self.inner.options.queue_entry_ttl / 3;
-        let mut backoff = self.inner.options.poll.backoff();
-        loop {
-            let sent_at = Instant::now();
-            // From the moment the script is sent it may queue us, even if
-            // its reply never arrives (the future dropped mid-request, a
-            // lost reply): the ticket leaves the queue on drop from here.
-            ticket.queued = true;
-            match self.run_acquire(req, Mode::Wait).await {
-                Ok(Some(token)) => {
-                    // The script removed our entry when it granted.
-                    ticket.queued = false;
-                    return Ok(Lease::granted(req, token, sent_at));
-                }
-                Ok(None) => {}
-                Err(err) if err.is_retryable() => {
-                    tracing::debug!(lock = %req.name, error = %err, "transient error while queued; retrying");
-                }
-                Err(err) => return Err(err),
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                ticket.leave().await;
-                return Err(Error::Timeout {
-                    name: req.name.clone(),
-                    waited: now - started,
-                });
-            }
-            let mut wake_at = (now + backoff.next_delay()).min(now + refresh);
-            if let Some(d) = deadline {
-                wake_at = wake_at.min(d);
-            }
-            tokio::select! {
-                () = wake.changed() => backoff.reset(),
-                () = tokio::time::sleep_until(wake_at) => {}
-            }
-        }
-    }
-
     /// A hub subscription for `name`, with the listener subscribed (unless
     /// pub/sub is off: then only this process's hints wake it).
     async fn subscribe(&self, name: &LockName) -> WakeSubscription {
@@ -269,47 +240,62 @@ impl RedisBackend {
     }
 }
 
-/// A FIFO waiter's place in the queue. Leaving it on timeout is awaited;
-/// when the waiting future is dropped (cancelled), the entry is removed by
-/// a task spawned on the current runtime, and if even that is impossible
-/// it expires by itself after the queue entry TTL.
-struct QueueTicket<'a> {
-    backend: &'a RedisBackend,
-    name: &'a LockName,
-    lease_id: &'a LeaseId,
-    queued: bool,
+/// A FIFO waiter's state between the driver's steps: its wake-up
+/// subscription (taken before its first script, so no release message is
+/// missed) and its poll backoff.
+struct FifoPlace {
+    wake: WakeSubscription,
+    backoff: Backoff,
 }
 
-impl QueueTicket<'_> {
-    async fn leave(&mut self) {
-        if !self.queued {
-            return;
+/// FIFO mode: waiters queue in Redis (the acquire script in `wait` mode
+/// adds or refreshes the entry, and grants only the head). The core's
+/// driver steps and waits; cancellation and timeouts leave the queue
+/// through [`LockBackend::abandon`].
+#[async_trait]
+impl LockQueue for RedisBackend {
+    async fn step(
+        &self,
+        req: &AcquireRequest,
+        place: &mut Option<QueuePlace>,
+    ) -> Result<Option<Lease>> {
+        if place.is_none() {
+            *place = Some(QueuePlace::new(FifoPlace {
+                wake: self.subscribe(&req.name).await,
+                backoff: self.inner.options.poll.backoff(),
+            }));
         }
-        match self.backend.leave_queue(self.name, self.lease_id).await {
-            Ok(_) => self.queued = false,
-            Err(err) => {
-                tracing::debug!(lock = %self.name, error = %err, "cannot leave the FIFO queue; the entry will expire");
-            }
-        }
+        let sent_at = Instant::now();
+        // Idempotent per lease id: a retry refreshes the same entry, or
+        // returns the grant it already made.
+        Ok(self
+            .run_acquire(req, Mode::Wait)
+            .await?
+            .map(|token| Lease::granted(req, token, sent_at)))
     }
-}
 
-impl Drop for QueueTicket<'_> {
-    fn drop(&mut self) {
-        if !self.queued {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+    async fn wait_turn(
+        &self,
+        _req: &AcquireRequest,
+        place: &mut QueuePlace,
+        until: Option<Instant>,
+    ) -> Result<()> {
+        let Some(place) = place.get_mut::<FifoPlace>() else {
+            return Ok(());
         };
-        let backend = self.backend.clone();
-        let name = self.name.clone();
-        let lease_id = self.lease_id.clone();
-        runtime.spawn(async move {
-            if let Err(err) = backend.leave_queue(&name, &lease_id).await {
-                tracing::debug!(lock = %name, error = %err, "cannot leave the FIFO queue; the entry will expire");
-            }
-        });
+        // A live waiter refreshes its queue entry (by stepping again) well
+        // before it expires.
+        let now = Instant::now();
+        let refresh = self.inner.options.queue_entry_ttl / 3;
+        let mut wake_at = (now + place.backoff.next_delay()).min(now + refresh);
+        if let Some(until) = until {
+            wake_at = wake_at.min(until);
+        }
+        tokio::select! {
+            () = place.wake.changed() => place.backoff.reset(),
+            () = tokio::time::sleep_until(wake_at) => {}
+        }
+        Ok(())
     }
 }
 
@@ -337,12 +323,22 @@ impl LockBackend for RedisBackend {
             .map(|token| Lease::granted(req, token, sent_at)))
     }
 
-    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
+    fn queue(&self) -> Option<&dyn LockQueue> {
+        self.inner.options.fifo.then_some(self as &dyn LockQueue)
+    }
+
+    /// Leaves the FIFO queue and deletes a lease carrying this lease id, if
+    /// a request whose reply was lost left one (compare-and-delete, so no
+    /// other holder is touched).
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
         if self.inner.options.fifo {
-            self.acquire_fifo(req, deadline).await
-        } else {
-            wait_and_acquire(self, req, deadline).await
+            self.leave_queue(&req.name, &req.lease_id).await?;
         }
+        self.release_id(&req.name, &req.lease_id).await.map(|_| ())
+    }
+
+    fn abandon_in_background(&self, req: AcquireRequest) {
+        lockkit_core::spi::spawn_abandon(self, req);
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
@@ -364,21 +360,7 @@ impl LockBackend for RedisBackend {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let keys = self.keys(&lease.name);
-        let released: i64 = SCRIPTS
-            .release
-            .key(&keys.lock)
-            .arg(lease.lease_id.as_str())
-            .arg(&keys.channel)
-            .arg(lease.name.as_str())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| classify(e, "releasing a lease"))?;
-        if released == 1 {
-            // Waiters in this process need not wait for the message.
-            self.inner.hub.notify(&lease.name);
-        }
-        Ok(released == 1)
+        self.release_id(&lease.name, &lease.lease_id).await
     }
 
     async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {

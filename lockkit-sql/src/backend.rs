@@ -409,6 +409,28 @@ where
             req.ttl,
         );
         let doing = "acquiring a lock";
+        if let Some(precheck) = &self.statements.precheck
+            && let Some(row) = self.fetch_optional(precheck, &values, doing).await?
+        {
+            let holder = row
+                .try_get::<String, _>(0)
+                .map_err(|e| classify::<D>(e, "reading the holder"))?;
+            if holder != req.lease_id.as_str() {
+                return Ok(None);
+            }
+            // Our own live grant (a retry after a lost reply): renew it and
+            // hand the same token back.
+            let fence = row
+                .try_get::<i64, _>(1)
+                .map_err(|e| classify::<D>(e, "reading the fence"))?;
+            let lease = Lease::granted(req, token_from(fence)?, sent_at);
+            return match self.extend(&lease, req.ttl).await {
+                Ok(renewed) => Ok(Some(renewed)),
+                // It expired between the read and the renewal: try afresh.
+                Err(Error::Lost { .. }) => Ok(None),
+                Err(err) => Err(err),
+            };
+        }
         let statement = &self.statements.acquire;
         let fence = match statement.outcome {
             Outcome::Rows => match self.fetch_optional(statement, &values, doing).await? {
@@ -484,6 +506,22 @@ where
         } else {
             Err(Error::lost(&lease.name, LostReason::NotHeld))
         }
+    }
+
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
+        let values = self.values(
+            req.name.as_str(),
+            &req.owner,
+            req.lease_id.as_str(),
+            Duration::ZERO,
+        );
+        self.delete(&self.statements.release, &values, "abandoning an acquire")
+            .await
+            .map(|_| ())
+    }
+
+    fn abandon_in_background(&self, req: AcquireRequest) {
+        lockkit_core::spi::spawn_abandon(self, req);
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {

@@ -90,7 +90,10 @@ impl Statement {
 /// The statements of the row-lease recipe (`ARCHITECTURE.md` §6).
 ///
 /// With [`Outcome::Rows`], statements return, in this column order:
-/// - `acquire`: `fence`; no row when the lock is held.
+/// - `precheck`: `lease_id, fence` of the live row; none when free.
+/// - `acquire`: `fence`; no row when the lock is held. A row of this very
+///   lease id (a retry after a lost reply) is taken over too: acquire is
+///   idempotent per lease id.
 /// - `extend`: any single column; no row when the lease is not held.
 /// - `release`, `force_release`: one integer per deleted row, 1 if it was
 ///   unexpired by the database clock, 0 otherwise.
@@ -101,6 +104,13 @@ impl Statement {
 /// always reports affected rows.
 #[derive(Debug, Clone)]
 pub struct Statements {
+    /// For dialects whose acquire would write (or lock) even when the lock
+    /// is held: a read run first that returns the live row's `lease_id,
+    /// fence` (no row when the lock is free). A live row of another lease
+    /// refuses the attempt without any write; a live row of this very lease
+    /// (a retry after a lost reply) is renewed with `extend` and its fence
+    /// returned.
+    pub precheck: Option<Statement>,
     /// For dialects that cannot increment the fence counter inside the
     /// acquire statement (MySQL): a statement run first, in the same
     /// transaction, that increments the per-name counter under its row lock

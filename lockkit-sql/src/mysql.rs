@@ -6,17 +6,20 @@
 //! - Lock names are `VARBINARY(255)`: byte-exact and without the trailing
 //!   space padding of MySQL's `PAD SPACE` collations, under which `node_b`
 //!   and `node_b ` would be one lock.
-//! - Acquire is one transaction of two statements: first the name's
-//!   counter in `<table>_fence` is incremented (`LAST_INSERT_ID(fence + 1)`,
-//!   its row lock held until commit, so acquirers of one name serialise and
-//!   tokens rise in commit order, with gaps); then an
-//!   `INSERT … ON DUPLICATE KEY UPDATE` whose assignments only change an
-//!   expired row grants with that value and reports it through
-//!   `LAST_INSERT_ID(expr)` in the OK packet — 0 when the lock is held
-//!   (MySQL has no `RETURNING` on upserts). A single statement reading a
-//!   high-water mark would read a snapshot that can miss a release
-//!   committed meanwhile and hand out a token twice. Cost: four round trips
-//!   (`BEGIN`, two statements, `COMMIT`) instead of one.
+//! - Acquire first reads the live row (`lease_id, fence`). Held by someone
+//!   else: refused, **without any write or row lock**. Held by this very
+//!   lease id (a retry after a lost reply): renewed, same token. Free: one
+//!   transaction of two statements — the name's counter in `<table>_fence`
+//!   is incremented (`LAST_INSERT_ID(fence + 1)`, its row lock held until
+//!   commit, so acquirers of one name serialise and tokens rise in commit
+//!   order), then an `INSERT … ON DUPLICATE KEY UPDATE` whose assignments
+//!   only change an expired row grants with that value and reports it
+//!   through `LAST_INSERT_ID(expr)` in the OK packet — 0 when someone got
+//!   in first (MySQL has no `RETURNING` on upserts). A single statement
+//!   reading a high-water mark would read a snapshot that can miss a
+//!   release committed meanwhile and hand out a token twice. Cost on a free
+//!   lock: five round trips (the read, `BEGIN`, two statements, `COMMIT`);
+//!   on a held one: one.
 //! - Extend, release and force-release report matched rows (sqlx connects
 //!   with `CLIENT_FOUND_ROWS`). Release deletes the row with this lease id
 //!   and returns `true` if one was found; unlike SQLite and Postgres it
@@ -100,6 +103,13 @@ impl Dialect for MySqlDialect {
         // Every assignment tests the *old* expires_at, so it must come last.
         let expired = "expires_at <= VALUES(created_at)";
         Statements {
+            // Refused attempts stop at this read: no write, no row lock.
+            precheck: Some(Statement::rows(
+                format!(
+                    "SELECT lease_id, fence FROM {t} WHERE lock_name = ? AND expires_at > {NOW}"
+                ),
+                &[Param::Name],
+            )),
             fence_counter: Some(Statement::affected(
                 format!(
                     "INSERT INTO {f} (lock_name, fence) VALUES (?, LAST_INSERT_ID(1)) \

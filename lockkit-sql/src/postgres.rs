@@ -3,15 +3,26 @@
 //! - Times are `TIMESTAMPTZ` set from the server's `now()` (the start of
 //!   the statement's transaction; every statement here is its own
 //!   transaction), never from the client.
-//! - Acquire is one statement: a CTE increments the name's counter in
-//!   `<table>_fence` (its row lock serialises acquirers of one name until
-//!   commit), then `INSERT … ON CONFLICT (lock_name) DO UPDATE … WHERE
-//!   expires_at <= now() RETURNING fence` grants with that value. Tokens
-//!   therefore rise strictly per name, in commit order, with gaps (failed
-//!   attempts also count). Reading a high-water mark instead would be
-//!   unsafe here: the statement's snapshot can miss a release that commits
-//!   while it waits, and hand out a token twice — the cross-process test
-//!   caught exactly that.
+//! - Acquire is one statement of four CTEs:
+//!   - `live` reads the live row, if any. When someone else holds the lock
+//!     the attempt stops there: **a refused attempt writes nothing** (no
+//!     row lock, no counter increment, no WAL flush).
+//!   - `counter` increments the name's counter in `<table>_fence` (its row
+//!     lock serialises acquirers of one name until commit), only when the
+//!     lock looked free;
+//!   - `granted` inserts or takes over the row with that value (`INSERT …
+//!     ON CONFLICT (lock_name) DO UPDATE … WHERE expires_at <= now() OR
+//!     lease_id = $3`);
+//!   - `again` renews a live row that already carries this lease id — a
+//!     retry after a lost reply gets its own grant back (same token)
+//!     instead of waiting for itself.
+//!
+//!   Tokens therefore rise strictly per name, in commit order; a gap
+//!   appears only when two acquirers race for a free lock. Reading a
+//!   high-water mark instead of a counter would be unsafe here: the
+//!   statement's snapshot can miss a release that commits while it waits,
+//!   and hand out a token twice — the cross-process test caught exactly
+//!   that.
 //! - Release and force-release `NOTIFY` the channel `lockkit_<table>` with
 //!   the lock name in the same statement (delivered at commit). Waiters of
 //!   one backend instance share one `LISTEN` connection, started on the
@@ -120,25 +131,32 @@ impl Dialect for PostgresDialect {
         );
         let ttl = "$4::bigint * interval '1 millisecond'";
         Statements {
-            // The per-name counter is incremented first, under its row
-            // lock (held until commit), and the grant takes its value: a
-            // snapshot read of a high-water mark could be stale when a
-            // release commits while this statement waits, and hand out a
-            // token twice.
+            // One statement does it all (see the module docs).
+            precheck: None,
             fence_counter: None,
             acquire: Statement::rows(
                 format!(
-                    "WITH counter AS (\
-                       INSERT INTO {f} AS c (lock_name, fence) VALUES ($1, 1) \
+                    "WITH live AS (\
+                       SELECT lease_id FROM {t} WHERE lock_name = $1 AND expires_at > now()), \
+                     counter AS (\
+                       INSERT INTO {f} AS c (lock_name, fence) \
+                       SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM live) \
                        ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
+                       RETURNING fence), \
+                     granted AS (\
+                       INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at) \
+                       SELECT $1, $2, $3, counter.fence, now(), now() + {ttl} FROM counter \
+                       ON CONFLICT (lock_name) DO UPDATE SET \
+                         owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
+                         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
+                       WHERE l.expires_at <= EXCLUDED.created_at OR l.lease_id = EXCLUDED.lease_id \
+                       RETURNING l.fence), \
+                     again AS (\
+                       UPDATE {t} SET expires_at = now() + {ttl} \
+                       WHERE lock_name = $1 AND lease_id = $3 \
+                         AND EXISTS (SELECT 1 FROM live WHERE lease_id = $3) \
                        RETURNING fence) \
-                     INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at) \
-                     SELECT $1, $2, $3, counter.fence, now(), now() + {ttl} FROM counter \
-                     ON CONFLICT (lock_name) DO UPDATE SET \
-                       owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
-                       created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
-                     WHERE l.expires_at <= EXCLUDED.created_at \
-                     RETURNING l.fence"
+                     SELECT fence FROM granted UNION ALL SELECT fence FROM again"
                 ),
                 &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
             ),

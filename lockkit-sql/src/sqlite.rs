@@ -73,6 +73,15 @@ impl Dialect for SqliteDialect {
             // SQLite runs one writing statement at a time and reads the
             // latest data inside it, so the high-water mark read here
             // cannot be stale.
+            // Refused attempts stop at this read and never take the
+            // database's write lock, which every process shares.
+            precheck: Some(Statement::rows(
+                format!(
+                    "SELECT lease_id, fence FROM {t} \
+                     WHERE lock_name = ?1 AND boot_id = ?3 AND boot_expires_ms > ?2"
+                ),
+                &[Param::Name, Param::NowMillis, Param::BootId],
+            )),
             fence_counter: None,
             // Insert, or take over a row that is expired by the host's boot
             // clock or was written during another boot. A new row continues
@@ -84,10 +93,12 @@ impl Dialect for SqliteDialect {
                      VALUES (?1, ?2, ?3, COALESCE((SELECT fence FROM {f} WHERE lock_name = ?1), 0) + 1, \
                              ?7, ?7 + ?4, ?6, ?5 + ?4) \
                      ON CONFLICT (lock_name) DO UPDATE SET \
-                       owner_id = excluded.owner_id, lease_id = excluded.lease_id, fence = {t}.fence + 1, \
+                       owner_id = excluded.owner_id, lease_id = excluded.lease_id, \
+                       fence = CASE WHEN {t}.lease_id = excluded.lease_id THEN {t}.fence ELSE {t}.fence + 1 END, \
                        created_at = excluded.created_at, expires_at = excluded.expires_at, \
                        boot_id = excluded.boot_id, boot_expires_ms = excluded.boot_expires_ms \
                      WHERE {t}.boot_id <> excluded.boot_id OR {t}.boot_expires_ms <= ?5 \
+                       OR {t}.lease_id = excluded.lease_id \
                      RETURNING fence"
                 ),
                 &[

@@ -1,10 +1,13 @@
 //! [`ZkBackend`]: the lock recipe on top of the node operations.
+//!
+//! The queue steps the core's acquisition driver runs live in `queue.rs`;
+//! inspection and administration in `inspect.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::wait::PollPolicy;
+use lockkit_core::spi::LockQueue;
 use lockkit_core::{
     AcquireRequest, Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo,
     LockName, LossSignal, LostReason, Result,
@@ -16,13 +19,13 @@ use zookeeper_client::{Acl, AuthId, Client, Error as ZkError, Permission, Stat};
 use crate::config::{ZkOptions, ZkUrl};
 use crate::error::{KIND, map};
 use crate::held::{Held, Registry};
-use crate::layout::{Layout, Member, decode_name};
-use crate::nodes::{Created, Deleted, Nodes};
-use crate::record::{Node, Record, State};
+use crate::layout::Layout;
+use crate::nodes::{Deleted, Nodes};
+use crate::record::{Record, State};
 use crate::session::{ConnectSpec, Generation, Sessions, monitor};
 
-/// How long a clean-up after a timeout or a refused try may take before it
-/// is left to the background.
+/// How long the clean-up after a refused try may take before it is left
+/// to the background.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The ZooKeeper lock backend (see the [crate docs](crate)).
@@ -31,16 +34,16 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// the session (unless [`ZkOptions::detached`]), which frees its nodes.
 #[derive(Debug, Clone)]
 pub struct ZkBackend {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    sessions: Arc<Sessions>,
-    registry: Arc<Registry>,
-    nodes: Nodes,
-    root: String,
-    shutdown: CancellationToken,
+pub(crate) struct Inner {
+    pub(crate) sessions: Arc<Sessions>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) nodes: Nodes,
+    pub(crate) root: String,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Drop for Inner {
@@ -128,112 +131,13 @@ pub async fn connect_with(url: &str, options: ZkOptions) -> Result<ZkBackend> {
 }
 
 /// Where a lease node stands in its queue.
-enum Way {
+pub(crate) enum Way {
     /// Every node before it is gone: it holds the lock.
     Clear,
     /// A live node is before it; watch the one just before (`path`).
     Blocked { predecessor: String },
     /// The node itself is gone (session ended, removed by an admin).
     Gone,
-}
-
-/// A lease node being acquired: removed again (in the background if need
-/// be) unless the lock is granted, so timeouts, refusals, errors and
-/// cancelled acquires leave nothing behind.
-struct Pending {
-    client: Client,
-    lock: String,
-    lease_id: LeaseId,
-    path: Option<String>,
-    armed: bool,
-}
-
-impl Pending {
-    fn new(client: Client, lock: String, lease_id: LeaseId) -> Self {
-        Self {
-            client,
-            lock,
-            lease_id,
-            path: None,
-            armed: true,
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-
-    /// Deletes the node now (bounded); on failure the drop retries in the
-    /// background.
-    async fn abandon(&mut self, nodes: &Nodes, generation: &Generation) {
-        let Some(path) = self.path.clone() else {
-            return;
-        };
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(CLEANUP_TIMEOUT, nodes.delete(generation, &path, None)).await
-        {
-            self.disarm();
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(lock = %self.lock, "no runtime to remove an abandoned lease node; it goes with the session");
-            return;
-        };
-        let client = self.client.clone();
-        let lock = self.lock.clone();
-        match self.path.take() {
-            Some(path) => {
-                // Sent right now, in order with this session's earlier
-                // requests; only the reply is awaited in the background.
-                let deleting = client.delete(&path, None);
-                runtime.spawn(async move {
-                    let _ = deleting.await;
-                    let _ = client.delete(&lock, None).await;
-                });
-            }
-            None => {
-                // The create may be in flight: this session's later
-                // requests see its result, so find the node by lease id.
-                let lease_id = self.lease_id.clone();
-                runtime.spawn(async move {
-                    let Ok(children) = client.list_children(&lock).await else {
-                        return;
-                    };
-                    for child in children {
-                        if Member::parse(&child).is_some_and(|m| m.is_for(&lease_id)) {
-                            let _ = client.delete(&format!("{lock}/{child}"), None).await;
-                        }
-                    }
-                    let _ = client.delete(&lock, None).await;
-                });
-            }
-        }
-    }
-}
-
-/// The node this acquire is waiting with.
-struct Own {
-    path: String,
-    state: State,
-    /// The local instant before the write that set the node's mtime.
-    written_at: Instant,
-    /// A server time (ms) and the local instant its reply arrived: how the
-    /// waiter predicts when a holder's TTL runs out.
-    anchor: (i64, Instant),
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl ZkBackend {
@@ -254,15 +158,8 @@ impl ZkBackend {
         &self.inner.root
     }
 
-    fn timeout(&self, req: &AcquireRequest, started: Instant) -> Error {
-        Error::Timeout {
-            name: req.name.clone(),
-            waited: started.elapsed(),
-        }
-    }
-
     /// Records a grant and builds the lease.
-    fn grant(
+    pub(crate) fn grant(
         &self,
         generation: Arc<Generation>,
         req: &AcquireRequest,
@@ -289,7 +186,7 @@ impl ZkBackend {
     /// Looks at the queue before `own`: deletes held leases that expired by
     /// `server_now_ms` (only if unchanged since read) and duplicates of our
     /// own node, and says whether `own` now holds the lock.
-    async fn clear_way(
+    pub(crate) async fn clear_way(
         &self,
         generation: &Generation,
         lock: &str,
@@ -351,232 +248,25 @@ impl ZkBackend {
         Ok(Way::Clear)
     }
 
-    /// The queue of `name` with the server's clock: the live holder, if any.
-    async fn holder(
+    /// Deletes every node of `lease_id` under `name`'s lock (a refused or
+    /// abandoned request's), with the lock node when that leaves it empty.
+    pub(crate) async fn delete_lease_nodes(
         &self,
         generation: &Generation,
-        lock: &str,
-        server_now_ms: i64,
-        members: &[Member],
-    ) -> Result<(Option<Node>, Vec<Node>)> {
+        name: &LockName,
+        lease_id: &LeaseId,
+    ) -> Result<()> {
         let nodes = &self.inner.nodes;
-        let paths: Vec<String> = members
-            .iter()
-            .map(|m| format!("{lock}/{}", m.node))
-            .collect();
-        let read = nodes.read(generation, &paths).await?;
-        let mut expired = Vec::new();
-        for node in read {
-            if node.is_expired(server_now_ms, nodes.margin) {
-                expired.push(node);
-                continue;
-            }
-            let holder = node
-                .is_live_holder(server_now_ms, nodes.margin)
-                .then_some(node);
-            return Ok((holder, expired));
+        let lock = nodes.layout.lock(name);
+        let Some(members) = nodes.members(generation, &lock).await? else {
+            return Ok(());
+        };
+        for member in members.iter().filter(|m| m.is_for(lease_id)) {
+            nodes
+                .delete(generation, &format!("{lock}/{}", member.node), None)
+                .await?;
         }
-        Ok((None, expired))
-    }
-
-    async fn acquire_inner(
-        &self,
-        req: &AcquireRequest,
-        deadline: Option<Instant>,
-        started: Instant,
-    ) -> Result<Lease> {
-        let nodes = &self.inner.nodes;
-        let lock = nodes.layout.lock(&req.name);
-        let mut backoff =
-            PollPolicy::new(Duration::from_millis(20), Duration::from_secs(1)).backoff();
-        'create: loop {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(self.timeout(req, started));
-            }
-            let generation = self.inner.sessions.current();
-            let mut pending = Pending::new(
-                generation.client.clone(),
-                lock.clone(),
-                req.lease_id.clone(),
-            );
-            let sent_at = Instant::now();
-            let created = match nodes.create(&generation, &lock, req, State::Waiting).await {
-                Ok(created) => created,
-                Err(err) if err.is_retryable() => {
-                    tracing::debug!(lock = %req.name, error = %err, "creating a lease node failed; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue 'create;
-                }
-                Err(err) => return Err(err),
-            };
-            pending.path = Some(created.path.clone());
-            if created.sole && !generation.is_lost() {
-                pending.disarm();
-                return Ok(self.grant(generation, req, created.path, &created.stat, sent_at));
-            }
-            let Created {
-                path, stat, state, ..
-            } = created;
-            let mut own = Own {
-                path,
-                state,
-                written_at: sent_at,
-                anchor: (stat.ctime, Instant::now()),
-            };
-            loop {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    pending.abandon(nodes, &generation).await;
-                    return Err(self.timeout(req, started));
-                }
-                if generation.is_lost() {
-                    // Start over on the current generation.
-                    pending.abandon(nodes, &generation).await;
-                    continue 'create;
-                }
-                let way = self
-                    .clear_way(&generation, &lock, &own.path, &req.lease_id, own.anchor.0)
-                    .await;
-                let way = match way {
-                    Ok(way) => way,
-                    Err(err) if err.is_retryable() => {
-                        tokio::time::sleep(backoff.next_delay()).await;
-                        continue;
-                    }
-                    Err(err) => return Err(err),
-                };
-                match way {
-                    Way::Gone => {
-                        pending.disarm();
-                        continue 'create;
-                    }
-                    Way::Clear if own.state == State::Held => {
-                        pending.disarm();
-                        return Ok(self.grant(
-                            Arc::clone(&generation),
-                            req,
-                            own.path,
-                            &stat,
-                            own.written_at,
-                        ));
-                    }
-                    Way::Clear => {
-                        let record =
-                            Record::new(State::Held, req.ttl, &req.lease_id, &req.owner).encode();
-                        let sent_at = Instant::now();
-                        let result = generation.client.set_data(&own.path, &record, None).await;
-                        generation.observe(sent_at, &result);
-                        match result {
-                            Ok(stat) => {
-                                pending.disarm();
-                                return Ok(self.grant(
-                                    Arc::clone(&generation),
-                                    req,
-                                    own.path,
-                                    &stat,
-                                    sent_at,
-                                ));
-                            }
-                            Err(ZkError::NoNode) => {
-                                pending.disarm();
-                                continue 'create;
-                            }
-                            Err(err) => {
-                                let err = map(err, "taking the lock");
-                                if !err.is_retryable() {
-                                    return Err(err);
-                                }
-                                tokio::time::sleep(backoff.next_delay()).await;
-                                continue;
-                            }
-                        }
-                    }
-                    Way::Blocked { predecessor } => {
-                        if own.state == State::Held {
-                            // Recovered after a lost reply as a holder but
-                            // not first: queue as a waiter, so the TTL does
-                            // not count against it.
-                            let record =
-                                Record::new(State::Waiting, req.ttl, &req.lease_id, &req.owner)
-                                    .encode();
-                            let sent_at = Instant::now();
-                            let result = generation.client.set_data(&own.path, &record, None).await;
-                            generation.observe(sent_at, &result);
-                            match result {
-                                Ok(stat) => {
-                                    own.state = State::Waiting;
-                                    own.anchor = (stat.mtime, Instant::now());
-                                    own.written_at = sent_at;
-                                }
-                                Err(ZkError::NoNode) => {
-                                    pending.disarm();
-                                    continue 'create;
-                                }
-                                Err(err) => return Err(map(err, "queueing")),
-                            }
-                        }
-                        let watched = generation.client.get_and_watch_data(&predecessor).await;
-                        let (data, pred_stat, watcher) = match watched {
-                            Ok(watched) => watched,
-                            Err(ZkError::NoNode) => continue,
-                            Err(err) => {
-                                let err = map(err, "watching the lease before ours");
-                                if !err.is_retryable() {
-                                    return Err(err);
-                                }
-                                tokio::time::sleep(backoff.next_delay()).await;
-                                continue;
-                            }
-                        };
-                        backoff.reset();
-                        let pred = Node {
-                            path: predecessor,
-                            record: Record::decode(&data),
-                            stat: pred_stat,
-                        };
-                        // When the predecessor's TTL runs out, by our
-                        // reading of the server's clock.
-                        let expiry = pred.expires_ms(nodes.margin).map(|at| {
-                            let (server_ms, local) = own.anchor;
-                            let ahead = u64::try_from(at.saturating_sub(server_ms)).unwrap_or(0);
-                            local + Duration::from_millis(ahead)
-                        });
-                        // Our own node expires like any other unless we
-                        // rewrite it: every third of the TTL.
-                        let refresh = own.written_at + req.ttl / 3;
-                        let wake = expiry.map_or(refresh, |e| e.min(refresh));
-                        tokio::select! {
-                            _ = watcher.changed() => {}
-                            () = tokio::time::sleep_until(wake) => {
-                                // Refresh our node, which also reads the
-                                // server's clock, then look again.
-                                let record = Record::new(State::Waiting, req.ttl, &req.lease_id, &req.owner).encode();
-                                let sent_at = Instant::now();
-                                let result = generation.client.set_data(&own.path, &record, None).await;
-                                generation.observe(sent_at, &result);
-                                match result {
-                                    Ok(stat) => {
-                                        own.anchor = (stat.mtime, Instant::now());
-                                        own.written_at = sent_at;
-                                    }
-                                    Err(ZkError::NoNode) => {
-                                        pending.disarm();
-                                        continue 'create;
-                                    }
-                                    Err(err) => {
-                                        let err = map(err, "reading the server clock");
-                                        if !err.is_retryable() {
-                                            return Err(err);
-                                        }
-                                        tokio::time::sleep(backoff.next_delay()).await;
-                                    }
-                                }
-                            }
-                            () = sleep_until(deadline) => {}
-                        }
-                    }
-                }
-            }
-        }
+        nodes.delete_lock_if_empty(generation, &lock).await
     }
 }
 
@@ -600,31 +290,35 @@ impl LockBackend for ZkBackend {
         let nodes = &self.inner.nodes;
         let lock = nodes.layout.lock(&req.name);
         let generation = self.inner.sessions.current();
-        let mut pending = Pending::new(
-            generation.client.clone(),
-            lock.clone(),
-            req.lease_id.clone(),
-        );
         let sent_at = Instant::now();
         let created = nodes.create(&generation, &lock, req, State::Held).await?;
-        pending.path = Some(created.path.clone());
-        if !created.sole {
-            let way = self
-                .clear_way(
+        let clear = created.sole
+            || matches!(
+                self.clear_way(
                     &generation,
                     &lock,
                     &created.path,
                     &req.lease_id,
                     created.stat.ctime,
                 )
-                .await?;
-            if !matches!(way, Way::Clear) {
-                pending.abandon(nodes, &generation).await;
+                .await?,
+                Way::Clear
+            );
+        if !clear || generation.is_lost() {
+            // Refused (or the session changed under us): remove our node
+            // now, or leave it to the background.
+            if tokio::time::timeout(
+                CLEANUP_TIMEOUT,
+                self.delete_lease_nodes(&generation, &req.name, &req.lease_id),
+            )
+            .await
+            .is_err()
+            {
+                self.abandon_in_background(req.clone());
+            }
+            if !clear {
                 return Ok(None);
             }
-        }
-        if generation.is_lost() {
-            pending.abandon(nodes, &generation).await;
             return Err(Error::transient(
                 KIND,
                 format!(
@@ -634,7 +328,6 @@ impl LockBackend for ZkBackend {
                 None,
             ));
         }
-        pending.disarm();
         Ok(Some(self.grant(
             generation,
             req,
@@ -644,23 +337,21 @@ impl LockBackend for ZkBackend {
         )))
     }
 
-    /// Queues a lease node and waits for the node just before it (FIFO, no
-    /// herd): its deletion or change wakes the waiter at once, and a timer
-    /// fires when its TTL runs out by the server's clock. Timeouts and
-    /// cancellation remove the waiter's node.
-    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
-        let started = Instant::now();
-        // The loop honours the deadline itself (and removes its node);
-        // this bound only covers requests stuck on a dead connection.
-        let bound = deadline.map(|d| d + CLEANUP_TIMEOUT);
-        match bound {
-            Some(bound) => {
-                tokio::time::timeout_at(bound, self.acquire_inner(req, deadline, started))
-                    .await
-                    .unwrap_or_else(|_| Err(self.timeout(req, started)))
-            }
-            None => self.acquire_inner(req, deadline, started).await,
-        }
+    fn queue(&self) -> Option<&dyn LockQueue> {
+        Some(self)
+    }
+
+    /// Deletes every node this request created (found by the lease id in
+    /// its name), held or waiting, and forgets a grant made to it.
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
+        self.inner.registry.remove(&req.lease_id);
+        let generation = self.inner.sessions.current();
+        self.delete_lease_nodes(&generation, &req.name, &req.lease_id)
+            .await
+    }
+
+    fn abandon_in_background(&self, req: AcquireRequest) {
+        lockkit_core::spi::spawn_abandon(self, req);
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
@@ -758,116 +449,23 @@ impl LockBackend for ZkBackend {
     }
 
     async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
-        let generation = self.inner.sessions.current();
-        let nodes = &self.inner.nodes;
-        let now_ms = nodes.server_now(&generation).await?;
-        let lock = nodes.layout.lock(name);
-        let Some(members) = nodes.members(&generation, &lock).await? else {
-            return Ok(None);
-        };
-        let (holder, _) = self.holder(&generation, &lock, now_ms, &members).await?;
-        Ok(holder.and_then(|h| h.info(name)))
+        self.current_holder(name).await
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {
-        let generation = self.inner.sessions.current();
-        let nodes = &self.inner.nodes;
-        let now_ms = nodes.server_now(&generation).await?;
-        let dir = nodes.layout.locks_dir();
-        let children = match generation.client.list_children(&dir).await {
-            Ok(children) => children,
-            Err(ZkError::NoNode) => return Ok(Vec::new()),
-            Err(err) => return Err(map(err, "listing locks")),
-        };
-        let named: Vec<(LockName, String)> = children
-            .iter()
-            .filter_map(|c| decode_name(c).map(|n| (n, format!("{dir}/{c}"))))
-            .collect();
-        let paths: Vec<String> = named.iter().map(|(_, p)| p.clone()).collect();
-        let queues = nodes.queues(&generation, &paths).await?;
-        let mut infos = Vec::new();
-        for (lock, members) in queues {
-            if members.is_empty() {
-                continue;
-            }
-            let Some(name) = lock.rsplit('/').next().and_then(decode_name) else {
-                continue;
-            };
-            let (holder, _) = self.holder(&generation, &lock, now_ms, &members).await?;
-            if let Some(info) = holder.and_then(|h| h.info(&name)) {
-                infos.push(info);
-            }
-        }
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(infos)
+        self.list_holders().await
     }
 
     async fn force_release(&self, name: &LockName) -> Result<bool> {
-        let generation = self.inner.sessions.current();
-        let nodes = &self.inner.nodes;
-        let now_ms = nodes.server_now(&generation).await?;
-        let lock = nodes.layout.lock(name);
-        let Some(members) = nodes.members(&generation, &lock).await? else {
-            return Ok(false);
-        };
-        let (holder, expired) = self.holder(&generation, &lock, now_ms, &members).await?;
-        for node in &expired {
-            nodes
-                .delete(&generation, &node.path, Some(node.stat.version))
-                .await?;
-        }
-        let removed = match holder {
-            Some(node) => {
-                tracing::warn!(lock = %name, path = %node.path, "force-releasing a held lock");
-                nodes.delete(&generation, &node.path, None).await? == Deleted::Yes
-            }
-            None => false,
-        };
-        if !removed {
-            nodes.delete_lock_if_empty(&generation, &lock).await?;
-        }
-        Ok(removed)
+        self.force_release_holder(name).await
     }
 
     /// Deletes lease nodes whose TTL ran out by the server's clock (their
-    /// holders stopped renewing but their sessions live on) and lock nodes
-    /// left empty (ZooKeeper also reaps those, as container nodes, after
-    /// its `znode.container.checkIntervalMs`).
+    /// holders or waiters stopped renewing but their sessions live on) and
+    /// lock nodes left empty (ZooKeeper also reaps those, as container
+    /// nodes, after its `znode.container.checkIntervalMs`).
     async fn cleanup_expired(&self) -> Result<u64> {
-        let generation = self.inner.sessions.current();
-        let nodes = &self.inner.nodes;
-        let now_ms = nodes.server_now(&generation).await?;
-        let dir = nodes.layout.locks_dir();
-        let children = match generation.client.list_children(&dir).await {
-            Ok(children) => children,
-            Err(ZkError::NoNode) => return Ok(0),
-            Err(err) => return Err(map(err, "listing locks")),
-        };
-        let paths: Vec<String> = children.iter().map(|c| format!("{dir}/{c}")).collect();
-        let mut removed = 0;
-        for (lock, members) in nodes.queues(&generation, &paths).await? {
-            let member_paths: Vec<String> = members
-                .iter()
-                .map(|m| format!("{lock}/{}", m.node))
-                .collect();
-            let read = nodes.read(&generation, &member_paths).await?;
-            let mut left = read.len();
-            for node in &read {
-                if node.is_expired(now_ms, nodes.margin)
-                    && nodes
-                        .delete(&generation, &node.path, Some(node.stat.version))
-                        .await?
-                        == Deleted::Yes
-                {
-                    removed += 1;
-                    left -= 1;
-                }
-            }
-            if left == 0 {
-                nodes.delete_lock_if_empty(&generation, &lock).await?;
-            }
-        }
-        Ok(removed)
+        self.cleanup_expired_nodes().await
     }
 
     fn loss_signal(&self, lease: &Lease) -> Option<LossSignal> {

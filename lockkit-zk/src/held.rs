@@ -92,7 +92,12 @@ impl Registry {
             // their deadline has passed; forget them now.
             let now = Instant::now();
             entries.retain(|_, h| !(h.stop.is_cancelled() && h.deadline <= now));
-            entries.insert(lease_id, held);
+            // A retried request granted again (its first node was a
+            // duplicate): the old node's watch must not report this grant
+            // lost when that duplicate is deleted.
+            if let Some(old) = entries.insert(lease_id, held) {
+                old.stop.cancel();
+            }
         }
         tokio::spawn(watch);
         lost
@@ -129,6 +134,18 @@ impl Registry {
     /// Reports a lease whose node is gone as lost, and forgets it.
     pub(crate) fn lose(&self, lease_id: &LeaseId) {
         if let Some(held) = self.entries().remove(lease_id) {
+            held.lost.fire(LostReason::NotHeld);
+            held.stop.cancel();
+        }
+    }
+
+    /// As [`lose`](Self::lose), but only while the lease is still the one
+    /// granted with the node at `path`.
+    fn lose_node(&self, lease_id: &LeaseId, path: &str) {
+        let mut entries = self.entries();
+        if entries.get(lease_id).is_some_and(|h| h.path == path)
+            && let Some(held) = entries.remove(lease_id)
+        {
             held.lost.fire(LostReason::NotHeld);
             held.stop.cancel();
         }
@@ -212,7 +229,7 @@ async fn watch_node(
             // The node is gone for good: fire the signal and forget the
             // lease (renewing it now fails with NoNode on the server).
             if let Some(registry) = registry.upgrade() {
-                registry.lose(&lease_id);
+                registry.lose_node(&lease_id, &path);
             }
             lost.fire(LostReason::NotHeld);
             return;

@@ -120,8 +120,10 @@ mod backend;
 mod config;
 mod error;
 mod held;
+mod inspect;
 mod layout;
 mod nodes;
+mod queue;
 mod record;
 mod session;
 

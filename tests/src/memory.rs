@@ -30,6 +30,10 @@ impl Harness for MemoryHarness {
         Some(self.backend.waiting(name))
     }
 
+    async fn stored_fence(&self, name: &LockName) -> Option<u64> {
+        self.backend.fence_counter(name)
+    }
+
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
         if self.backend.has_record(name) {
             vec![format!(

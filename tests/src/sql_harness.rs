@@ -175,10 +175,10 @@ impl Harness for SqlHarness {
 
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
         let table = &self.table;
-        let rows: Vec<(String, String)> = match &self.raw {
+        let rows: Vec<(String, String, i64, String)> = match &self.raw {
             #[cfg(feature = "postgres")]
             Raw::Postgres(pool) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT owner_id, lease_id FROM \"{}\" WHERE lock_name = $1",
+                "SELECT owner_id, lease_id, fence, expires_at::text FROM \"{}\" WHERE lock_name = $1",
                 table.table()
             )))
             .bind(name.as_str())
@@ -187,7 +187,7 @@ impl Harness for SqlHarness {
             .expect("inspect the lock table"),
             #[cfg(feature = "mysql")]
             Raw::MySql(pool) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT owner_id, lease_id FROM `{}` WHERE lock_name = ?",
+                "SELECT owner_id, lease_id, fence, CAST(expires_at AS CHAR) FROM `{}` WHERE lock_name = ?",
                 table.table()
             )))
             .bind(name.as_str())
@@ -196,7 +196,35 @@ impl Harness for SqlHarness {
             .expect("inspect the lock table"),
         };
         rows.into_iter()
-            .map(|(owner, lease)| format!("row owner={owner:?} lease={lease:?}"))
+            .map(|(owner, lease, fence, expires)| {
+                format!("row owner={owner:?} lease={lease:?} fence={fence} expires_at={expires}")
+            })
             .collect()
+    }
+
+    /// The name's counter in `<table>_fence`, incremented by every grant.
+    async fn stored_fence(&self, name: &LockName) -> Option<u64> {
+        let table = &self.table;
+        let fence: Option<i64> = match &self.raw {
+            #[cfg(feature = "postgres")]
+            Raw::Postgres(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT fence FROM \"{}_fence\" WHERE lock_name = $1",
+                table.table()
+            )))
+            .bind(name.as_str())
+            .fetch_optional(pool)
+            .await
+            .expect("inspect the fence table"),
+            #[cfg(feature = "mysql")]
+            Raw::MySql(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT fence FROM `{}_fence` WHERE lock_name = ?",
+                table.table()
+            )))
+            .bind(name.as_str())
+            .fetch_optional(pool)
+            .await
+            .expect("inspect the fence table"),
+        };
+        fence.and_then(|f| u64::try_from(f).ok())
     }
 }

@@ -69,20 +69,38 @@ impl Harness for SqliteHarness {
     }
 
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
-        sqlx::query("SELECT owner_id, lease_id, expires_at FROM locks WHERE lock_name = ?1")
-            .bind(name.as_str())
-            .fetch_all(&self.inspector)
-            .await
-            .expect("inspect the locks table")
-            .iter()
-            .map(|row| {
-                format!(
-                    "row owner={:?} lease={:?} expires_at={}",
-                    row.get::<String, _>(0),
-                    row.get::<String, _>(1),
-                    row.get::<i64, _>(2)
-                )
-            })
-            .collect()
+        sqlx::query(
+            "SELECT owner_id, lease_id, fence, boot_id, boot_expires_ms FROM locks WHERE lock_name = ?1",
+        )
+        .bind(name.as_str())
+        .fetch_all(&self.inspector)
+        .await
+        .expect("inspect the locks table")
+        .iter()
+        .map(|row| {
+            format!(
+                "row owner={:?} lease={:?} fence={} boot={} expires={}",
+                row.get::<String, _>(0),
+                row.get::<String, _>(1),
+                row.get::<i64, _>(2),
+                row.get::<String, _>(3),
+                row.get::<i64, _>(4)
+            )
+        })
+        .collect()
+    }
+
+    /// The highest token handed out for `name`: the live row's fence or the
+    /// high-water mark kept when rows are deleted.
+    async fn stored_fence(&self, name: &LockName) -> Option<u64> {
+        let fence: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(fence) FROM (SELECT fence FROM locks WHERE lock_name = ?1 \
+             UNION ALL SELECT fence FROM locks_fence WHERE lock_name = ?1)",
+        )
+        .bind(name.as_str())
+        .fetch_one(&self.inspector)
+        .await
+        .expect("inspect the fence");
+        fence.and_then(|f| u64::try_from(f).ok())
     }
 }

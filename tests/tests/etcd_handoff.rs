@@ -15,8 +15,8 @@ use lockkit_etcd::EtcdBackend;
 use lockkit_tests::etcd::EtcdHarness;
 use tokio::time::Instant;
 
-/// The etcd backend without its queue: `acquire` is the core's default
-/// (try, then jittered polling up to 500 ms).
+/// The etcd backend without its queue: the core's driver then polls (try,
+/// then jittered polling up to 500 ms).
 #[derive(Debug)]
 struct PollingOnly(EtcdBackend);
 
@@ -34,6 +34,12 @@ impl LockBackend for PollingOnly {
     }
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
         self.0.try_acquire(req).await
+    }
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
+        self.0.abandon(req).await
+    }
+    fn abandon_in_background(&self, req: AcquireRequest) {
+        self.0.abandon_in_background(req);
     }
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         self.0.extend(lease, ttl).await

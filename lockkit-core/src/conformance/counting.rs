@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::lease::{AcquireRequest, Lease, LockInfo};
 use crate::loss::LossSignal;
 use crate::name::LockName;
+use crate::spi::{LockQueue, QueuePlace};
 use crate::wait::{PollPolicy, WakeSubscription};
 
 /// Wraps a backend, counts every call that could reach the server, and can
@@ -25,6 +26,7 @@ pub struct CountingBackend {
     calls: AtomicUsize,
     extends: Injector,
     releases: Injector,
+    acquires: Injector,
 }
 
 /// Failures still to inject into one kind of call.
@@ -34,6 +36,8 @@ struct Injector {
     transient: AtomicBool,
     /// Apply the call to the backend first, then fail (a lost reply).
     after_applying: AtomicBool,
+    /// Apply the call, then never answer (a reply that never arrives).
+    stall: AtomicBool,
 }
 
 impl Injector {
@@ -41,7 +45,18 @@ impl Injector {
         self.transient
             .store(failure == InjectedFailure::Transient, Ordering::SeqCst);
         self.after_applying.store(after_applying, Ordering::SeqCst);
+        self.stall.store(false, Ordering::SeqCst);
         self.remaining.store(count, Ordering::SeqCst);
+    }
+
+    fn arm_stall(&self, count: usize) {
+        self.after_applying.store(true, Ordering::SeqCst);
+        self.stall.store(true, Ordering::SeqCst);
+        self.remaining.store(count, Ordering::SeqCst);
+    }
+
+    fn stalls(&self) -> bool {
+        self.stall.load(Ordering::SeqCst)
     }
 
     /// The failure to inject now, if any, and whether to apply the call first.
@@ -76,6 +91,7 @@ impl CountingBackend {
             calls: AtomicUsize::new(0),
             extends: Injector::default(),
             releases: Injector::default(),
+            acquires: Injector::default(),
         })
     }
 
@@ -103,6 +119,27 @@ impl CountingBackend {
         self.releases.arm(count, failure, after_applying);
     }
 
+    /// Makes the next `count` acquire attempts (`try_acquire`, and queue
+    /// steps of FIFO backends) fail with `failure`. With `after_applying`,
+    /// each attempt first reaches the backend — it may grant the lock or
+    /// queue the request there — and only its reply is replaced by the
+    /// failure: the lost reply that the driver's retry must recover from.
+    pub fn fail_acquires(&self, count: usize, failure: InjectedFailure, after_applying: bool) {
+        self.acquires.arm(count, failure, after_applying);
+    }
+
+    /// Makes the next `count` acquire attempts reach the backend (grant or
+    /// queue there) and then never return: the reply that never arrives.
+    /// Only dropping the future (cancelling the acquire) ends them.
+    pub fn stall_acquires(&self, count: usize) {
+        self.acquires.arm_stall(count);
+    }
+
+    /// Acquire failures still to be injected.
+    pub fn pending_acquire_failures(&self) -> usize {
+        self.acquires.remaining.load(Ordering::SeqCst)
+    }
+
     /// Release failures still to be injected.
     pub fn pending_release_failures(&self) -> usize {
         self.releases.remaining.load(Ordering::SeqCst)
@@ -110,6 +147,45 @@ impl CountingBackend {
 
     fn count(&self) {
         self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Forwards to the wrapped backend's queue, with the same counting and
+/// acquire-failure injection as `try_acquire`.
+#[async_trait]
+impl LockQueue for CountingBackend {
+    async fn step(
+        &self,
+        req: &AcquireRequest,
+        place: &mut Option<QueuePlace>,
+    ) -> Result<Option<Lease>> {
+        self.count();
+        let queue = self.inner.queue().ok_or_else(|| {
+            Error::backend(self.inner.kind(), "the wrapped backend has no queue", None)
+        })?;
+        if let Some((err, apply)) = self.acquires.take(self.inner.kind(), "queue step") {
+            if apply {
+                let _ = queue.step(req, place).await;
+            }
+            if self.acquires.stalls() {
+                std::future::pending::<()>().await;
+            }
+            return Err(err);
+        }
+        queue.step(req, place).await
+    }
+
+    async fn wait_turn(
+        &self,
+        req: &AcquireRequest,
+        place: &mut QueuePlace,
+        until: Option<Instant>,
+    ) -> Result<()> {
+        self.count();
+        let queue = self.inner.queue().ok_or_else(|| {
+            Error::backend(self.inner.kind(), "the wrapped backend has no queue", None)
+        })?;
+        queue.wait_turn(req, place, until).await
     }
 }
 
@@ -125,12 +201,30 @@ impl LockBackend for CountingBackend {
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
         self.count();
+        if let Some((err, apply)) = self.acquires.take(self.inner.kind(), "acquire") {
+            if apply {
+                let _ = self.inner.try_acquire(req).await;
+            }
+            if self.acquires.stalls() {
+                std::future::pending::<()>().await;
+            }
+            return Err(err);
+        }
         self.inner.try_acquire(req).await
     }
 
-    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
+    fn queue(&self) -> Option<&dyn LockQueue> {
+        self.inner.queue().map(|_| self as &dyn LockQueue)
+    }
+
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
         self.count();
-        self.inner.acquire(req, deadline).await
+        self.inner.abandon(req).await
+    }
+
+    fn abandon_in_background(&self, req: AcquireRequest) {
+        self.count();
+        self.inner.abandon_in_background(req);
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {

@@ -242,3 +242,49 @@ pub async fn fifo_order<H: Harness + ?Sized>(h: &H) {
     );
     assert_clean(h, &*holder, &name).await;
 }
+
+/// Attempts refused because someone else holds the lock write nothing:
+/// the stored state and the fence counter stay as they were (polling a
+/// held lock must not take row locks, flush a log or burn tokens).
+pub async fn refused_attempts_write_nothing<H: Harness + ?Sized>(h: &H) {
+    let name = unique_name("refused");
+    let (holder, poller) = (h.client().await, h.client().await);
+    let held = holder
+        .try_acquire(&request(&name, "holder", LONG_TTL))
+        .await
+        .expect("try")
+        .expect("free");
+    let fence_before = h.stored_fence(&name).await;
+    let stored_before = h.leftovers(&name).await;
+    for _ in 0..20 {
+        assert!(
+            poller
+                .try_acquire(&request(&name, "poller", LONG_TTL))
+                .await
+                .expect("try")
+                .is_none()
+        );
+    }
+    assert_eq!(
+        h.stored_fence(&name).await,
+        fence_before,
+        "refused attempts moved the fence counter"
+    );
+    assert_eq!(
+        h.leftovers(&name).await,
+        stored_before,
+        "refused attempts changed the stored records"
+    );
+    assert!(holder.release(&held).await.expect("release"));
+    let next = poller
+        .try_acquire(&request(&name, "poller", LONG_TTL))
+        .await
+        .expect("try")
+        .expect("free");
+    if let (Some(before), Some(after)) = (fence_before, h.stored_fence(&name).await) {
+        assert_eq!(after, before + 1, "the next grant takes the next token");
+    }
+    assert!(next.token > held.token);
+    assert!(poller.release(&next).await.expect("release"));
+    assert_clean(h, &*poller, &name).await;
+}

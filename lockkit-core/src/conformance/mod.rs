@@ -38,7 +38,7 @@ use async_trait::async_trait;
 pub use self::counting::{CountingBackend, InjectedFailure};
 pub use self::exclusion::{
     fencing_tokens_increase, fifo_order, mutual_exclusion, names_independent_and_case_sensitive,
-    try_acquire_single_winner,
+    refused_attempts_write_nothing, try_acquire_single_winner,
 };
 pub use self::expiry::{
     crash_releases_after_ttl, drop_after_loss_releases_at_once, expiry_frees_after_ttl_not_before,
@@ -54,7 +54,8 @@ pub use self::ownership::{
     release_retries_transient_failures,
 };
 pub use self::waiting::{
-    acquire_timeout_leaves_nothing, cancelled_acquire_leaves_nothing, release_wakes_waiter,
+    acquire_timeout_leaves_nothing, cancelled_acquire_leaves_nothing,
+    cancelled_mid_request_leaves_nothing, lost_reply_acquire_is_idempotent, release_wakes_waiter,
     would_deadlock_on_reentry,
 };
 use crate::backend::{Capabilities, LockBackend};
@@ -66,6 +67,7 @@ pub const PROPERTIES: &[&str] = &[
     "mutual_exclusion",
     "try_acquire_single_winner",
     "fencing_tokens_increase",
+    "refused_attempts_write_nothing",
     "names_independent_and_case_sensitive",
     "fifo_order",
     "only_owner_can_extend_or_release",
@@ -81,6 +83,8 @@ pub const PROPERTIES: &[&str] = &[
     "release_wakes_waiter",
     "acquire_timeout_leaves_nothing",
     "cancelled_acquire_leaves_nothing",
+    "cancelled_mid_request_leaves_nothing",
+    "lost_reply_acquire_is_idempotent",
     "would_deadlock_on_reentry",
     "current_and_list_report_holder",
     "force_release_frees_lock",
@@ -153,6 +157,14 @@ pub trait Harness: Send + Sync {
     /// queued before they go on await this instead of sleeping; `None` (the
     /// default) falls back to a fixed pause.
     async fn queued(&self, name: &LockName) -> Option<usize> {
+        let _ = name;
+        None
+    }
+
+    /// The stored fence counter (or high-water mark) of `name`, for
+    /// backends that keep one: a refused acquire attempt must not move it.
+    /// `None` (the default) skips that check.
+    async fn stored_fence(&self, name: &LockName) -> Option<u64> {
         let _ = name;
         None
     }

@@ -5,8 +5,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    Harness, LONG_TTL, assert_clean, await_queue_drained, await_queued, request, unique_name,
+    CountingBackend, Harness, InjectedFailure, LONG_TTL, assert_clean, await_queue_drained,
+    await_queued, request, unique_name,
 };
+use crate::backend::LockBackend;
 use crate::error::Error;
 use crate::locker::Locker;
 use crate::options::LockOptions;
@@ -166,4 +168,145 @@ pub async fn would_deadlock_on_reentry<H: Harness + ?Sized>(h: &H) {
     let again = locker.acquire(&name).await.expect("acquire after release");
     assert!(again.release().await.expect("release"));
     assert_clean(h, &*h.client().await, &name).await;
+}
+
+/// Acquire is idempotent per lease id: when an attempt is applied by the
+/// backend but its reply is lost, a retry of the same request gets that
+/// grant back (same lease id and token) instead of finding the lock held
+/// by itself — once by hand with `try_acquire`, once through the driver.
+pub async fn lost_reply_acquire_is_idempotent<H: Harness + ?Sized>(h: &H) {
+    let name = unique_name("lost-reply");
+    let counting = CountingBackend::wrap(h.client().await);
+    let observer = h.client().await;
+
+    let req = request(&name, "retrier", LONG_TTL);
+    counting.fail_acquires(1, InjectedFailure::Transient, true);
+    let first = counting.try_acquire(&req).await;
+    assert!(
+        first.as_ref().is_err_and(Error::is_retryable),
+        "the injected lost reply: {first:?}"
+    );
+    let lease = counting
+        .try_acquire(&req)
+        .await
+        .expect("retry")
+        .expect("a retry with the same lease id gets its own grant back");
+    let info = observer
+        .current(&name)
+        .await
+        .expect("current")
+        .expect("held");
+    assert_eq!(info.lease_id, req.lease_id);
+    assert_eq!(info.token, lease.token);
+    assert!(counting.release(&lease).await.expect("release"));
+
+    let locker = Locker::new(counting.clone(), "driven")
+        .and_then(|l| {
+            l.with_options(
+                LockOptions::new()
+                    .ttl(LONG_TTL)
+                    .wait_timeout(Duration::from_secs(20)),
+            )
+        })
+        .expect("locker");
+    counting.fail_acquires(1, InjectedFailure::Transient, true);
+    let started = Instant::now();
+    let guard = locker
+        .acquire(&name)
+        .await
+        .expect("the driver retries after the lost reply");
+    assert!(
+        started.elapsed() < LONG_TTL / 2,
+        "granted at once, not after its own lease's TTL: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(counting.pending_acquire_failures(), 0);
+    let info = observer
+        .current(&name)
+        .await
+        .expect("current")
+        .expect("held");
+    assert_eq!(info.lease_id, guard.lease().lease_id);
+    assert_eq!(info.token, guard.token());
+    assert!(guard.release().await.expect("release"));
+    assert_clean(h, &*observer, &name).await;
+}
+
+/// An acquire cancelled while its request is in flight — applied by the
+/// backend (granted or queued there) but with no reply yet — leaves
+/// nothing behind: the lease or queue entry it made is abandoned by lease
+/// id, promptly, not left to its TTL.
+pub async fn cancelled_mid_request_leaves_nothing<H: Harness + ?Sized>(h: &H) {
+    for held_by_other in [false, true] {
+        let name = unique_name("cancel-mid-request");
+        let counting = CountingBackend::wrap(h.client().await);
+        let observer = h.client().await;
+        let holder = if held_by_other {
+            let lease = observer
+                .try_acquire(&request(&name, "holder", LONG_TTL))
+                .await
+                .expect("try")
+                .expect("free");
+            Some(lease)
+        } else {
+            None
+        };
+        counting.stall_acquires(1);
+        let task = {
+            let (counting, name) = (counting.clone(), name.clone());
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                counting
+                    .acquire(&request(&name, "cancelled", LONG_TTL), Some(deadline))
+                    .await
+            })
+        };
+        // Wait until the stalled request has been applied by the backend.
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let applied = if held_by_other {
+                h.queued(&name).await.is_none_or(|q| q >= 1)
+            } else {
+                observer.current(&name).await.expect("current").is_some()
+            };
+            if applied && counting.pending_acquire_failures() == 0 {
+                break;
+            }
+            assert!(Instant::now() < give_up, "the stalled request never landed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if held_by_other && h.queued(&name).await.is_none() {
+            // Nothing to observe for backends without a queue; let the
+            // stalled attempt land.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        if let Some(lease) = holder {
+            assert!(observer.release(&lease).await.expect("release"));
+        }
+        // The clean-up runs in the background: wait for it by observation.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        loop {
+            let held = observer.current(&name).await.expect("current");
+            let queued = h.queued(&name).await.unwrap_or(0);
+            if held.is_none() && queued == 0 && h.leftovers(&name).await.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "a cancelled in-flight acquire left {held:?}, {queued} queued, {:?}",
+                h.leftovers(&name).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let next = h.client().await;
+        let lease = next
+            .try_acquire(&request(&name, "next", LONG_TTL))
+            .await
+            .expect("try")
+            .expect("free once the cancelled request was abandoned");
+        assert!(next.release(&lease).await.expect("release"));
+        assert_clean(h, &*next, &name).await;
+    }
 }

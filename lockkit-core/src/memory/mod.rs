@@ -34,6 +34,7 @@ use crate::error::{Error, LostReason, Result};
 use crate::lease::{AcquireRequest, FencingToken, Lease, LeaseId, LockInfo};
 use crate::loss::LossSignal;
 use crate::name::LockName;
+use crate::spi::{LockQueue, QueuePlace};
 use crate::wait::{WakeHub, WakeSubscription};
 
 /// The in-memory reference backend (see the [module docs](self)).
@@ -73,13 +74,13 @@ struct Inner {
 struct State {
     slots: HashMap<LockName, Slot>,
     fences: HashMap<LockName, u64>,
-    next_ticket: u64,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
     holder: Option<Holder>,
-    queue: VecDeque<u64>,
+    /// Waiters by lease id, in arrival order.
+    queue: VecDeque<LeaseId>,
 }
 
 #[derive(Debug)]
@@ -132,6 +133,11 @@ impl MemoryBackend {
             .slots
             .get(name)
             .map_or(0, |slot| slot.queue.len())
+    }
+
+    /// The fence counter of `name`: the last token handed out, if any.
+    pub fn fence_counter(&self, name: &LockName) -> Option<u64> {
+        self.state().fences.get(name).copied()
     }
 
     /// Whether anything (a holder, live or expired, or a waiter) is stored
@@ -212,26 +218,93 @@ impl State {
     }
 }
 
-/// A place in a name's queue; leaving it (timeout, cancellation) removes it
-/// and wakes the others.
-struct Ticket<'a> {
-    backend: &'a MemoryBackend,
-    name: LockName,
-    id: u64,
-    queued: bool,
+impl MemoryBackend {
+    /// The grant for `req` if it already holds `name` (a retry after a lost
+    /// reply): same token, TTL restarted.
+    fn regrant(state: &mut State, req: &AcquireRequest, now: Duration) -> Option<u64> {
+        let holder = state.slot(&req.name, now).holder.as_mut()?;
+        (holder.lease_id == req.lease_id).then(|| {
+            holder.expires_at = now + req.ttl;
+            holder.token
+        })
+    }
+
+    /// Removes every trace of `req` (its queue entry, a lease granted to
+    /// it) and wakes the queue.
+    fn forget(&self, req: &AcquireRequest) {
+        let mut state = self.state();
+        let Some(slot) = state.slots.get_mut(&req.name) else {
+            return;
+        };
+        slot.queue.retain(|id| *id != req.lease_id);
+        if slot
+            .holder
+            .as_ref()
+            .is_some_and(|h| h.lease_id == req.lease_id)
+        {
+            slot.holder = None;
+        }
+        state.prune(&req.name);
+        drop(state);
+        self.inner.hub.notify(&req.name);
+    }
 }
 
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        if self.queued {
-            let mut state = self.backend.state();
-            if let Some(slot) = state.slots.get_mut(&self.name) {
-                slot.queue.retain(|t| *t != self.id);
-            }
-            state.prune(&self.name);
-            drop(state);
-            self.backend.inner.hub.notify(&self.name);
+/// What a queued request waits with: nothing beyond its lease id.
+struct Queued;
+
+#[async_trait]
+impl LockQueue for MemoryBackend {
+    async fn step(
+        &self,
+        req: &AcquireRequest,
+        place: &mut Option<QueuePlace>,
+    ) -> Result<Option<Lease>> {
+        let sent_at = Instant::now();
+        let now = self.inner.clock.now();
+        let mut state = self.state();
+        if let Some(token) = Self::regrant(&mut state, req, now) {
+            *place = None;
+            return Ok(Some(self.lease_for(req, token, sent_at)));
         }
+        let slot = state.slot(&req.name, now);
+        let first = slot.queue.front().is_none_or(|id| *id == req.lease_id);
+        if slot.holder.is_none() && first {
+            slot.queue.retain(|id| *id != req.lease_id);
+            let token = state.grant(req, now);
+            *place = None;
+            return Ok(Some(self.lease_for(req, token, sent_at)));
+        }
+        if !slot.queue.contains(&req.lease_id) {
+            slot.queue.push_back(req.lease_id.clone());
+        }
+        *place = Some(QueuePlace::new(Queued));
+        Ok(None)
+    }
+
+    async fn wait_turn(
+        &self,
+        req: &AcquireRequest,
+        _place: &mut QueuePlace,
+        until: Option<Instant>,
+    ) -> Result<()> {
+        // Subscribe before looking, so a release in between is not missed.
+        let mut wake = self.inner.hub.subscribe(&req.name);
+        let holder_expiry = {
+            let now = self.inner.clock.now();
+            let mut state = self.state();
+            let slot = state.slot(&req.name, now);
+            if slot.holder.is_none() && slot.queue.front() == Some(&req.lease_id) {
+                return Ok(());
+            }
+            slot.holder.as_ref().map(|h| h.expires_at)
+        };
+        tokio::select! {
+            () = wake.changed() => {}
+            () = sleep_until_clock(self, holder_expiry) => {}
+            () = sleep_until_deadline(until) => {}
+        }
+        Ok(())
     }
 }
 
@@ -255,6 +328,9 @@ impl LockBackend for MemoryBackend {
         let sent_at = Instant::now();
         let now = self.inner.clock.now();
         let mut state = self.state();
+        if let Some(token) = Self::regrant(&mut state, req, now) {
+            return Ok(Some(self.lease_for(req, token, sent_at)));
+        }
         let slot = state.slot(&req.name, now);
         if slot.holder.is_some() || !slot.queue.is_empty() {
             return Ok(None);
@@ -263,49 +339,18 @@ impl LockBackend for MemoryBackend {
         Ok(Some(self.lease_for(req, token, sent_at)))
     }
 
-    async fn acquire(&self, req: &AcquireRequest, deadline: Option<Instant>) -> Result<Lease> {
-        let started = Instant::now();
-        let mut wake = self.inner.hub.subscribe(&req.name);
-        let mut ticket = {
-            let now = self.inner.clock.now();
-            let mut state = self.state();
-            let slot = state.slot(&req.name, now);
-            if slot.holder.is_none() && slot.queue.is_empty() {
-                let token = state.grant(req, now);
-                return Ok(self.lease_for(req, token, started));
-            }
-            state.next_ticket += 1;
-            let id = state.next_ticket;
-            state.slot(&req.name, now).queue.push_back(id);
-            Ticket {
-                backend: self,
-                name: req.name.clone(),
-                id,
-                queued: true,
-            }
-        };
-        loop {
-            let sent_at = Instant::now();
-            let holder_expiry = {
-                let now = self.inner.clock.now();
-                let mut state = self.state();
-                let slot = state.slot(&req.name, now);
-                if slot.holder.is_none() && slot.queue.front() == Some(&ticket.id) {
-                    slot.queue.pop_front();
-                    ticket.queued = false;
-                    let token = state.grant(req, now);
-                    return Ok(self.lease_for(req, token, sent_at));
-                }
-                slot.holder.as_ref().map(|h| h.expires_at)
-            };
-            tokio::select! {
-                () = wake.changed() => {}
-                () = sleep_until_clock(self, holder_expiry) => {}
-                () = sleep_until_deadline(deadline) => {
-                    return Err(Error::Timeout { name: req.name.clone(), waited: started.elapsed() });
-                }
-            }
-        }
+    fn queue(&self) -> Option<&dyn LockQueue> {
+        Some(self)
+    }
+
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
+        self.forget(req);
+        Ok(())
+    }
+
+    /// In memory this needs no task: the request's traces go at once.
+    fn abandon_in_background(&self, req: AcquireRequest) {
+        self.forget(&req);
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {

@@ -231,6 +231,14 @@ impl Harness for RedisHarness {
     /// The lease, queue and waiter keys still stored for `name`. The fence
     /// counter is left out on purpose: it outlives every lease so tokens
     /// never restart (one small key per name ever used).
+    /// The per-name fence counter (`INCR`ed by every grant).
+    async fn stored_fence(&self, name: &LockName) -> Option<u64> {
+        let keys = self.options.prefix.keys(name);
+        self.inspector
+            .query::<Option<u64>>(redis::cmd("GET").arg(&keys.fence))
+            .await
+    }
+
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
         let keys = self.options.prefix.keys(name);
         let mut left = Vec::new();
@@ -239,11 +247,15 @@ impl Harness for RedisHarness {
             .query(redis::cmd("GET").arg(&keys.lock))
             .await;
         if let Some(value) = lock {
-            let pttl: i64 = self
+            // Absolute, so that unchanged state reads the same later.
+            let expires: i64 = self
                 .inspector
-                .query(redis::cmd("PTTL").arg(&keys.lock))
+                .query(redis::cmd("PEXPIRETIME").arg(&keys.lock))
                 .await;
-            left.push(format!("{} = {value:?} (pttl {pttl} ms)", keys.lock));
+            left.push(format!(
+                "{} = {value:?} (expires at {expires} ms)",
+                keys.lock
+            ));
         }
         for key in [&keys.queue, &keys.waiters] {
             let entries: Vec<(String, f64)> = self
