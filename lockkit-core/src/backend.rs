@@ -137,6 +137,22 @@ pub trait LockBackend: Send + Sync + Debug {
     /// errors otherwise.
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease>;
 
+    /// Extends several leases at once — the guards' renewals that came due
+    /// together — and returns one result per lease, in order. Backends do
+    /// it in one round trip where they can (a pipeline, one statement, one
+    /// multi-write) or without one where a session keep-alive already
+    /// proves the leases. The default extends them one by one.
+    ///
+    /// # Errors
+    /// Per lease, as [`extend`](Self::extend).
+    async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for (lease, ttl) in batch {
+            results.push(self.extend(lease, *ttl).await);
+        }
+        results
+    }
+
     /// Releases a lease. Returns `true` if it was still held by this lease id
     /// and is now free, `false` if it was not held (already released, expired
     /// or taken over); the current holder is never touched.

@@ -34,6 +34,7 @@ use crate::metrics;
 use crate::name::LockName;
 use crate::options::{LockOptions, Renewal};
 use crate::release::release_retrying;
+use crate::renew::{Batcher, align_down};
 use crate::wait::PollPolicy;
 
 /// The set of names a [`Locker`](crate::Locker) currently holds.
@@ -70,6 +71,8 @@ struct Shared {
     granted_at: Instant,
     renewal: Renewal,
     max_hold: Option<Duration>,
+    /// Where renewals meet other guards' renewals due at the same instant.
+    batcher: Arc<Batcher>,
 }
 
 impl Shared {
@@ -160,15 +163,21 @@ impl Shared {
         }
     }
 
-    /// One extension, serialised with others.
-    async fn extend(&self, ttl: Duration) -> Result<Lease> {
+    /// One extension, serialised with others: an explicit one straight to
+    /// the backend, a renewal through the batcher.
+    async fn extend(&self, ttl: Duration, renewal: bool) -> Result<Lease> {
         let _serial = self.extend_lock.lock().await;
         if self.is_lost() {
             return Err(self.lost_error());
         }
         let current = self.lease();
         let kind = self.backend.kind();
-        match self.backend.extend(&current, ttl).await {
+        let outcome = if renewal {
+            self.batcher.extend(current.clone(), ttl).await
+        } else {
+            self.backend.extend(&current, ttl).await
+        };
+        match outcome {
             Ok(renewed) => {
                 metrics::extend(kind, &current.name, "ok");
                 self.set_lease(renewed.clone());
@@ -304,7 +313,7 @@ impl LeaseHandle {
     /// is the earlier one, so it never believes it holds too long.
     pub async fn extend(&self, ttl: Duration) -> Result<()> {
         crate::ttl::validate_ttl(ttl)?;
-        self.shared.extend(ttl).await.map(|_| ())
+        self.shared.extend(ttl, false).await.map(|_| ())
     }
 }
 
@@ -355,6 +364,7 @@ impl LockGuard {
         opts: &LockOptions,
         held: HeldSet,
         granted_at: Instant,
+        batcher: Arc<Batcher>,
     ) -> Self {
         let backend_loss = backend.loss_signal(&lease);
         metrics::held(backend.kind(), &lease.name, 1.0);
@@ -372,6 +382,7 @@ impl LockGuard {
             granted_at,
             renewal: opts.renewal,
             max_hold: opts.max_hold,
+            batcher,
         });
         tokio::spawn(maintain(
             Arc::downgrade(&shared),
@@ -474,14 +485,6 @@ async fn backend_lost(signal: Option<&LossSignal>) -> LostReason {
     }
 }
 
-/// The instant the request behind `lease`'s current deadline was sent.
-fn sent_at(lease: &Lease) -> Instant {
-    lease
-        .deadline
-        .checked_sub(lease.ttl)
-        .unwrap_or(lease.deadline)
-}
-
 /// What the maintenance task waits on, owned so that it holds no strong
 /// reference to the guard's state while it waits.
 struct Signals {
@@ -511,10 +514,12 @@ async fn maintain(shared: Weak<Shared>, signals: Signals) {
             let lease = guard.lease();
             Timers {
                 deadline: lease.deadline,
+                // Rounded down to a grid of a quarter interval, so that
+                // guards of one TTL renew together, in one batch.
                 next_renewal: guard
                     .renewal
                     .interval(lease.ttl)
-                    .map(|every| sent_at(&lease) + every),
+                    .map(|every| align_down(lease.sent_at + every, every / 4)),
                 max_hold_at: guard.max_hold.map(|m| guard.granted_at + m),
             }
         };
@@ -573,7 +578,7 @@ async fn renew(
         let attempt = tokio::select! {
             biased;
             () = stop.cancelled() => return Err(None),
-            attempt = tokio::time::timeout_at(deadline, shared.extend(ttl)) => attempt,
+            attempt = tokio::time::timeout_at(deadline, shared.extend(ttl, true)) => attempt,
         };
         match attempt {
             Err(_elapsed) => return Err(Some(LostReason::Expired)),

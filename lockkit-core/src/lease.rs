@@ -156,8 +156,13 @@ pub struct Lease {
     pub ttl: Duration,
     /// Until when the holder may assume it still holds the lock: the
     /// monotonic instant taken *before* the granting (or last renewing)
-    /// request was sent, plus the TTL. Conservative by construction.
+    /// request was sent, plus the TTL. Conservative by construction; a
+    /// backend may cap it further (etcd: by what its session keep-alive
+    /// proves).
     pub deadline: Instant,
+    /// The instant taken before the granting (or last renewing) request was
+    /// sent: what renewal is scheduled from.
+    pub sent_at: Instant,
     /// Backend-specific handle of the grant (the etcd key, the znode path);
     /// `None` for backends that find the lease by name and id alone.
     pub handle: Option<Arc<str>>,
@@ -174,6 +179,7 @@ impl Lease {
             token,
             ttl: req.ttl,
             deadline: sent_at + req.ttl,
+            sent_at,
             handle: None,
         }
     }
@@ -181,9 +187,8 @@ impl Lease {
     /// The same lease with a different effective TTL (and deadline moved to
     /// match), for backends that round the TTL.
     pub fn with_effective_ttl(mut self, ttl: Duration) -> Self {
-        let sent_at = self.deadline.checked_sub(self.ttl).unwrap_or(self.deadline);
         self.ttl = ttl;
-        self.deadline = sent_at + ttl;
+        self.deadline = self.sent_at + ttl;
         self
     }
 
@@ -199,6 +204,7 @@ impl Lease {
         Self {
             ttl,
             deadline: sent_at + ttl,
+            sent_at,
             ..self.clone()
         }
     }

@@ -49,6 +49,7 @@ mod name;
 mod options;
 mod redact;
 mod release;
+mod renew;
 mod ttl;
 mod url;
 

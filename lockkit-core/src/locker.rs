@@ -14,6 +14,7 @@ use crate::lease::{AcquireRequest, validate_owner};
 use crate::metrics;
 use crate::name::{IntoLockName, LockName};
 use crate::options::LockOptions;
+use crate::renew::Batcher;
 
 /// Takes locks on one backend for one owner.
 ///
@@ -57,6 +58,10 @@ pub struct Locker {
     owner: String,
     defaults: LockOptions,
     held: HeldSet,
+    /// Renewals of every guard of this locker, its clones and
+    /// [`for_owner`](Self::for_owner) lockers meet here (one backend call
+    /// per renewal tick, however many locks are held).
+    batcher: Arc<Batcher>,
 }
 
 impl Locker {
@@ -69,6 +74,7 @@ impl Locker {
         let owner = owner.into();
         validate_owner(&owner)?;
         Ok(Self {
+            batcher: Batcher::new(Arc::clone(&backend)),
             backend,
             owner,
             defaults: LockOptions::default(),
@@ -92,7 +98,10 @@ impl Locker {
     /// # Errors
     /// [`Error::InvalidInput`] for an invalid owner label.
     pub fn for_owner(&self, owner: impl Into<String>) -> Result<Self> {
-        Ok(Self::new(Arc::clone(&self.backend), owner)?.with_defaults(self.defaults.clone()))
+        let mut other =
+            Self::new(Arc::clone(&self.backend), owner)?.with_defaults(self.defaults.clone());
+        other.batcher = Arc::clone(&self.batcher);
+        Ok(other)
     }
 
     fn with_defaults(mut self, defaults: LockOptions) -> Self {
@@ -252,6 +261,7 @@ impl Locker {
                     opts,
                     Arc::clone(&self.held),
                     Instant::now(),
+                    Arc::clone(&self.batcher),
                 )))
             }
             Ok(None) => {

@@ -273,6 +273,28 @@ impl Shared {
         Ok(capped(lease, &session))
     }
 
+    /// Moves a held lock's local deadline when its TTL stays the same and
+    /// its session is alive: `None` when that cannot be decided locally.
+    pub(crate) fn extend_locally(&self, lease: &Lease, ttl: Duration) -> Option<Lease> {
+        let lock = self.held.get(&self.key_of(lease))?;
+        let current = lock.state();
+        if current.session.is_lost() || lock.lost.is_fired() {
+            return None;
+        }
+        let secs = ttl_secs(ttl);
+        if secs != current.ttl_secs && Duration::from_secs(secs) != current.session.ttl() {
+            return None;
+        }
+        let sent_at = Instant::now();
+        let effective = current.session.ttl();
+        lock.update(HeldState {
+            session: Arc::clone(&current.session),
+            ttl_secs: current.ttl_secs,
+            deadline: sent_at + effective,
+        });
+        Some(capped(lease.renewed(effective, sent_at), &current.session))
+    }
+
     /// Deletes `key` (only if its create revision is `revision`, when
     /// given), retrying until it works, the session that carries the key is
     /// lost (the key is gone with it) or the backend is dropped (the key
@@ -562,6 +584,23 @@ impl LockBackend for EtcdBackend {
             deadline: sent_at + effective,
         });
         Ok(capped(lease.renewed(effective, sent_at), &session))
+    }
+
+    /// Renewals due at once, without a request per lock: a lock keeping its
+    /// TTL lives on a session lease whose one keep-alive stream already
+    /// proves it to etcd, and its watchdog sees a deletion of its key, so
+    /// its local deadline just moves (capped by what the keep-alive
+    /// proves). Locks changing TTL, or whose state is in doubt, take the
+    /// full `extend` round trip.
+    async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for (lease, ttl) in batch {
+            results.push(match self.shared().extend_locally(lease, *ttl) {
+                Some(renewed) => Ok(renewed),
+                None => self.extend(lease, *ttl).await,
+            });
+        }
+        results
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {

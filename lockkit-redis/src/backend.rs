@@ -359,6 +359,68 @@ impl LockBackend for RedisBackend {
         }
     }
 
+    /// One pipeline (`SCRIPT LOAD` + one `EVALSHA` per lease) on a
+    /// standalone server: one round trip for every renewal due at once. In
+    /// a cluster the leases' slots live on different nodes, so the
+    /// extensions run concurrently instead.
+    async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
+        if batch.len() <= 1 || matches!(self.inner.conn, Conn::Cluster(_)) {
+            return futures::future::join_all(
+                batch.iter().map(|(lease, ttl)| self.extend(lease, *ttl)),
+            )
+            .await;
+        }
+        let invocations: Vec<_> = batch
+            .iter()
+            .map(|(lease, ttl)| {
+                let keys = self.keys(&lease.name);
+                let mut invocation = SCRIPTS.extend.prepare_invoke();
+                invocation
+                    .key(keys.lock)
+                    .arg(lease.lease_id.as_str())
+                    .arg(ttl_millis(*ttl));
+                invocation
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.load_script(&SCRIPTS.extend).ignore();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
+        }
+        let sent_at = Instant::now();
+        let replies: std::result::Result<Vec<i64>, _> = pipe.query_async(&mut self.conn()).await;
+        match replies {
+            Ok(replies) if replies.len() == batch.len() => batch
+                .iter()
+                .zip(replies)
+                .map(|((lease, ttl), extended)| {
+                    if extended == 1 {
+                        Ok(lease.renewed(*ttl, sent_at))
+                    } else {
+                        Err(Error::lost(&lease.name, LostReason::NotHeld))
+                    }
+                })
+                .collect(),
+            Ok(_) => batch
+                .iter()
+                .map(|_| {
+                    Err(Error::backend(
+                        KIND,
+                        "a renewal pipeline lost replies",
+                        None,
+                    ))
+                })
+                .collect(),
+            Err(err) => {
+                let doing = format!("renewing {} leases", batch.len());
+                batch
+                    .iter()
+                    .map(|_| Err(classify(err.clone(), &doing)))
+                    .collect()
+            }
+        }
+    }
+
     async fn release(&self, lease: &Lease) -> Result<bool> {
         self.release_id(&lease.name, &lease.lease_id).await
     }

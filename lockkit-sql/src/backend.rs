@@ -333,6 +333,45 @@ where
         }
     }
 
+    /// Extends each lease with the dialect's `extend` statement, all in one
+    /// transaction; says which were still held.
+    async fn extend_in_one_transaction(&self, batch: &[(Lease, Duration)]) -> Result<Vec<bool>> {
+        let doing = "renewing leases";
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| classify::<D>(e, doing))?;
+        let statement = &self.statements.extend;
+        let mut held = Vec::with_capacity(batch.len());
+        for (lease, ttl) in batch {
+            let values = self.values(
+                lease.name.as_str(),
+                &lease.owner,
+                lease.lease_id.as_str(),
+                *ttl,
+            );
+            let query = Self::query(statement, &values);
+            held.push(match statement.outcome {
+                Outcome::Rows => query
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| classify::<D>(e, doing))?
+                    .is_some(),
+                Outcome::AffectedRows | Outcome::LastInsertId => {
+                    D::rows_affected(
+                        &query
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| classify::<D>(e, doing))?,
+                    ) > 0
+                }
+            });
+        }
+        tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
+        Ok(held)
+    }
+
     fn decode_info(row: &<D::Db as Database>::Row) -> Result<LockInfo> {
         let get_text = |i: usize| -> Result<String> {
             row.try_get::<String, _>(i)
@@ -505,6 +544,51 @@ where
             Ok(lease.renewed(ttl, sent_at))
         } else {
             Err(Error::lost(&lease.name, LostReason::NotHeld))
+        }
+    }
+
+    /// Renewals due at once: the dialect's one-statement batch where it
+    /// has one (Postgres), else one transaction of extends on one
+    /// connection (one commit, one log flush, one SQLite write lock).
+    async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
+        if batch.len() <= 1 {
+            let mut results = Vec::with_capacity(batch.len());
+            for (lease, ttl) in batch {
+                results.push(self.extend(lease, *ttl).await);
+            }
+            return results;
+        }
+        let sent_at = Instant::now();
+        let held = match D::extend_many(&self.pool, &self.table, batch) {
+            Some(statement) => statement.await,
+            None => self.extend_in_one_transaction(batch).await,
+        };
+        match held {
+            Ok(held) => batch
+                .iter()
+                .zip(held.into_iter().chain(std::iter::repeat(false)))
+                .map(|((lease, ttl), held)| {
+                    if held {
+                        Ok(lease.renewed(*ttl, sent_at))
+                    } else {
+                        Err(Error::lost(&lease.name, LostReason::NotHeld))
+                    }
+                })
+                .collect(),
+            Err(err) => {
+                let message = err.to_string();
+                let retryable = err.is_retryable();
+                batch
+                    .iter()
+                    .map(|_| {
+                        Err(if retryable {
+                            Error::transient(D::KIND, message.clone(), None)
+                        } else {
+                            Error::backend(D::KIND, message.clone(), None)
+                        })
+                    })
+                    .collect()
+            }
         }
     }
 

@@ -188,6 +188,10 @@ pub type StartListener = Box<
         + Sync,
 >;
 
+/// A dialect's one-statement renewal of many leases: whether each was
+/// still held, in order.
+pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<bool>>> + Send + 'a>>;
+
 /// One SQL database flavour.
 pub trait Dialect: Send + Sync + 'static {
     /// The sqlx driver.
@@ -235,6 +239,18 @@ pub trait Dialect: Send + Sync + 'static {
     fn is_configuration_code(code: &str) -> bool {
         let _ = code;
         false
+    }
+
+    /// One statement renewing many leases, if the dialect has one: it
+    /// resolves to whether each lease (in order) was still held. `None`
+    /// (the default) renews them in one transaction of `extend`s.
+    fn extend_many<'a>(
+        pool: &'a sqlx::Pool<Self::Db>,
+        table: &'a TableName,
+        batch: &'a [(lockkit_core::Lease, Duration)],
+    ) -> Option<BatchFuture<'a>> {
+        let _ = (pool, table, batch);
+        None
     }
 
     /// A push channel for release hints, if the database has one.

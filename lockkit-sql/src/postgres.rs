@@ -61,15 +61,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockkit_core::wait::{PollPolicy, WakeHub};
-use lockkit_core::{Capabilities, Result};
-use sqlx::Postgres;
+use lockkit_core::{Capabilities, Lease, Result, ttl_millis};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgListener, PgQueryResult};
+use sqlx::{AssertSqlSafe, Postgres};
 
 use crate::backend::{SqlBackend, SqlOptions};
 use crate::connect::{server_pool, server_url};
 use crate::dialect::{
-    Dialect, ListenerTask, Param, Schema, SchemaStep, StartListener, Statement, Statements,
+    BatchFuture, Dialect, ListenerTask, Param, Schema, SchemaStep, StartListener, Statement,
+    Statements,
 };
 use crate::error::classify;
 use crate::table::TableName;
@@ -251,6 +252,40 @@ impl Dialect for PostgresDialect {
         // invalid_authorization_specification, invalid_password,
         // invalid_catalog_name (no such database), insufficient_privilege.
         matches!(code, "28000" | "28P01" | "3D000" | "42501")
+    }
+
+    /// One `UPDATE … FROM unnest(…)` for every renewal due at once.
+    fn extend_many<'a>(
+        pool: &'a sqlx::Pool<Postgres>,
+        table: &'a TableName,
+        batch: &'a [(Lease, Duration)],
+    ) -> Option<BatchFuture<'a>> {
+        Some(Box::pin(async move {
+            let t = table.quoted("", '"');
+            let names: Vec<&str> = batch.iter().map(|(l, _)| l.name.as_str()).collect();
+            let leases: Vec<&str> = batch.iter().map(|(l, _)| l.lease_id.as_str()).collect();
+            let ttls: Vec<i64> = batch.iter().map(|(_, ttl)| ttl_millis(*ttl)).collect();
+            let renewed: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+                "UPDATE {t} AS l SET expires_at = now() + v.ttl * interval '1 millisecond' \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(name, lease, ttl) \
+                 WHERE l.lock_name = v.name AND l.lease_id = v.lease AND l.expires_at > now() \
+                 RETURNING l.lock_name, l.lease_id"
+            )))
+            .bind(names)
+            .bind(leases)
+            .bind(ttls)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| classify::<PostgresDialect>(e, "renewing leases"))?;
+            Ok(batch
+                .iter()
+                .map(|(lease, _)| {
+                    renewed.iter().any(|(name, id)| {
+                        name == lease.name.as_str() && id == lease.lease_id.as_str()
+                    })
+                })
+                .collect())
+        }))
     }
 
     fn listener(pool: &sqlx::Pool<Postgres>, table: &TableName) -> Option<StartListener> {

@@ -130,6 +130,13 @@ pub async fn connect_with(url: &str, options: ZkOptions) -> Result<ZkBackend> {
     Ok(ZkBackend { inner })
 }
 
+/// A renewal ready to be written: the node and its new data.
+pub(crate) struct Renewal {
+    generation: Arc<Generation>,
+    path: String,
+    record: Vec<u8>,
+}
+
 /// Where a lease node stands in its queue.
 pub(crate) enum Way {
     /// Every node before it is gone: it holds the lock.
@@ -248,6 +255,70 @@ impl ZkBackend {
         Ok(Way::Clear)
     }
 
+    /// Checks a lease before renewing it and builds its node's new data.
+    fn prepare_renewal(&self, lease: &Lease, ttl: Duration) -> Result<Renewal> {
+        let held = self.inner.registry.get(&lease.lease_id);
+        let deadline = held.as_ref().map_or(lease.deadline, |h| h.deadline);
+        if let Some(reason) = held.as_ref().and_then(|h| h.lost.reason()) {
+            return Err(Error::lost(&lease.name, reason));
+        }
+        if Instant::now() >= deadline {
+            // When in doubt, lost: a contender may already have taken it.
+            if let Some(held) = &held {
+                held.lost.fire(LostReason::Expired);
+            }
+            return Err(Error::lost(&lease.name, LostReason::Expired));
+        }
+        let Some(path) = lease
+            .handle
+            .as_deref()
+            .map(str::to_owned)
+            .or_else(|| held.as_ref().map(|h| h.path.clone()))
+        else {
+            return Err(Error::lost(&lease.name, LostReason::NotHeld));
+        };
+        let generation = held.as_ref().map_or_else(
+            || self.inner.sessions.current(),
+            |h| Arc::clone(&h.generation),
+        );
+        let owner = held
+            .as_ref()
+            .map_or(lease.owner.as_str(), |h| h.owner.as_str());
+        let granted_ms = held.as_ref().map_or(0, |h| h.granted_ms);
+        let record = Record::new(State::Held, ttl, &lease.lease_id, owner)
+            .with_granted_ms(granted_ms)
+            .encode();
+        Ok(Renewal {
+            generation,
+            path,
+            record,
+        })
+    }
+
+    /// The outcome of writing a lease's node at `sent_at`.
+    fn renewed(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        sent_at: Instant,
+        written: std::result::Result<(), ZkError>,
+    ) -> Result<Lease> {
+        match written {
+            Ok(()) => {
+                let renewed = lease.renewed(ttl, sent_at);
+                self.inner
+                    .registry
+                    .renewed(&lease.lease_id, renewed.deadline);
+                Ok(renewed)
+            }
+            Err(ZkError::NoNode) => {
+                self.inner.registry.lose(&lease.lease_id);
+                Err(Error::lost(&lease.name, LostReason::NotHeld))
+            }
+            Err(err) => Err(map(err, "renewing a lease")),
+        }
+    }
+
     /// Deletes every node of `lease_id` under `name`'s lock (a refused or
     /// abandoned request's), with the lock node when that leaves it empty.
     pub(crate) async fn delete_lease_nodes(
@@ -355,53 +426,57 @@ impl LockBackend for ZkBackend {
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
-        let registry = &self.inner.registry;
-        let held = registry.get(&lease.lease_id);
-        let deadline = held.as_ref().map_or(lease.deadline, |h| h.deadline);
-        if let Some(reason) = held.as_ref().and_then(|h| h.lost.reason()) {
-            return Err(Error::lost(&lease.name, reason));
-        }
-        if Instant::now() >= deadline {
-            // When in doubt, lost: a contender may already have taken it.
-            if let Some(held) = &held {
-                held.lost.fire(LostReason::Expired);
-            }
-            return Err(Error::lost(&lease.name, LostReason::Expired));
-        }
-        let Some(path) = lease
-            .handle
-            .as_deref()
-            .map(str::to_owned)
-            .or_else(|| held.as_ref().map(|h| h.path.clone()))
-        else {
-            return Err(Error::lost(&lease.name, LostReason::NotHeld));
-        };
-        let generation = held.as_ref().map_or_else(
-            || self.inner.sessions.current(),
-            |h| Arc::clone(&h.generation),
-        );
-        let owner = held
-            .as_ref()
-            .map_or(lease.owner.as_str(), |h| h.owner.as_str());
-        let granted_ms = held.as_ref().map_or(0, |h| h.granted_ms);
-        let record = Record::new(State::Held, ttl, &lease.lease_id, owner)
-            .with_granted_ms(granted_ms)
-            .encode();
+        let renewal = self.prepare_renewal(lease, ttl)?;
         let sent_at = Instant::now();
-        let result = generation.client.set_data(&path, &record, None).await;
-        generation.observe(sent_at, &result);
-        match result {
-            Ok(_) => {
-                let renewed = lease.renewed(ttl, sent_at);
-                registry.renewed(&lease.lease_id, renewed.deadline);
-                Ok(renewed)
+        let result = renewal
+            .generation
+            .client
+            .set_data(&renewal.path, &renewal.record, None)
+            .await;
+        renewal.generation.observe(sent_at, &result);
+        self.renewed(lease, ttl, sent_at, result.map(|_| ()))
+    }
+
+    /// Renewals due at once: one multi-write of every node (one round trip).
+    /// A multi fails as a whole when any node is gone; the leases are then
+    /// renewed one by one, so each learns its own fate.
+    async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
+        let prepared: Vec<Result<Renewal>> = batch
+            .iter()
+            .map(|(lease, ttl)| self.prepare_renewal(lease, *ttl))
+            .collect();
+        let ready: Vec<&Renewal> = prepared.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let one_generation = ready
+            .windows(2)
+            .all(|w| Arc::ptr_eq(&w[0].generation, &w[1].generation));
+        if ready.len() > 1 && one_generation {
+            let generation = Arc::clone(&ready[0].generation);
+            let mut writer = generation.client.new_multi_writer();
+            let added = ready
+                .iter()
+                .try_for_each(|r| writer.add_set_data(&r.path, &r.record, None));
+            if added.is_ok() {
+                let sent_at = Instant::now();
+                if writer.commit().await.is_ok() {
+                    generation.touch(sent_at);
+                    return batch
+                        .iter()
+                        .zip(prepared)
+                        .map(|((lease, ttl), prepared)| {
+                            prepared.and_then(|_| self.renewed(lease, *ttl, sent_at, Ok(())))
+                        })
+                        .collect();
+                }
             }
-            Err(ZkError::NoNode) => {
-                registry.lose(&lease.lease_id);
-                Err(Error::lost(&lease.name, LostReason::NotHeld))
-            }
-            Err(err) => Err(map(err, "renewing a lease")),
         }
+        let mut results = Vec::with_capacity(batch.len());
+        for ((lease, ttl), prepared) in batch.iter().zip(prepared) {
+            results.push(match prepared {
+                Ok(_) => self.extend(lease, *ttl).await,
+                Err(err) => Err(err),
+            });
+        }
+        results
     }
 
     /// Deletes the lease node. One attempt: a transient failure is returned

@@ -21,6 +21,7 @@ lockkit_core::conformance_suite! {
         lost_fires_on_force_release,
         renewal_keeps_lease_alive,
         renewal_follows_a_shorter_extend,
+        renewals_are_batched,
         max_hold_counts_from_grant,
         drop_after_loss_releases_at_once,
         run_exclusive_stops_on_loss,

@@ -206,3 +206,37 @@ async fn a_cancelled_release_still_frees_the_lock() {
         .expect("acquire again");
     assert!(again.release().await.expect("release"));
 }
+
+/// Renewal does not grow per held lock: a thousand guards of one locker
+/// renew in one backend call per renewal tick, not a thousand.
+#[tokio::test(start_paused = true)]
+async fn a_thousand_held_locks_renew_in_one_call_per_tick() {
+    const LOCKS: usize = 1000;
+    let counting = CountingBackend::wrap(Arc::new(MemoryBackend::new()));
+    let ttl = Duration::from_secs(3);
+    let locker = locker_on(counting.clone(), LockOptions::new().ttl(ttl));
+    let mut guards = Vec::with_capacity(LOCKS);
+    for i in 0..LOCKS {
+        guards.push(locker.acquire(format!("lock-{i}")).await.expect("acquire"));
+    }
+    let batches_before = counting.batch_calls();
+    // Three TTLs: nine renewal periods of TTL/3.
+    tokio::time::sleep(ttl * 3).await;
+    let batches = counting.batch_calls() - batches_before;
+    assert_eq!(
+        counting.extend_calls(),
+        0,
+        "no lease was renewed on its own"
+    );
+    assert!(
+        (8..=12).contains(&batches),
+        "{batches} extend_many calls for {LOCKS} locks over 9 renewal periods"
+    );
+    assert!(
+        guards.iter().all(|g| !g.is_lost()),
+        "every lease was renewed"
+    );
+    for guard in guards {
+        assert!(guard.release().await.expect("release"));
+    }
+}

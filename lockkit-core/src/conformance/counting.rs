@@ -24,6 +24,9 @@ use crate::wait::{PollPolicy, WakeSubscription};
 pub struct CountingBackend {
     inner: Arc<dyn LockBackend>,
     calls: AtomicUsize,
+    extend_calls: AtomicUsize,
+    batch_calls: AtomicUsize,
+    batched_leases: AtomicUsize,
     extends: Injector,
     releases: Injector,
     acquires: Injector,
@@ -89,6 +92,9 @@ impl CountingBackend {
         Arc::new(Self {
             inner,
             calls: AtomicUsize::new(0),
+            extend_calls: AtomicUsize::new(0),
+            batch_calls: AtomicUsize::new(0),
+            batched_leases: AtomicUsize::new(0),
             extends: Injector::default(),
             releases: Injector::default(),
             acquires: Injector::default(),
@@ -98,6 +104,21 @@ impl CountingBackend {
     /// Calls made so far.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Single `extend` calls made so far (explicit extensions).
+    pub fn extend_calls(&self) -> usize {
+        self.extend_calls.load(Ordering::SeqCst)
+    }
+
+    /// `extend_many` calls made so far (renewal batches).
+    pub fn batch_calls(&self) -> usize {
+        self.batch_calls.load(Ordering::SeqCst)
+    }
+
+    /// Leases carried by all `extend_many` calls so far.
+    pub fn batched_leases(&self) -> usize {
+        self.batched_leases.load(Ordering::SeqCst)
     }
 
     /// Makes the next `count` calls to `extend` fail with `failure`
@@ -229,6 +250,7 @@ impl LockBackend for CountingBackend {
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
         self.count();
+        self.extend_calls.fetch_add(1, Ordering::SeqCst);
         if let Some((err, apply)) = self.extends.take(self.inner.kind(), "extend") {
             if apply {
                 let _ = self.inner.extend(lease, ttl).await;
@@ -236,6 +258,44 @@ impl LockBackend for CountingBackend {
             return Err(err);
         }
         self.inner.extend(lease, ttl).await
+    }
+
+    /// One call for the whole batch; injected extend failures apply per
+    /// lease, the rest goes to the wrapped backend's `extend_many`.
+    async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
+        self.count();
+        self.batch_calls.fetch_add(1, Ordering::SeqCst);
+        self.batched_leases.fetch_add(batch.len(), Ordering::SeqCst);
+        let mut injected: Vec<Option<Error>> = Vec::with_capacity(batch.len());
+        let mut forward = Vec::new();
+        for (lease, ttl) in batch {
+            match self.extends.take(self.inner.kind(), "extend") {
+                Some((err, apply)) => {
+                    if apply {
+                        let _ = self.inner.extend(lease, *ttl).await;
+                    }
+                    injected.push(Some(err));
+                }
+                None => {
+                    injected.push(None);
+                    forward.push((lease.clone(), *ttl));
+                }
+            }
+        }
+        let mut forwarded = self.inner.extend_many(&forward).await.into_iter();
+        injected
+            .into_iter()
+            .map(|failure| match failure {
+                Some(err) => Err(err),
+                None => forwarded.next().unwrap_or_else(|| {
+                    Err(Error::backend(
+                        self.inner.kind(),
+                        "a result went missing",
+                        None,
+                    ))
+                }),
+            })
+            .collect()
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {

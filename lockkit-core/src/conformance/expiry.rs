@@ -74,7 +74,7 @@ pub async fn crash_releases_after_ttl<H: Harness + ?Sized>(h: &H) {
         .expect("a crashed holder must not block beyond TTL + slack");
     // The granting request was sent before the deadline (its reply may
     // arrive a little later on a loaded machine).
-    let granting_sent = lease.deadline - lease.ttl;
+    let granting_sent = lease.sent_at;
     assert!(
         granting_sent <= sent + bound,
         "granted by a request sent {:?} after the crash, beyond TTL + slack {bound:?}",
@@ -362,4 +362,68 @@ pub async fn drop_after_loss_releases_at_once<H: Harness + ?Sized>(h: &H) {
         .expect("the lost lease was released, not left to its 30 s TTL");
     assert!(other.release(&next).await.expect("release"));
     assert_clean(h, &*other, &name).await;
+}
+
+/// Renewal does not grow per held lock: the renewals of many guards of one
+/// locker reach the backend in batches (`extend_many`), and every lease
+/// in them stays held.
+pub async fn renewals_are_batched<H: Harness + ?Sized>(h: &H) {
+    const LOCKS: usize = 20;
+    let timing = h.timing().await;
+    let ttl = timing.short_ttl * 3;
+    let counting = super::CountingBackend::wrap(h.client().await);
+    let locker = Locker::new(counting.clone(), "batched")
+        .and_then(|l| l.with_options(LockOptions::new().ttl(ttl)))
+        .expect("locker");
+    let names: Vec<_> = (0..LOCKS).map(|_| unique_name("batched")).collect();
+    let mut guards = Vec::with_capacity(LOCKS);
+    for name in &names {
+        guards.push(locker.acquire(name).await.expect("acquire"));
+    }
+    let other = h.client().await;
+    let until = Instant::now() + ttl * 2;
+    while Instant::now() < until {
+        tokio::time::sleep(ttl / 4).await;
+        for name in names.iter().step_by(5) {
+            assert!(
+                other
+                    .try_acquire(&request(name, "other", ttl))
+                    .await
+                    .expect("try")
+                    .is_none(),
+                "a batched renewal must keep {name:?} held"
+            );
+        }
+        if let Some(lost) = guards.iter().find(|g| g.is_lost()) {
+            panic!("{:?} was lost: {:?}", lost.name(), lost.lost_reason());
+        }
+    }
+    let (batches, leases) = (counting.batch_calls(), counting.batched_leases());
+    eprintln!(
+        "renewals_are_batched: {leases} renewals of {LOCKS} locks in {batches} backend calls"
+    );
+    assert_eq!(
+        counting.extend_calls(),
+        0,
+        "renewals go through extend_many"
+    );
+    assert!(
+        leases >= LOCKS * 2,
+        "every lease was renewed ({leases} renewals)"
+    );
+    // About one renewal per TTL/3 each: six over two TTLs, not a busy loop.
+    assert!(
+        leases <= LOCKS * 12,
+        "{leases} renewals of {LOCKS} locks over two TTLs: renewal runs too often"
+    );
+    assert!(
+        batches * 2 <= leases,
+        "{leases} renewals in {batches} backend calls: they were not batched"
+    );
+    for guard in guards {
+        assert!(guard.release().await.expect("release"));
+    }
+    for name in &names {
+        assert_clean(h, &*other, name).await;
+    }
 }

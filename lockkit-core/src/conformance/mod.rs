@@ -43,7 +43,8 @@ pub use self::exclusion::{
 pub use self::expiry::{
     crash_releases_after_ttl, drop_after_loss_releases_at_once, expiry_frees_after_ttl_not_before,
     lost_fires_on_expiry, lost_fires_on_force_release, max_hold_counts_from_grant,
-    renewal_follows_a_shorter_extend, renewal_keeps_lease_alive, run_exclusive_stops_on_loss,
+    renewal_follows_a_shorter_extend, renewal_keeps_lease_alive, renewals_are_batched,
+    run_exclusive_stops_on_loss,
 };
 pub use self::input::{
     hostile_names_work, invalid_names_rejected_before_io, invalid_ttl_and_owner_rejected_before_io,
@@ -77,6 +78,7 @@ pub const PROPERTIES: &[&str] = &[
     "lost_fires_on_force_release",
     "renewal_keeps_lease_alive",
     "renewal_follows_a_shorter_extend",
+    "renewals_are_batched",
     "max_hold_counts_from_grant",
     "drop_after_loss_releases_at_once",
     "run_exclusive_stops_on_loss",

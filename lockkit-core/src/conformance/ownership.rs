@@ -227,7 +227,7 @@ pub async fn extend_moves_expiry<H: Harness + ?Sized>(h: &H) {
         .expect("free");
     let granted_by = Instant::now();
     let extended = a.extend(&lease, ttl * 10).await.expect("extend");
-    let extend_sent = extended.deadline - extended.ttl;
+    let extend_sent = extended.sent_at;
     assert!(extended.deadline > lease.deadline);
     assert_eq!(extended.token, lease.token);
     assert_eq!(extended.lease_id, lease.lease_id);
