@@ -35,6 +35,7 @@ use crate::name::LockName;
 use crate::options::{LockOptions, Renewal};
 use crate::release::release_retrying;
 use crate::renew::{Batcher, align_down};
+use crate::spi::sleep_until;
 use crate::wait::PollPolicy;
 
 /// The set of names a [`Locker`](crate::Locker) currently holds.
@@ -466,14 +467,6 @@ impl Drop for LockGuard {
                 );
             }
         }
-    }
-}
-
-/// Sleeps until an optional instant.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -113,7 +113,8 @@ impl AcquireRequest {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use lockkit_core::{AcquireRequest, LockName};
+    /// use lockkit_core::LockName;
+    /// use lockkit_core::spi::AcquireRequest;
     ///
     /// let req = AcquireRequest::new(LockName::new("node_b")?, "pipeline_1", Duration::from_secs(10))?;
     /// assert_eq!(req.owner, "pipeline_1");

@@ -10,15 +10,19 @@
 //!   renewal at about TTL/3, a loss signal, `run_exclusive`, metrics and
 //!   tracing.
 //! - [`memory::MemoryBackend`]: the reference implementation of the contract.
+//! - [`spi`]: what backend authors need beyond this user API (requests,
+//!   queue hooks, URL checks, conversions).
 //! - `conformance` (feature `conformance`): the public test kit every
 //!   backend runs.
 //!
 //! `ARCHITECTURE.md` at the repository root describes the contract, the
 //! layout and one acquire's path through this crate.
 //!
-//! Shared logic lives here once: waiting ([`wait`]), renewal (the guard),
-//! validation ([`LockName::new`], [`validate_ttl`]), metrics ([`metrics`]),
-//! redaction ([`redact_url`]), URL checks ([`BackendUrl`]), release retries
+//! Shared logic lives here once: the acquisition driver
+//! ([`LockBackend::acquire`]), waiting and backoff ([`PollPolicy`]),
+//! batched renewal and the guard's state machine, validation
+//! ([`LockName::new`], [`validate_ttl`], [`spi::BackendUrl`]), metrics
+//! ([`metrics`]), redaction ([`redact_url`]), release retries
 //! ([`RELEASE_RETRY_FOR`]). Backends only talk to their server.
 //!
 //! ```
@@ -56,7 +60,7 @@ mod url;
 pub mod memory;
 pub mod metrics;
 pub mod spi;
-pub mod wait;
+mod wait;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -65,17 +69,14 @@ pub use crate::backend::{Capabilities, LockBackend};
 pub use crate::cleanup::{CleanupTask, spawn_cleanup};
 pub use crate::error::{BoxError, Error, LostReason, Result};
 pub use crate::guard::{LeaseHandle, LockGuard};
-pub use crate::lease::{
-    AcquireRequest, FencingToken, Lease, LeaseId, LockInfo, system_time_from_millis, validate_owner,
-};
+pub use crate::lease::{FencingToken, Lease, LeaseId, LockInfo};
 pub use crate::locker::Locker;
-pub use crate::loss::LossSignal;
 pub use crate::name::{IntoLockName, LockName, MAX_NAME_BYTES};
 pub use crate::options::{LockOptions, Renewal};
 pub use crate::redact::redact_url;
 pub use crate::release::RELEASE_RETRY_FOR;
-pub use crate::ttl::{MAX_TTL, MIN_TTL, round_up_ttl, ttl_millis, validate_ttl};
-pub use crate::url::{BackendUrl, url_params, url_scheme, without_params};
+pub use crate::ttl::{MAX_TTL, MIN_TTL, validate_ttl};
+pub use crate::wait::PollPolicy;
 
 /// Re-exports for macros; not part of the public API.
 #[doc(hidden)]

@@ -20,7 +20,8 @@ use crate::error::LostReason;
 /// `on_parent` unless a reason was recorded first.
 ///
 /// ```
-/// use lockkit_core::{LossSignal, LostReason};
+/// use lockkit_core::LostReason;
+/// use lockkit_core::spi::LossSignal;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {

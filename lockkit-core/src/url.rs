@@ -23,7 +23,7 @@ use crate::redact::{redact_url, split_prefix};
 ///   password, and never a fragment of the credentials.
 ///
 /// ```
-/// use lockkit_core::BackendUrl;
+/// use lockkit_core::spi::BackendUrl;
 ///
 /// let url = BackendUrl::parse("redis://app:s3cr%2Ft@h:6379/2?fifo=true", "redis", &["redis", "rediss"])?;
 /// assert_eq!(url.scheme(), "redis");
@@ -71,7 +71,7 @@ pub fn url_scheme(url: &str) -> Option<String> {
 ///
 /// ```
 /// assert_eq!(
-///     lockkit_core::url_params("sqlite:///x.db?table=ops.locks&mode=rwc"),
+///     lockkit_core::spi::url_params("sqlite:///x.db?table=ops.locks&mode=rwc"),
 ///     [("table".to_owned(), "ops.locks".to_owned()), ("mode".to_owned(), "rwc".to_owned())]
 /// );
 /// ```
@@ -91,7 +91,7 @@ pub fn url_params(url: &str) -> Vec<(String, String)> {
 ///
 /// ```
 /// assert_eq!(
-///     lockkit_core::without_params("sqlite:///x.db?table=t&mode=rwc#f", &["table"]),
+///     lockkit_core::spi::without_params("sqlite:///x.db?table=t&mode=rwc#f", &["table"]),
 ///     "sqlite:///x.db?mode=rwc#f"
 /// );
 /// ```

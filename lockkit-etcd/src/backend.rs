@@ -7,22 +7,22 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, GetResponse, KeyValue, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 use lockkit_core::spi::LockQueue;
-use lockkit_core::wait::PollPolicy;
+use lockkit_core::spi::{AcquireRequest, LossSignal};
 use lockkit_core::{
-    AcquireRequest, Capabilities, Error, FencingToken, Lease, LockBackend, LockInfo, LockName,
-    LossSignal, LostReason, Result, round_up_ttl,
+    Capabilities, Error, Lease, LockBackend, LockInfo, LockName, LostReason, Result,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{KIND, malformed, retrying};
-use crate::held::{HeldLock, HeldLocks, HeldState};
+use crate::held::{HeldLocks, HeldState};
 use crate::keys::{self, Layout};
 use crate::session::Session;
+use crate::shared::{Shared, capped, header_revision, ttl_secs};
 
 /// The etcd lock backend. Cheap to clone (clones share the connection,
 /// the sessions and the held locks). See the [crate docs](crate) for the
@@ -47,17 +47,6 @@ impl Drop for Inner {
     }
 }
 
-/// What the backend and its background tasks share.
-pub(crate) struct Shared {
-    pub(crate) client: Client,
-    pub(crate) layout: Layout,
-    pub(crate) request_timeout: Duration,
-    pub(crate) redacted_url: String,
-    pub(crate) held: HeldLocks,
-    sessions: tokio::sync::Mutex<HashMap<u64, Arc<Session>>>,
-    pub(crate) shutdown: CancellationToken,
-}
-
 impl fmt::Debug for EtcdBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdBackend")
@@ -66,28 +55,6 @@ impl fmt::Debug for EtcdBackend {
             .field("held", &self.inner.shared.held.len())
             .finish_non_exhaustive()
     }
-}
-
-/// A TTL in whole seconds, rounded up (etcd leases have one-second
-/// granularity).
-pub(crate) fn ttl_secs(ttl: Duration) -> u64 {
-    round_up_ttl(ttl, Duration::from_secs(1)).as_secs().max(1)
-}
-
-/// A create revision as a fencing token.
-pub(crate) fn token_of(revision: i64) -> Result<FencingToken> {
-    u64::try_from(revision)
-        .ok()
-        .filter(|r| *r > 0)
-        .map(FencingToken::new)
-        .ok_or_else(|| malformed("create revision is not positive"))
-}
-
-/// The revision in a response header.
-pub(crate) fn header_revision(resp: &TxnResponse) -> Result<i64> {
-    resp.header()
-        .map(|h| h.revision())
-        .ok_or_else(|| malformed("transaction without header"))
 }
 
 impl EtcdBackend {
@@ -189,276 +156,6 @@ impl EtcdBackend {
     }
 }
 
-impl Shared {
-    /// The live session for locks of `ttl_secs` seconds, granted on first
-    /// use and replaced once lost.
-    pub(crate) async fn session_for(&self, ttl_secs: u64) -> Result<Arc<Session>> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(session) = sessions.get(&ttl_secs)
-            && !session.is_lost()
-        {
-            return Ok(Arc::clone(session));
-        }
-        // etcd may have granted a session more than was asked (its minimum
-        // TTL): a lease asking for that TTL shares it.
-        let wanted = Duration::from_secs(ttl_secs);
-        if let Some(session) = sessions
-            .values()
-            .find(|s| !s.is_lost() && s.ttl() == wanted)
-            .cloned()
-        {
-            sessions.insert(ttl_secs, Arc::clone(&session));
-            return Ok(session);
-        }
-        let secs = i64::try_from(ttl_secs).unwrap_or(i64::MAX);
-        let session =
-            Session::grant(&self.client, secs, self.request_timeout, &self.shutdown).await?;
-        sessions.insert(ttl_secs, Arc::clone(&session));
-        Ok(session)
-    }
-
-    /// Runs an idempotent transaction within the request time limit,
-    /// retrying transient failures.
-    pub(crate) async fn txn(&self, txn: Txn, doing: &str) -> Result<TxnResponse> {
-        retrying(self.request_timeout, doing, || {
-            let mut kv = self.client.kv_client();
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-        .await
-    }
-
-    /// Reads keys within the request time limit, retrying transient
-    /// failures.
-    pub(crate) async fn get(
-        &self,
-        key: &str,
-        options: GetOptions,
-        doing: &str,
-    ) -> Result<GetResponse> {
-        retrying(self.request_timeout, doing, || {
-            let mut kv = self.client.kv_client();
-            let (key, options) = (key.to_owned(), options.clone());
-            async move { kv.get(key, Some(options)).await }
-        })
-        .await
-    }
-
-    /// Registers a granted lock, starts its watchdog and builds the lease.
-    pub(crate) fn grant(
-        self: &Arc<Self>,
-        req: &AcquireRequest,
-        key: String,
-        revision: i64,
-        session: Arc<Session>,
-        sent_at: Instant,
-    ) -> Result<Lease> {
-        let token = token_of(revision)?;
-        let ttl = session.ttl();
-        let lock = HeldLock::new(
-            req.name.clone(),
-            key.clone(),
-            revision,
-            HeldState {
-                session: Arc::clone(&session),
-                ttl_secs: ttl_secs(req.ttl),
-                deadline: sent_at + ttl,
-            },
-        );
-        self.held.insert(Arc::clone(&lock));
-        tokio::spawn(crate::watchdog::watchdog(Arc::clone(self), lock));
-        let lease = Lease::granted(req, token, sent_at)
-            .with_effective_ttl(ttl)
-            .with_handle(key);
-        Ok(capped(lease, &session))
-    }
-
-    /// Moves a held lock's local deadline when its TTL stays the same and
-    /// its session is alive: `None` when that cannot be decided locally.
-    pub(crate) fn extend_locally(&self, lease: &Lease, ttl: Duration) -> Option<Lease> {
-        let lock = self.held.get(&self.key_of(lease))?;
-        let current = lock.state();
-        if current.session.is_lost() || lock.lost.is_fired() {
-            return None;
-        }
-        let secs = ttl_secs(ttl);
-        if secs != current.ttl_secs && Duration::from_secs(secs) != current.session.ttl() {
-            return None;
-        }
-        let sent_at = Instant::now();
-        let effective = current.session.ttl();
-        lock.update(HeldState {
-            session: Arc::clone(&current.session),
-            ttl_secs: current.ttl_secs,
-            deadline: sent_at + effective,
-        });
-        Some(capped(lease.renewed(effective, sent_at), &current.session))
-    }
-
-    /// Deletes `key` (only if its create revision is `revision`, when
-    /// given), retrying until it works, the session that carries the key is
-    /// lost (the key is gone with it) or the backend is dropped (the key
-    /// expires with the session).
-    pub(crate) async fn delete_eventually(
-        &self,
-        key: String,
-        revision: Option<i64>,
-        session: Arc<Session>,
-    ) {
-        let mut backoff =
-            PollPolicy::new(Duration::from_millis(50), Duration::from_secs(2)).backoff();
-        loop {
-            let txn = match revision {
-                Some(rev) => Txn::new()
-                    .when([Compare::create_revision(
-                        key.as_str(),
-                        CompareOp::Equal,
-                        rev,
-                    )])
-                    .and_then([TxnOp::delete(key.as_str(), None)]),
-                None => Txn::new().and_then([TxnOp::delete(key.as_str(), None)]),
-            };
-            match self.txn(txn, "deleting an abandoned lock key").await {
-                Ok(_) => return,
-                Err(err) => {
-                    tracing::debug!(%key, error = %err, "deleting a lock key failed; retrying");
-                }
-            }
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return,
-                () = session.lost().cancelled() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-        }
-    }
-
-    /// The holder of `name`: the key with the lowest create revision.
-    async fn holder_kv(&self, name: &LockName) -> Result<Option<KeyValue>> {
-        let options = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1);
-        let mut resp = self
-            .get(
-                &self.layout.name_prefix(name),
-                options,
-                "reading the holder",
-            )
-            .await?;
-        Ok(resp.take_kvs().into_iter().next())
-    }
-
-    /// One `try_acquire` on `session`.
-    async fn try_once(
-        self: &Arc<Self>,
-        req: &AcquireRequest,
-        session: &Arc<Session>,
-    ) -> Result<Option<Lease>> {
-        let key = self.layout.key(&req.name, &req.lease_id);
-        let value = keys::value(&req.owner, SystemTime::now());
-        let sent_at = Instant::now();
-        let prefix = self.layout.name_prefix(&req.name);
-        // Put our key only if nobody holds or waits for the name; otherwise
-        // read the holder, which is our own key if a retried attempt of
-        // this very request already got through.
-        let oldest = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1);
-        let txn = Txn::new()
-            .when([Compare::create_revision(prefix.as_str(), CompareOp::Equal, 0).with_prefix()])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(session.id())),
-            )])
-            .or_else([TxnOp::get(prefix.as_str(), Some(oldest))]);
-        let session = Arc::clone(session);
-        match self.txn(txn, "trying to take the lock").await {
-            Ok(resp) if resp.succeeded() => {
-                let revision = header_revision(&resp)?;
-                self.grant(req, key, revision, session, sent_at).map(Some)
-            }
-            Ok(resp) => {
-                let holder = resp.op_responses().into_iter().find_map(|op| match op {
-                    TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
-                    _ => None,
-                });
-                match holder {
-                    Some(kv) if kv.key() == key.as_bytes() => self
-                        .grant(req, key, kv.create_revision(), session, sent_at)
-                        .map(Some),
-                    _ => Ok(None),
-                }
-            }
-            Err(err) => {
-                // The put may have been applied without our hearing of it.
-                let shared = Arc::clone(self);
-                tokio::spawn(async move { shared.delete_eventually(key, None, session).await });
-                Err(err)
-            }
-        }
-    }
-
-    /// Whether `err` says that `session`'s lease no longer exists on the
-    /// server (revoked or expired before the keep-alive noticed); if so the
-    /// session is marked lost, so the next request starts a new one.
-    pub(crate) fn lease_gone(&self, err: &Error, session: &Session) -> bool {
-        let gone = err.to_string().contains("requested lease not found");
-        if gone {
-            session.lose("etcd says the session lease no longer exists");
-        }
-        gone
-    }
-
-    fn info(&self, kv: &KeyValue, expires_at: Option<SystemTime>) -> Option<LockInfo> {
-        let (name, lease_id) = self.layout.parse(kv.key())?;
-        let (owner, acquired_at) = keys::parse_value(kv.value())?;
-        let token = token_of(kv.create_revision()).ok()?;
-        Some(LockInfo::new(
-            name,
-            owner,
-            lease_id,
-            token,
-            acquired_at,
-            expires_at,
-        ))
-    }
-
-    /// When the etcd lease carrying a key expires unless kept alive: now
-    /// plus its remaining TTL plus one second (etcd reports whole seconds,
-    /// rounded down). `None` for a key without a lease or a lease already
-    /// gone.
-    async fn lease_expiry(&self, lease: i64) -> Result<Option<SystemTime>> {
-        if lease == 0 {
-            return Ok(None);
-        }
-        let resp = retrying(self.request_timeout, "reading a lease's TTL", || {
-            let mut leases = self.client.lease_client();
-            async move { leases.time_to_live(lease, None).await }
-        })
-        .await?;
-        Ok(u64::try_from(resp.ttl())
-            .ok()
-            .map(|secs| SystemTime::now() + Duration::from_secs(secs + 1)))
-    }
-
-    fn key_of(&self, lease: &Lease) -> String {
-        match &lease.handle {
-            Some(handle) => handle.to_string(),
-            None => self.layout.key(&lease.name, &lease.lease_id),
-        }
-    }
-}
-
-/// Caps a lease's local deadline by its session's: a lock is never
-/// believed held longer than its lease is certainly alive on the server.
-pub(crate) fn capped(mut lease: Lease, session: &Session) -> Lease {
-    lease.deadline = lease.deadline.min(session.safe_until());
-    lease
-}
-
 #[async_trait]
 impl LockBackend for EtcdBackend {
     fn kind(&self) -> &'static str {
@@ -483,7 +180,7 @@ impl LockBackend for EtcdBackend {
         loop {
             attempts += 1;
             let session = shared.session_for(ttl_secs(req.ttl)).await?;
-            match shared.try_once(req, &session).await {
+            match try_once(shared, req, &session).await {
                 // The session lease vanished before its keep-alive noticed:
                 // nothing was written; once more on a fresh session.
                 Err(err) if attempts < 2 && shared.lease_gone(&err, &session) => {}
@@ -506,7 +203,7 @@ impl LockBackend for EtcdBackend {
             lock.done.cancel();
         }
         shared
-            .txn(crate::queue::delete_txn(&key), "abandoning a request")
+            .txn(crate::shared::delete_txn(&key), "abandoning a request")
             .await
             .map(|_| ())
     }
@@ -707,5 +404,58 @@ impl LockBackend for EtcdBackend {
             .held
             .get(&shared.key_of(lease))
             .map(|lock| lock.lost.clone())
+    }
+}
+
+/// One `try_acquire` on `session`.
+async fn try_once(
+    shared: &Arc<Shared>,
+    req: &AcquireRequest,
+    session: &Arc<Session>,
+) -> Result<Option<Lease>> {
+    let key = shared.layout.key(&req.name, &req.lease_id);
+    let value = keys::value(&req.owner, SystemTime::now());
+    let sent_at = Instant::now();
+    let prefix = shared.layout.name_prefix(&req.name);
+    // Put our key only if nobody holds or waits for the name; otherwise
+    // read the holder, which is our own key if a retried attempt of
+    // this very request already got through.
+    let oldest = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1);
+    let txn = Txn::new()
+        .when([Compare::create_revision(prefix.as_str(), CompareOp::Equal, 0).with_prefix()])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            value,
+            Some(PutOptions::new().with_lease(session.id())),
+        )])
+        .or_else([TxnOp::get(prefix.as_str(), Some(oldest))]);
+    let session = Arc::clone(session);
+    match shared.txn(txn, "trying to take the lock").await {
+        Ok(resp) if resp.succeeded() => {
+            let revision = header_revision(&resp)?;
+            crate::watchdog::grant(shared, req, key, revision, session, sent_at).map(Some)
+        }
+        Ok(resp) => {
+            let holder = resp.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            match holder {
+                Some(kv) if kv.key() == key.as_bytes() => {
+                    crate::watchdog::grant(shared, req, key, kv.create_revision(), session, sent_at)
+                        .map(Some)
+                }
+                _ => Ok(None),
+            }
+        }
+        Err(err) => {
+            // The put may have been applied without our hearing of it.
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move { shared.delete_eventually(key, None, session).await });
+            Err(err)
+        }
     }
 }

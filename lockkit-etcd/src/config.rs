@@ -4,10 +4,14 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lockkit_core::{BackendUrl, Error, Result};
+use lockkit_core::spi::{BackendUrl, parse_host_list};
+use lockkit_core::{Error, Result};
 
 /// The key prefix used when neither the URL nor the options name one.
 pub const DEFAULT_PREFIX: &str = "lockkit";
+
+/// The URL schemes of the etcd backend (`etcds://` and `https://` are TLS).
+pub const URL_SCHEMES: &[&str] = &["etcd", "etcds", "http", "https"];
 
 /// The URL parameters an etcd URL may carry.
 pub const URL_PARAMS: &[&str] = &[
@@ -158,7 +162,7 @@ impl Settings {
     /// # Errors
     /// [`Error::Configuration`] for a malformed URL (password redacted).
     pub(crate) fn new(url: &str, options: EtcdOptions) -> Result<Self> {
-        let parsed = BackendUrl::parse(url, "etcd", &["etcd", "etcds", "http", "https"])?;
+        let parsed = BackendUrl::parse(url, "etcd", URL_SCHEMES)?;
         let redacted = parsed.redacted().to_owned();
         let bad = |why: &str| {
             Error::configuration(format!(
@@ -184,13 +188,7 @@ impl Settings {
             }
             None => None,
         };
-        let mut hostports = Vec::new();
-        for host in parsed.hosts().split(',') {
-            if host.is_empty() {
-                return Err(bad("empty host"));
-            }
-            hostports.push(host_port(host).map_err(|why| bad(&why))?);
-        }
+        let hostports = parse_host_list(parsed.hosts(), DEFAULT_PORT).map_err(|why| bad(&why))?;
         let mut prefix = None;
         for (key, value) in parsed.params() {
             match key.as_str() {
@@ -247,40 +245,6 @@ impl Settings {
             redacted,
         })
     }
-}
-
-/// Checks one `host[:port]` (IPv6 in brackets) and adds the default port.
-fn host_port(raw: &str) -> std::result::Result<String, String> {
-    let (host, port) = if let Some(v6) = raw.strip_prefix('[') {
-        let (addr, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("unclosed `[` in {raw:?}"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| format!("junk after `]` in {raw:?}"))?,
-            ),
-        };
-        (format!("[{addr}]"), port)
-    } else {
-        match raw.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), Some(p)),
-            None => (raw.to_owned(), None),
-        }
-    };
-    if host.is_empty() || host.contains(['/', '@', ' ']) {
-        return Err(format!("invalid host {host:?}"));
-    }
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("invalid port {p:?}"))?,
-        None => DEFAULT_PORT,
-    };
-    Ok(format!("{host}:{port}"))
 }
 
 #[cfg(test)]

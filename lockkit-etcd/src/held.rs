@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use lockkit_core::{LockName, LossSignal};
+use lockkit_core::LockName;
+use lockkit_core::spi::LossSignal;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

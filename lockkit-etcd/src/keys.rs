@@ -11,7 +11,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use lockkit_core::{Error, LeaseId, LockName, Result, system_time_from_millis};
+use lockkit_core::spi::system_time_from_millis;
+use lockkit_core::{Error, LeaseId, LockName, Result};
 
 /// The first line of every value this crate writes.
 const VALUE_MAGIC: &str = "lockkit1";

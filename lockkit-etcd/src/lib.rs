@@ -125,6 +125,7 @@ mod held;
 mod keys;
 mod queue;
 mod session;
+mod shared;
 mod watchdog;
 
 use std::time::Duration;
@@ -132,17 +133,16 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use lockkit_core::{Error, Result};
 
-/// The etcd client crate, re-exported for tests and advanced use.
-pub use etcd_client;
-
 pub use crate::backend::EtcdBackend;
-pub use crate::config::{DEFAULT_PORT, DEFAULT_PREFIX, EtcdOptions, TlsFiles, URL_PARAMS};
+pub use crate::config::{
+    DEFAULT_PORT, DEFAULT_PREFIX, EtcdOptions, TlsFiles, URL_PARAMS, URL_SCHEMES,
+};
 
 /// Whether this build can connect with TLS (`etcds://`, the `tls` feature).
 pub const TLS_SUPPORTED: bool = cfg!(feature = "tls");
 
-#[doc(no_inline)]
-pub use lockkit_core::{AcquireRequest, Lease, LockBackend, LockInfo};
+#[cfg(doc)]
+use lockkit_core::{Lease, LockBackend, LockInfo, spi::AcquireRequest};
 
 /// Connects to etcd at `url` (see the [crate docs](crate) for the forms).
 ///

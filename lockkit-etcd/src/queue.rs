@@ -29,14 +29,16 @@ use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     TxnOpResponse, TxnResponse, WatchFilterType, WatchOptions,
 };
+use lockkit_core::spi::AcquireRequest;
 use lockkit_core::spi::{LockQueue, QueuePlace, until};
-use lockkit_core::{AcquireRequest, Error, Lease, Result};
+use lockkit_core::{Error, Lease, Result};
 use tokio::time::Instant;
 
-use crate::backend::{EtcdBackend, Shared, header_revision, ttl_secs};
+use crate::backend::EtcdBackend;
 use crate::error::{bounded, malformed};
 use crate::keys;
 use crate::session::Session;
+use crate::shared::{Shared, header_revision, ttl_secs};
 
 /// Where a request stands after one transaction.
 enum Step {
@@ -116,7 +118,7 @@ impl LockQueue for EtcdBackend {
         match step {
             Step::Granted(revision) => {
                 let session = Arc::clone(&p.session);
-                shared.grant(req, key, revision, session, sent_at).map(Some)
+                crate::watchdog::grant(shared, req, key, revision, session, sent_at).map(Some)
             }
             Step::Known(revision) => {
                 p.revision = Some(revision);
@@ -164,12 +166,6 @@ impl LockQueue for EtcdBackend {
             )),
         }
     }
-}
-
-/// Deletes `key` (every request's key is unique to its lease id, so
-/// deleting it unconditionally touches nobody else).
-pub(crate) fn delete_txn(key: &str) -> Txn {
-    Txn::new().and_then([TxnOp::delete(key, None)])
 }
 
 fn get_responses(resp: &TxnResponse) -> Vec<Vec<etcd_client::KeyValue>> {

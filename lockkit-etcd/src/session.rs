@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
-use lockkit_core::wait::PollPolicy;
+use lockkit_core::spi::PollPolicy;
 use lockkit_core::{Error, Result};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -13,12 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, WatchFilterType, WatchOptions};
-use lockkit_core::LostReason;
-use lockkit_core::wait::PollPolicy;
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::spi::PollPolicy;
+use lockkit_core::{Lease, LostReason, Result};
 use tokio::time::Instant;
 
-use crate::backend::Shared;
-use crate::held::HeldLock;
+use crate::held::{HeldLock, HeldState};
+use crate::session::Session;
+use crate::shared::Shared;
+use crate::shared::{capped, token_of, ttl_secs};
 
 /// Watches over `lock` until it is released, lost or the backend is gone.
 pub(crate) async fn watchdog(shared: Arc<Shared>, lock: Arc<HeldLock>) {
@@ -114,4 +117,33 @@ async fn still_there(shared: &Shared, lock: &HeldLock) -> Option<bool> {
             .iter()
             .any(|kv| kv.create_revision() == lock.token),
     )
+}
+
+/// Registers a granted lock, starts its watchdog and builds the lease.
+pub(crate) fn grant(
+    shared: &Arc<Shared>,
+    req: &AcquireRequest,
+    key: String,
+    revision: i64,
+    session: Arc<Session>,
+    sent_at: Instant,
+) -> Result<Lease> {
+    let token = token_of(revision)?;
+    let ttl = session.ttl();
+    let lock = HeldLock::new(
+        req.name.clone(),
+        key.clone(),
+        revision,
+        HeldState {
+            session: Arc::clone(&session),
+            ttl_secs: ttl_secs(req.ttl),
+            deadline: sent_at + ttl,
+        },
+    );
+    shared.held.insert(Arc::clone(&lock));
+    tokio::spawn(watchdog(Arc::clone(shared), lock));
+    let lease = Lease::granted(req, token, sent_at)
+        .with_effective_ttl(ttl)
+        .with_handle(key);
+    Ok(capped(lease, &session))
 }

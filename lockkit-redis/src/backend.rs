@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
+use lockkit_core::spi::{AcquireRequest, ttl_millis};
+use lockkit_core::spi::{Backoff, PollPolicy, WakeHub, WakeSubscription};
 use lockkit_core::spi::{LockQueue, QueuePlace};
-use lockkit_core::wait::{Backoff, PollPolicy, WakeHub, WakeSubscription};
 use lockkit_core::{
-    AcquireRequest, Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo,
-    LockName, LostReason, Result, ttl_millis,
+    Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo, LockName, LostReason,
+    Result,
 };
 use tokio::time::Instant;
 

@@ -131,10 +131,7 @@ use lockkit_core::Result;
 
 pub use crate::backend::RedisBackend;
 pub use crate::keys::{DEFAULT_PREFIX, KeyPrefix, LockKeys};
-pub use crate::options::{RedisOptions, URL_PARAMS};
-
-/// The Redis client crate, re-exported for tests and advanced use.
-pub use redis;
+pub use crate::options::{RedisOptions, URL_PARAMS, URL_SCHEMES};
 
 /// Connects to Redis at `url` with default [`RedisOptions`] (URL parameters
 /// apply; see the [crate docs](crate#urls)).

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lockkit_core::wait::{PollPolicy, WakeHub};
+use lockkit_core::spi::{PollPolicy, WakeHub};
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 

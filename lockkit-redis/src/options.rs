@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use lockkit_core::wait::PollPolicy;
-use lockkit_core::{BackendUrl, Error, Result};
+use lockkit_core::spi::BackendUrl;
+use lockkit_core::spi::PollPolicy;
+use lockkit_core::{Error, Result};
 use url::Url;
 
 use crate::keys::KeyPrefix;
@@ -169,6 +170,9 @@ impl RedisOptions {
     }
 }
 
+/// The URL schemes of the Redis backend (`rediss://` is TLS).
+pub const URL_SCHEMES: &[&str] = &["redis", "rediss"];
+
 /// The URL parameters a Redis URL may carry: lockkit's, then the `redis`
 /// crate's (`protocol`).
 pub const URL_PARAMS: &[&str] = &[
@@ -209,7 +213,7 @@ impl ParsedUrl {
     pub(crate) fn parse(url: &str, mut options: RedisOptions) -> Result<Self> {
         // Shape and parameters first, without any parser that could be
         // confused by an unencoded character in a password.
-        let checked = BackendUrl::parse(url, "redis", &["redis", "rediss"])?;
+        let checked = BackendUrl::parse(url, "redis", URL_SCHEMES)?;
         checked.check_params(URL_PARAMS)?;
         let redacted = checked.redacted().to_owned();
         let mut driver = Url::parse(url).map_err(|e| Error::Configuration {

@@ -1,8 +1,7 @@
 //! The lease value stored under a lock key, read back for `current`/`list`.
 
-use lockkit_core::{
-    Error, FencingToken, LeaseId, LockInfo, LockName, Result, system_time_from_millis,
-};
+use lockkit_core::spi::system_time_from_millis;
+use lockkit_core::{Error, FencingToken, LeaseId, LockInfo, LockName, Result};
 
 use crate::error::KIND;
 

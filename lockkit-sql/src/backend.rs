@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::wait::{PollPolicy, WakeHub, WakeSubscription};
+use lockkit_core::spi::{AcquireRequest, system_time_from_millis, ttl_millis};
+use lockkit_core::spi::{PollPolicy, WakeHub, WakeSubscription};
 use lockkit_core::{
-    AcquireRequest, Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo,
-    LockName, LostReason, Result, system_time_from_millis, ttl_millis,
+    Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo, LockName, LostReason,
+    Result,
 };
 use sqlx::{
     AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type,
@@ -406,17 +407,7 @@ where
 }
 
 fn token_from(fence: i64) -> Result<FencingToken> {
-    u64::try_from(fence)
-        .ok()
-        .filter(|f| *f > 0)
-        .map(FencingToken::new)
-        .ok_or_else(|| {
-            Error::backend(
-                "sql",
-                format!("invalid fence value {fence} in the lock table"),
-                None,
-            )
-        })
+    lockkit_core::spi::token_from_i64(fence, "sql")
 }
 
 #[async_trait]

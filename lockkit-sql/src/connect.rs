@@ -51,15 +51,15 @@ impl SqlUrl {
 #[cfg(feature = "sqlite")]
 pub(crate) fn sqlite_url(url: &str) -> Result<SqlUrl> {
     let redacted = lockkit_core::redact_url(url);
-    if lockkit_core::url_scheme(url).as_deref() != Some("sqlite") {
+    if lockkit_core::spi::url_scheme(url).as_deref() != Some("sqlite") {
         return Err(Error::configuration(format!(
             "malformed SQLite URL {redacted:?}: expected sqlite:path, sqlite:///absolute/path or sqlite::memory:"
         )));
     }
     Ok(SqlUrl {
-        driver: lockkit_core::without_params(url, LOCKKIT_PARAMS),
+        driver: lockkit_core::spi::without_params(url, LOCKKIT_PARAMS),
         redacted,
-        table: table_param(&lockkit_core::url_params(url))?,
+        table: table_param(&lockkit_core::spi::url_params(url))?,
     })
 }
 
@@ -77,7 +77,8 @@ fn table_param(params: &[(String, String)]) -> Result<Option<TableName>> {
 mod server {
     use std::str::FromStr;
 
-    use lockkit_core::{BackendUrl, Error, Result};
+    use lockkit_core::spi::BackendUrl;
+    use lockkit_core::{Error, Result};
     use sqlx::pool::PoolOptions;
     use sqlx::{ConnectOptions, Connection, Database};
 

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockkit_core::wait::{PollPolicy, WakeHub};
+use lockkit_core::spi::{PollPolicy, WakeHub};
 use lockkit_core::{Capabilities, Result};
 
 use crate::table::TableName;

@@ -56,6 +56,9 @@ use crate::table::TableName;
 #[cfg(doc)]
 use lockkit_core::Error;
 
+/// The URL schemes of the MySQL / MariaDB dialect.
+pub const URL_SCHEMES: &[&str] = &["mysql", "mariadb"];
+
 /// The MySQL / MariaDB dialect.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MySqlDialect;
@@ -73,7 +76,7 @@ fn millis(column: &str) -> String {
 impl Dialect for MySqlDialect {
     type Db = MySql;
     const KIND: &'static str = "mysql";
-    const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
+    const SCHEMES: &'static [&'static str] = URL_SCHEMES;
     /// What sqlx 0.9 reads from a MySQL URL.
     const DRIVER_PARAMS: &'static [&'static str] = &[
         "sslmode",

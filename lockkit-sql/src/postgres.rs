@@ -60,8 +60,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockkit_core::wait::{PollPolicy, WakeHub};
-use lockkit_core::{Capabilities, Lease, Result, ttl_millis};
+use lockkit_core::spi::ttl_millis;
+use lockkit_core::spi::{PollPolicy, WakeHub};
+use lockkit_core::{Capabilities, Lease, Result};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgListener, PgQueryResult};
 use sqlx::{AssertSqlSafe, Postgres};
@@ -76,6 +77,9 @@ use crate::error::classify;
 use crate::table::TableName;
 #[cfg(doc)]
 use lockkit_core::Error;
+
+/// The URL schemes of the Postgres dialect.
+pub const URL_SCHEMES: &[&str] = &["postgres", "postgresql"];
 
 /// The Postgres dialect.
 #[derive(Debug, Clone, Copy, Default)]
@@ -98,7 +102,7 @@ pub fn channel(table: &TableName) -> String {
 impl Dialect for PostgresDialect {
     type Db = Postgres;
     const KIND: &'static str = "postgres";
-    const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+    const SCHEMES: &'static [&'static str] = URL_SCHEMES;
     /// What sqlx 0.9 reads from a Postgres URL.
     const DRIVER_PARAMS: &'static [&'static str] = &[
         "sslmode",

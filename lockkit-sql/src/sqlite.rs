@@ -32,7 +32,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use lockkit_core::wait::PollPolicy;
+use lockkit_core::spi::PollPolicy;
 use lockkit_core::{Error, Result};
 use sqlx::Sqlite;
 use sqlx::pool::PoolOptions;
@@ -43,6 +43,10 @@ use crate::backend::{SqlBackend, SqlOptions};
 use crate::connect::sqlite_url;
 use crate::dialect::{Dialect, Param, Schema, SchemaStep, Statement, Statements};
 use crate::table::TableName;
+
+/// The URL scheme of the SQLite dialect (`sqlite:path`, `sqlite:///abs`,
+/// `sqlite::memory:`).
+pub const URL_SCHEMES: &[&str] = &["sqlite"];
 
 /// The SQLite dialect.
 #[derive(Debug, Clone, Copy, Default)]

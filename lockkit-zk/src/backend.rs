@@ -8,21 +8,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::spi::LockQueue;
+use lockkit_core::spi::{AcquireRequest, LossSignal};
 use lockkit_core::{
-    AcquireRequest, Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo,
-    LockName, LossSignal, LostReason, Result,
+    Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo, LockName, LostReason,
+    Result,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Acl, AuthId, Client, Error as ZkError, Permission, Stat};
 
 use crate::config::{ZkOptions, ZkUrl};
-use crate::error::{KIND, map};
+use crate::error::{KIND, classify};
 use crate::held::{Held, Registry};
 use crate::layout::Layout;
+use crate::monitor::monitor;
 use crate::nodes::{Deleted, Nodes};
 use crate::record::{Record, State};
-use crate::session::{ConnectSpec, Generation, Sessions, monitor};
+use crate::session::{ConnectSpec, Generation, Sessions};
 
 /// How long the clean-up after a refused try may take before it is left
 /// to the background.
@@ -315,7 +317,7 @@ impl ZkBackend {
                 self.inner.registry.lose(&lease.lease_id);
                 Err(Error::lost(&lease.name, LostReason::NotHeld))
             }
-            Err(err) => Err(map(err, "renewing a lease")),
+            Err(err) => Err(classify(err, "renewing a lease")),
         }
     }
 

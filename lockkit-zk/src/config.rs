@@ -3,7 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use lockkit_core::{BackendUrl, Error, Result};
+use lockkit_core::spi::{BackendUrl, parse_host_list};
+use lockkit_core::{Error, Result};
 use percent_encoding::percent_decode_str;
 
 /// The port ZooKeeper listens on when a URL names none.
@@ -142,6 +143,9 @@ impl Credentials {
     }
 }
 
+/// The URL schemes of the ZooKeeper backend.
+pub const URL_SCHEMES: &[&str] = &["zk", "zookeeper"];
+
 /// The URL parameters a ZooKeeper URL may carry.
 pub const URL_PARAMS: &[&str] = &[
     "session_timeout_ms",
@@ -186,7 +190,7 @@ impl ZkUrl {
     /// # Ok::<(), lockkit_core::Error>(())
     /// ```
     pub fn parse(url: &str, base: ZkOptions) -> Result<Self> {
-        let parsed = BackendUrl::parse(url, "ZooKeeper", &["zk", "zookeeper"])?;
+        let parsed = BackendUrl::parse(url, "ZooKeeper", URL_SCHEMES)?;
         let redacted = parsed.redacted().to_owned();
         let bad =
             |why: &str| Error::configuration(format!("invalid ZooKeeper URL {redacted:?}: {why}"));
@@ -204,7 +208,9 @@ impl ZkUrl {
                 Some(Credentials { user, password })
             }
         };
-        let hosts = parse_hosts(parsed.hosts()).map_err(|why| bad(&why))?;
+        let hosts = parse_host_list(parsed.hosts(), DEFAULT_PORT)
+            .map_err(|why| bad(&why))?
+            .join(",");
         let chroot = match parsed.path() {
             "" | "/" => None,
             p => {
@@ -244,52 +250,6 @@ impl ZkUrl {
 
 fn decode(s: &str) -> std::result::Result<String, std::str::Utf8Error> {
     percent_decode_str(s).decode_utf8().map(|c| c.into_owned())
-}
-
-fn parse_hosts(list: &str) -> std::result::Result<String, String> {
-    if list.is_empty() {
-        return Err("no host given".to_owned());
-    }
-    let mut out = Vec::new();
-    for host in list.split(',') {
-        if host.is_empty() {
-            return Err("empty host in the host list".to_owned());
-        }
-        let (name, port) = if let Some(v6) = host.strip_prefix('[') {
-            let (addr, tail) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("unterminated IPv6 address in {host:?}"))?;
-            let port = match tail {
-                "" => None,
-                t => Some(
-                    t.strip_prefix(':')
-                        .ok_or_else(|| format!("bad host {host:?}"))?,
-                ),
-            };
-            (format!("[{addr}]"), port)
-        } else {
-            match host.rsplit_once(':') {
-                Some((name, port)) => (name.to_owned(), Some(port)),
-                None => (host.to_owned(), None),
-            }
-        };
-        if name.is_empty()
-            || (!name.starts_with('[') && name.contains(':'))
-            || name.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(format!("bad host name in {host:?}"));
-        }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("bad port in {host:?}"))?,
-        };
-        out.push(format!("{name}:{port}"));
-    }
-    Ok(out.join(","))
 }
 
 /// Checks a ZooKeeper path used as chroot or root: absolute, no trailing

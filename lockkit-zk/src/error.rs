@@ -36,7 +36,7 @@ pub(crate) fn is_connection_problem(err: &ZkError) -> bool {
 }
 
 /// Maps a ZooKeeper error met while `doing` something.
-pub(crate) fn map(err: ZkError, doing: &str) -> Error {
+pub(crate) fn classify(err: ZkError, doing: &str) -> Error {
     match err {
         ZkError::NoAuth | ZkError::AuthFailed | ZkError::InvalidAcl => Error::Configuration {
             message: format!(
@@ -57,14 +57,14 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert!(map(ZkError::ConnectionLoss, "x").is_retryable());
-        assert!(map(ZkError::SessionExpired, "x").is_retryable());
+        assert!(classify(ZkError::ConnectionLoss, "x").is_retryable());
+        assert!(classify(ZkError::SessionExpired, "x").is_retryable());
         assert!(matches!(
-            map(ZkError::NoAuth, "x"),
+            classify(ZkError::NoAuth, "x"),
             Error::Configuration { .. }
         ));
         assert!(matches!(
-            map(ZkError::BadVersion, "x"),
+            classify(ZkError::BadVersion, "x"),
             Error::Backend { .. }
         ));
         assert!(server_replied::<()>(&Err(ZkError::NoNode)));

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use lockkit_core::{LeaseId, LossSignal, LostReason};
+use lockkit_core::spi::LossSignal;
+use lockkit_core::{LeaseId, LostReason};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Error as ZkError, EventType};

@@ -5,7 +5,7 @@ use lockkit_core::{LockInfo, LockName, Result};
 use zookeeper_client::Error as ZkError;
 
 use crate::backend::ZkBackend;
-use crate::error::map;
+use crate::error::classify;
 use crate::layout::{Member, decode_name};
 use crate::nodes::Deleted;
 use crate::record::Node;
@@ -60,7 +60,7 @@ impl ZkBackend {
         let children = match generation.client.list_children(&dir).await {
             Ok(children) => children,
             Err(ZkError::NoNode) => return Ok(Vec::new()),
-            Err(err) => return Err(map(err, "listing locks")),
+            Err(err) => return Err(classify(err, "listing locks")),
         };
         let named: Vec<(LockName, String)> = children
             .iter()
@@ -124,7 +124,7 @@ impl ZkBackend {
         let children = match generation.client.list_children(&dir).await {
             Ok(children) => children,
             Err(ZkError::NoNode) => return Ok(0),
-            Err(err) => return Err(map(err, "listing locks")),
+            Err(err) => return Err(classify(err, "listing locks")),
         };
         let paths: Vec<String> = children.iter().map(|c| format!("{dir}/{c}")).collect();
         let mut removed = 0;

@@ -122,17 +122,15 @@ mod error;
 mod held;
 mod inspect;
 mod layout;
+mod monitor;
 mod nodes;
 mod queue;
 mod record;
 mod session;
 
 pub use crate::backend::{ZkBackend, connect, connect_with};
-pub use crate::config::{Credentials, DEFAULT_PORT, URL_PARAMS, ZkOptions, ZkUrl};
+pub use crate::config::{Credentials, DEFAULT_PORT, URL_PARAMS, URL_SCHEMES, ZkOptions, ZkUrl};
 pub use crate::layout::{decode_name, encode_name, lock_path};
-
-/// The ZooKeeper client crate, re-exported for tests and advanced use.
-pub use zookeeper_client;
 
 #[cfg(doc)]
 use lockkit_core::Error;

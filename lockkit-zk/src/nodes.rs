@@ -3,14 +3,15 @@
 
 use std::time::Duration;
 
-use lockkit_core::{AcquireRequest, Error, LeaseId, Result};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::{Error, LeaseId, Result};
 use tokio::time::Instant;
 use zookeeper_client::{
     Acl, Acls, Client, CreateMode, CreateOptions, Error as ZkError, MultiReadResult,
     MultiWriteError, MultiWriteResult, Stat,
 };
 
-use crate::error::{KIND, is_connection_problem, map};
+use crate::error::{KIND, classify, is_connection_problem};
 use crate::layout::{Layout, Member, lease_prefix, queue};
 use crate::record::{Node, Record, State};
 use crate::session::Generation;
@@ -70,14 +71,14 @@ impl Nodes {
         client
             .mkdir(&dir, &self.options(CreateMode::Persistent))
             .await
-            .map_err(|e| map(e, &format!("creating {dir:?}")))?;
+            .map_err(|e| classify(e, &format!("creating {dir:?}")))?;
         let clock = self.layout.clock();
         match client
             .create(&clock, b"", &self.options(CreateMode::Persistent))
             .await
         {
             Ok(_) | Err(ZkError::NodeExists) => Ok(()),
-            Err(e) => Err(map(e, &format!("creating {clock:?}"))),
+            Err(e) => Err(classify(e, &format!("creating {clock:?}"))),
         }
     }
 
@@ -93,7 +94,7 @@ impl Nodes {
             match result {
                 Ok(stat) => return Ok(stat.mtime),
                 Err(ZkError::NoNode) => self.ensure_roots(&generation.client).await?,
-                Err(e) => return Err(map(e, "reading the server clock")),
+                Err(e) => return Err(classify(e, "reading the server clock")),
             }
         }
         Err(Error::backend(
@@ -121,7 +122,7 @@ impl Nodes {
         let held = Record::new(State::Held, req.ttl, &req.lease_id, &req.owner).encode();
         let queued = Record::new(state, req.ttl, &req.lease_id, &req.owner).encode();
         let client = &generation.client;
-        let bad_args = |e: ZkError| map(e, "preparing a lease node");
+        let bad_args = |e: ZkError| classify(e, "preparing a lease node");
         for _ in 0..32 {
             let sent_at = Instant::now();
             let mut writer = client.new_multi_writer();
@@ -170,7 +171,7 @@ impl Nodes {
                         }
                         continue;
                     }
-                    return Err(map(err, "creating a lease node"));
+                    return Err(classify(err, "creating a lease node"));
                 }
             }
             let sent_at = Instant::now();
@@ -200,7 +201,7 @@ impl Nodes {
                         return Ok(found);
                     }
                 }
-                Err(err) => return Err(map(err, "creating a lease node")),
+                Err(err) => return Err(classify(err, "creating a lease node")),
             }
         }
         Err(Error::transient(
@@ -220,7 +221,7 @@ impl Nodes {
             .client
             .get_data(path)
             .await
-            .map_err(|e| map(e, "reading a new lease node"))?;
+            .map_err(|e| classify(e, "reading a new lease node"))?;
         Ok(stat)
     }
 
@@ -235,12 +236,12 @@ impl Nodes {
         let client = &generation.client;
         match client.sync(lock).await {
             Ok(()) | Err(ZkError::NoNode) => {}
-            Err(e) => return Err(map(e, "syncing after a lost reply")),
+            Err(e) => return Err(classify(e, "syncing after a lost reply")),
         }
         let children = match client.list_children(lock).await {
             Ok(children) => children,
             Err(ZkError::NoNode) => return Ok(None),
-            Err(e) => return Err(map(e, "looking for a lease node after a lost reply")),
+            Err(e) => return Err(classify(e, "looking for a lease node after a lost reply")),
         };
         let Some(member) = queue(&children).into_iter().find(|m| m.is_for(lease_id)) else {
             return Ok(None);
@@ -254,7 +255,7 @@ impl Nodes {
                 sole: false,
             })),
             Err(ZkError::NoNode) => Ok(None),
-            Err(e) => Err(map(e, "reading a found lease node")),
+            Err(e) => Err(classify(e, "reading a found lease node")),
         }
     }
 
@@ -270,7 +271,7 @@ impl Nodes {
         match result {
             Ok(children) => Ok(Some(queue(&children))),
             Err(ZkError::NoNode) => Ok(None),
-            Err(e) => Err(map(e, "listing a lock's queue")),
+            Err(e) => Err(classify(e, "listing a lock's queue")),
         }
     }
 
@@ -286,12 +287,12 @@ impl Nodes {
             for path in chunk {
                 reader
                     .add_get_data(path)
-                    .map_err(|e| map(e, "preparing a read"))?;
+                    .map_err(|e| classify(e, "preparing a read"))?;
             }
             let sent_at = Instant::now();
             let result = reader.commit().await;
             generation.observe(sent_at, &result);
-            let results = result.map_err(|e| map(e, "reading lease nodes"))?;
+            let results = result.map_err(|e| classify(e, "reading lease nodes"))?;
             for (path, result) in chunk.iter().zip(results) {
                 match result {
                     MultiReadResult::Data { data, stat } => nodes.push(Node {
@@ -303,7 +304,7 @@ impl Nodes {
                         err: ZkError::NoNode,
                     } => {}
                     MultiReadResult::Error { err } => {
-                        return Err(map(err, "reading a lease node"));
+                        return Err(classify(err, "reading a lease node"));
                     }
                     _ => {
                         return Err(Error::backend(KIND, "unexpected multi-read reply", None));
@@ -327,12 +328,12 @@ impl Nodes {
             for lock in chunk {
                 reader
                     .add_get_children(lock)
-                    .map_err(|e| map(e, "preparing a read"))?;
+                    .map_err(|e| classify(e, "preparing a read"))?;
             }
             let results = reader
                 .commit()
                 .await
-                .map_err(|e| map(e, "listing lock queues"))?;
+                .map_err(|e| classify(e, "listing lock queues"))?;
             for (lock, result) in chunk.iter().zip(results) {
                 match result {
                     MultiReadResult::Children { children } => {
@@ -341,7 +342,9 @@ impl Nodes {
                     MultiReadResult::Error {
                         err: ZkError::NoNode,
                     } => {}
-                    MultiReadResult::Error { err } => return Err(map(err, "listing a lock queue")),
+                    MultiReadResult::Error { err } => {
+                        return Err(classify(err, "listing a lock queue"));
+                    }
                     _ => {
                         return Err(Error::backend(KIND, "unexpected multi-read reply", None));
                     }
@@ -364,7 +367,7 @@ impl Nodes {
         writer
             .add_delete(path, version)
             .and_then(|()| writer.add_delete(parent_of(path), None))
-            .map_err(|e| map(e, "preparing a delete"))?;
+            .map_err(|e| classify(e, "preparing a delete"))?;
         let sent_at = Instant::now();
         match writer.commit().await {
             Ok(_) => {
@@ -376,13 +379,13 @@ impl Nodes {
                 return match source {
                     ZkError::NoNode => Ok(Deleted::Missing),
                     ZkError::BadVersion => Ok(Deleted::Changed),
-                    other => Err(map(other, "deleting a lease node")),
+                    other => Err(classify(other, "deleting a lease node")),
                 };
             }
             // Others are queued: delete the lease node alone.
             Err(MultiWriteError::OperationFailed { .. }) => generation.touch(sent_at),
             Err(MultiWriteError::RequestFailed { source }) => {
-                return Err(map(source, "deleting a lease node"));
+                return Err(classify(source, "deleting a lease node"));
             }
         }
         let sent_at = Instant::now();
@@ -392,7 +395,7 @@ impl Nodes {
             Ok(()) => Ok(Deleted::Yes),
             Err(ZkError::NoNode) => Ok(Deleted::Missing),
             Err(ZkError::BadVersion) => Ok(Deleted::Changed),
-            Err(e) => Err(map(e, "deleting a lease node")),
+            Err(e) => Err(classify(e, "deleting a lease node")),
         }
     }
 
@@ -404,7 +407,7 @@ impl Nodes {
     ) -> Result<()> {
         match generation.client.delete(lock, None).await {
             Ok(()) | Err(ZkError::NoNode | ZkError::NotEmpty) => Ok(()),
-            Err(e) => Err(map(e, "deleting an empty lock node")),
+            Err(e) => Err(classify(e, "deleting an empty lock node")),
         }
     }
 }

@@ -21,13 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lockkit_core::spi::{LockQueue, QueuePlace, until};
-use lockkit_core::{AcquireRequest, Error, Lease, Result};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::spi::{LockQueue, QueuePlace, sleep_until, until};
+use lockkit_core::{Error, Lease, Result};
 use tokio::time::Instant;
 use zookeeper_client::{Error as ZkError, Stat};
 
 use crate::backend::{Way, ZkBackend};
-use crate::error::{KIND, map};
+use crate::error::{KIND, classify};
 use crate::record::{Node, Record, State};
 use crate::session::Generation;
 
@@ -54,13 +55,6 @@ struct Own {
     predecessor: Option<String>,
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 impl ZkBackend {
     /// Rewrites our node with `state`, stamping its mtime (and reading the
     /// server's clock). `Ok(None)` when the node is gone.
@@ -83,7 +77,7 @@ impl ZkBackend {
                 Ok(Some(stat))
             }
             Err(ZkError::NoNode) => Ok(None),
-            Err(err) => Err(map(err, "writing our lease node")),
+            Err(err) => Err(classify(err, "writing our lease node")),
         }
     }
 }
@@ -206,7 +200,7 @@ impl LockQueue for ZkBackend {
                 match generation.client.get_and_watch_data(&predecessor).await {
                     Ok(watched) => watched,
                     Err(ZkError::NoNode) => return Ok(true),
-                    Err(err) => return Err(map(err, "watching the lease before ours")),
+                    Err(err) => return Err(classify(err, "watching the lease before ours")),
                 };
             let pred = Node {
                 path: predecessor,

@@ -14,9 +14,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use lockkit_core::{
-    FencingToken, LeaseId, LockInfo, LockName, system_time_from_millis, ttl_millis,
-};
+use lockkit_core::spi::{system_time_from_millis, ttl_millis};
+use lockkit_core::{FencingToken, LeaseId, LockInfo, LockName};
 use zookeeper_client::Stat;
 
 const MAGIC: &str = "lockkit-zk/1";

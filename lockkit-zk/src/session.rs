@@ -11,9 +11,8 @@
 //!   request we *sent* that got a reply, which is earlier).
 //!
 //! After a silence the same session carries on in a new generation; after
-//! an expiry the monitor opens a new session. While leases are held, the
-//! monitor sends a cheap read every 1/6 of the session timeout so that
-//! "the server replied recently" stays true on a quiet connection.
+//! an expiry a new session is opened (the `monitor` module watches for
+//! both).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -22,11 +21,10 @@ use std::time::Duration;
 use lockkit_core::{Error, Result};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use zookeeper_client::{Acl, Acls, Client, CreateMode, Error as ZkError, SessionState};
+use zookeeper_client::{Acl, Acls, Client, CreateMode, Error as ZkError};
 
 use crate::config::Credentials;
-use crate::error::{KIND, map, server_replied};
-use crate::held::Registry;
+use crate::error::{KIND, classify, server_replied};
 
 /// How much of the session timeout may pass without a reply before every
 /// lease of the session is reported lost.
@@ -70,7 +68,7 @@ impl ConnectSpec {
                     None,
                 )
             })?
-            .map_err(|e| map(e, &format!("connecting to {}", self.redacted)))?;
+            .map_err(|e| classify(e, &format!("connecting to {}", self.redacted)))?;
         let Some(chroot) = &self.chroot else {
             return Ok(client);
         };
@@ -80,7 +78,7 @@ impl ConnectSpec {
                 &CreateMode::Persistent.with_acls(Acls::new(&self.acls)),
             )
             .await
-            .map_err(|e| map(e, &format!("creating the chroot {chroot:?}")))?;
+            .map_err(|e| classify(e, &format!("creating the chroot {chroot:?}")))?;
         client.chroot(chroot.clone()).map_err(|_| {
             Error::configuration(format!("bad chroot {chroot:?} in {}", self.redacted))
         })
@@ -158,14 +156,14 @@ impl Generation {
             .unwrap_or_else(|| "the ZooKeeper session ended".to_owned())
     }
 
-    fn end(&self, reason: String) {
+    pub(crate) fn end(&self, reason: String) {
         if self.reason.set(reason.clone()).is_ok() {
             tracing::warn!(session = %self.client.session_id(), %reason, "leases of this ZooKeeper session are lost");
         }
         self.lost.cancel();
     }
 
-    fn spawn_heartbeat(self: &Arc<Self>) {
+    pub(crate) fn spawn_heartbeat(self: &Arc<Self>) {
         if self.heartbeat_in_flight.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -203,7 +201,7 @@ impl Sessions {
         Arc::clone(&self.current.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn install(&self, client: Client, last_ok: Instant) -> Arc<Generation> {
+    pub(crate) fn install(&self, client: Client, last_ok: Instant) -> Arc<Generation> {
         let number = self.counter.fetch_add(1, Ordering::AcqRel) + 1;
         let generation = Arc::new(Generation::new(client, number, last_ok));
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&generation);
@@ -212,92 +210,5 @@ impl Sessions {
 
     pub(crate) fn spec(&self) -> &ConnectSpec {
         &self.spec
-    }
-}
-
-enum End {
-    Terminated(SessionState),
-    Silent(Duration),
-}
-
-/// Watches the session: ends generations on expiry or silence, keeps a
-/// quiet connection proven alive while leases are held, and opens a new
-/// session after an expiry. Returns when `shutdown` is cancelled.
-pub(crate) async fn monitor(
-    sessions: Arc<Sessions>,
-    registry: Arc<Registry>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let generation = sessions.current();
-        let mut states = generation.client.state_watcher();
-        let heartbeat_every = (generation.session_timeout() / 6).max(Duration::from_millis(10));
-        let safe = generation.safe_window();
-        let mut next_heartbeat = Instant::now() + heartbeat_every;
-        let end = loop {
-            let state = generation.client.state();
-            if state.is_terminated() {
-                break End::Terminated(state);
-            }
-            let holding = registry.holds_in(generation.number);
-            let silent_at = generation.last_ok() + safe;
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                state = states.changed() => {
-                    if state.is_terminated() {
-                        break End::Terminated(state);
-                    }
-                }
-                () = tokio::time::sleep_until(next_heartbeat) => {
-                    next_heartbeat = Instant::now() + heartbeat_every;
-                    if holding {
-                        generation.spawn_heartbeat();
-                    }
-                }
-                () = tokio::time::sleep_until(silent_at), if holding => {
-                    let silent_for = generation.last_ok().elapsed();
-                    if silent_for >= safe {
-                        break End::Silent(silent_for);
-                    }
-                }
-            }
-        };
-        match end {
-            End::Silent(silent_for) => {
-                generation.end(format!(
-                    "no reply from ZooKeeper for {silent_for:?} (session timeout {:?}); the session may expire",
-                    generation.session_timeout()
-                ));
-                sessions.install(generation.client.clone(), generation.last_ok());
-            }
-            End::Terminated(state) => {
-                generation.end(format!(
-                    "ZooKeeper session {} ended: {state}",
-                    generation.client.session_id()
-                ));
-                let mut backoff = Duration::from_millis(50);
-                loop {
-                    let opened = tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        opened = sessions.spec().open() => opened,
-                    };
-                    match opened {
-                        Ok(client) => {
-                            tracing::info!(session = %client.session_id(), "opened a new ZooKeeper session");
-                            sessions.install(client, Instant::now());
-                            break;
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "cannot open a new ZooKeeper session; retrying");
-                            tokio::select! {
-                                () = shutdown.cancelled() => return,
-                                () = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
-            }
-        }
     }
 }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use lockkit_core::memory::MemoryBackend;
-use lockkit_core::{BackendUrl, Error, LockBackend, Result, redact_url, url_scheme};
+use lockkit_core::spi::{BackendUrl, url_scheme};
+use lockkit_core::{Error, LockBackend, Result, redact_url};
 
 /// The URL schemes lockkit understands, the cargo feature each needs, and
 /// whether this build has it.

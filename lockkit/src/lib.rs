@@ -38,15 +38,28 @@ mod connect;
 
 pub use crate::connect::{SCHEMES, connect};
 pub use lockkit_core::{
-    AcquireRequest, BoxError, Capabilities, CleanupTask, Error, FencingToken, IntoLockName, Lease,
+    BoxError, Capabilities, CleanupTask, Error, FencingToken, IntoLockName, Lease, LeaseHandle,
     LeaseId, LockBackend, LockGuard, LockInfo, LockName, LockOptions, Locker, LostReason,
-    MAX_NAME_BYTES, MAX_TTL, MIN_TTL, Renewal, Result, redact_url, spawn_cleanup, validate_ttl,
+    MAX_NAME_BYTES, MAX_TTL, MIN_TTL, PollPolicy, RELEASE_RETRY_FOR, Renewal, Result, redact_url,
+    spawn_cleanup, validate_ttl,
 };
-pub use lockkit_core::{memory, metrics, wait};
+pub use lockkit_core::{memory, metrics, spi};
 
-/// The SQL backends (`lockkit-sql`).
+/// The SQL backends (`lockkit-sql`): SQLite, Postgres, MySQL/MariaDB.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub use lockkit_sql as sql;
+
+/// The Redis backend (`lockkit-redis`).
+#[cfg(feature = "redis")]
+pub use lockkit_redis as redis;
+
+/// The etcd backend (`lockkit-etcd`).
+#[cfg(feature = "etcd")]
+pub use lockkit_etcd as etcd;
+
+/// The ZooKeeper backend (`lockkit-zk`).
+#[cfg(feature = "zookeeper")]
+pub use lockkit_zk as zk;
 
 /// The README's code samples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::conformance::unique_name;
-use lockkit_core::wait::WakeSubscription;
-use lockkit_core::{AcquireRequest, Capabilities, Lease, LockBackend, LockInfo, LockName, Result};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::spi::WakeSubscription;
+use lockkit_core::{Capabilities, Lease, LockBackend, LockInfo, LockName, Result};
 use lockkit_etcd::EtcdBackend;
 use lockkit_tests::etcd::EtcdHarness;
 use tokio::time::Instant;

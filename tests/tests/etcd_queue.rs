@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockkit_core::conformance::unique_name;
-use lockkit_core::{AcquireRequest, Error, LockBackend, LockName};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::{Error, LockBackend, LockName};
 use lockkit_tests::etcd::fixture::metric;
 use lockkit_tests::etcd::{EtcdCluster, EtcdHarness};
 use tokio::task::JoinSet;

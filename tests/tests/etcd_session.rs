@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockkit_core::conformance::unique_name;
-use lockkit_core::{AcquireRequest, LockBackend, LockName, LockOptions, Locker};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::{LockBackend, LockName, LockOptions, Locker};
 use lockkit_tests::etcd::{EtcdCluster, EtcdHarness};
 use tokio::time::Instant;
 

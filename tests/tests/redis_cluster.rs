@@ -8,40 +8,7 @@ mod default_mode {
 
     lockkit_core::conformance_suite! {
         harness: RedisHarness::cluster().await,
-        run: [
-            mutual_exclusion,
-            try_acquire_single_winner,
-            fencing_tokens_increase,
-            refused_attempts_write_nothing,
-            names_independent_and_case_sensitive,
-            only_owner_can_extend_or_release,
-            expiry_frees_after_ttl_not_before,
-            crash_releases_after_ttl,
-            lost_fires_on_expiry,
-            lost_fires_on_force_release,
-            renewal_keeps_lease_alive,
-            renewal_follows_a_shorter_extend,
-            renewals_are_batched,
-            max_hold_counts_from_grant,
-            drop_after_loss_releases_at_once,
-            run_exclusive_stops_on_loss,
-            release_wakes_waiter,
-            acquire_timeout_leaves_nothing,
-            cancelled_acquire_leaves_nothing,
-            cancelled_mid_request_leaves_nothing,
-            lost_reply_acquire_is_idempotent,
-            would_deadlock_on_reentry,
-            current_and_list_report_holder,
-            force_release_frees_lock,
-            cleanup_expired_removes_only_expired,
-            extend_moves_expiry,
-            release_is_idempotent,
-            release_retries_transient_failures,
-            hostile_names_work,
-            invalid_names_rejected_before_io,
-            invalid_ttl_and_owner_rejected_before_io,
-        ],
-        unsupported: [
+        except: [
             fifo_order => "not in the default Redis mode (unfair but fast: after a release the first waiter to retry wins); the fifo_mode suite runs it with RedisOptions::fifo",
         ],
     }
@@ -52,40 +19,6 @@ mod fifo_mode {
 
     lockkit_core::conformance_suite! {
         harness: RedisHarness::cluster_fifo().await,
-        run: [
-            mutual_exclusion,
-            try_acquire_single_winner,
-            fencing_tokens_increase,
-            refused_attempts_write_nothing,
-            names_independent_and_case_sensitive,
-            fifo_order,
-            only_owner_can_extend_or_release,
-            expiry_frees_after_ttl_not_before,
-            crash_releases_after_ttl,
-            lost_fires_on_expiry,
-            lost_fires_on_force_release,
-            renewal_keeps_lease_alive,
-            renewal_follows_a_shorter_extend,
-            renewals_are_batched,
-            max_hold_counts_from_grant,
-            drop_after_loss_releases_at_once,
-            run_exclusive_stops_on_loss,
-            release_wakes_waiter,
-            acquire_timeout_leaves_nothing,
-            cancelled_acquire_leaves_nothing,
-            cancelled_mid_request_leaves_nothing,
-            lost_reply_acquire_is_idempotent,
-            would_deadlock_on_reentry,
-            current_and_list_report_holder,
-            force_release_frees_lock,
-            cleanup_expired_removes_only_expired,
-            extend_moves_expiry,
-            release_is_idempotent,
-            release_retries_transient_failures,
-            hostile_names_work,
-            invalid_names_rejected_before_io,
-            invalid_ttl_and_owner_rejected_before_io,
-        ],
     }
 }
 
@@ -94,8 +27,8 @@ mod cluster_specific {
     use std::time::Duration;
 
     use lockkit_core::conformance::unique_name;
-    use lockkit_core::{AcquireRequest, LockBackend, LockName};
-    use lockkit_redis::redis;
+    use lockkit_core::spi::AcquireRequest;
+    use lockkit_core::{LockBackend, LockName};
     use lockkit_tests::redis::RedisHarness;
 
     /// The master serving `slot`, from `CLUSTER SLOTS`.

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockkit_core::conformance::{Harness, unique_name};
-use lockkit_core::{AcquireRequest, LockBackend, LockName};
-use lockkit_redis::redis;
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::{LockBackend, LockName};
 use lockkit_redis::{RedisBackend, RedisOptions};
 use lockkit_tests::redis::RedisHarness;
 use tokio::task::JoinSet;

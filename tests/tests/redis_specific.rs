@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lockkit_core::conformance::unique_name;
-use lockkit_core::wait::PollPolicy;
-use lockkit_core::{AcquireRequest, Error, LockBackend, LockName, LockOptions, Locker};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::spi::PollPolicy;
+use lockkit_core::{Error, LockBackend, LockName, LockOptions, Locker};
 use lockkit_redis::RedisOptions;
-use lockkit_redis::redis;
 use lockkit_tests::redis::{RedisConfig, RedisHarness, RedisServer};
 use tokio::time::Instant;
 

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockkit_core::conformance::{Harness, unique_name};
-use lockkit_core::{AcquireRequest, Error, LockBackend, LockOptions, Locker, spawn_cleanup};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::{Error, LockBackend, LockOptions, Locker, spawn_cleanup};
 use lockkit_sql::{SqlOptions, TableName};
 use lockkit_tests::server::require_binary;
 use lockkit_tests::sql_harness::{SqlHarness, SqlKind, fresh_table};
@@ -529,7 +530,7 @@ mod postgres {
     async fn notify_wakes_a_waiter_long_before_the_poll_interval() {
         let harness = SqlHarness::start(SqlKind::Postgres).await;
         let slow_poll =
-            lockkit_core::wait::PollPolicy::new(Duration::from_secs(5), Duration::from_secs(5));
+            lockkit_core::spi::PollPolicy::new(Duration::from_secs(5), Duration::from_secs(5));
         let waiter_backend = lockkit_sql::postgres::connect_with(
             harness.url(),
             SqlOptions {

@@ -15,7 +15,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lockkit_core::conformance::{Harness, unique_name};
-use lockkit_core::{AcquireRequest, LockBackend, LockName};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::{LockBackend, LockName};
 use lockkit_tests::server::require_binary;
 use lockkit_tests::sqlite::SqliteHarness;
 use tokio::time::Instant;

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use lockkit_core::conformance::unique_name;
-use lockkit_core::{AcquireRequest, Error, LockBackend};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::{Error, LockBackend};
 use lockkit_sql::{SqlOptions, TableName};
 use lockkit_tests::sqlite::SqliteHarness;
 use sqlx::Row;

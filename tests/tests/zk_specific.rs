@@ -7,13 +7,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lockkit_core::{AcquireRequest, Error, LockBackend, LockName, LockOptions, Locker, LostReason};
+use lockkit_core::spi::AcquireRequest;
+use lockkit_core::{Error, LockBackend, LockName, LockOptions, Locker, LostReason};
 use lockkit_tests::zk::server::ZkServer;
 use lockkit_tests::zk::{ZkHarness, raw_records, shared_url, test_options, unique_url};
-use lockkit_zk::zookeeper_client::{self, Acls, Client, CreateMode};
 use lockkit_zk::{ZkBackend, ZkOptions};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use zookeeper_client::{Acls, Client, CreateMode};
 
 const LONG: Duration = Duration::from_secs(30);
 

@@ -8,17 +8,17 @@
 //! ```ignore
 //! lockkit_core::conformance_suite! {
 //!     harness: MyHarness::start().await,
-//!     run: [mutual_exclusion, try_acquire_single_winner, /* … every property … */],
-//!     unsupported: [fifo_order => "unsupported: rows have no queue; waiters poll"],
+//!     except: [fifo_order => "rows have no queue; waiters poll"],
 //! }
 //! ```
 //!
-//! The macro stamps one `#[tokio::test]` per property (the calling crate
-//! needs `tokio` with the `macros` and `rt-multi-thread` features), one
-//! ignored test per unsupported property whose ignore message carries the
-//! reason (so `cargo test` lists it), and a `conformance_suite_is_complete`
-//! test that fails when a property in [`PROPERTIES`] is neither run nor
-//! declared unsupported.
+//! The macro stamps one `#[tokio::test]` per property in [`PROPERTIES`]
+//! (the calling crate needs `tokio` with the `macros` and
+//! `rt-multi-thread` features) — all of them, except those listed with a
+//! reason. Exceptions are derived from, and checked against, the backend's
+//! [`Capabilities`]: a property whose capability the backend lacks (see
+//! [`requirement`]) must be excepted, and one it has may not be. A
+//! `conformance_suite_is_complete` test checks the list itself.
 //!
 //! Properties panic (like `assert!`) when the backend breaks the contract.
 //! Lock names are unique per run, so suites can share one server.
@@ -179,81 +179,172 @@ pub trait Harness: Send + Sync {
     }
 }
 
-/// Fails unless every property in [`PROPERTIES`] is either run or declared
-/// unsupported, and no name is unknown or listed twice. The
-/// [`conformance_suite!`](crate::conformance_suite) macro calls it.
+/// A capability a property needs: its name, and whether a backend has it.
+pub type Requirement = (&'static str, fn(&Capabilities) -> bool);
+
+/// The capability a property needs, if any: a backend without it must
+/// list the property under `except`, and a backend with it must run it.
+pub fn requirement(property: &str) -> Option<Requirement> {
+    match property {
+        "fifo_order" => Some(("fifo", |caps| caps.fifo)),
+        _ => None,
+    }
+}
+
+/// Checks a suite's `except` list (the macro calls it): every name is a
+/// property, none twice, and `stamped` is exactly [`PROPERTIES`].
 ///
 /// # Panics
-/// When the lists are incomplete or inconsistent.
-pub fn assert_complete(run: &[&str], unsupported: &[&str]) {
+/// When the lists are inconsistent.
+pub fn assert_complete(stamped: &[&str], except: &[(&str, &str)]) {
     let mut problems = Vec::new();
-    for property in PROPERTIES {
-        let ran = run.contains(property);
-        let skipped = unsupported.contains(property);
-        match (ran, skipped) {
-            (false, false) => problems.push(format!(
-                "`{property}` is neither run nor declared unsupported"
-            )),
-            (true, true) => {
-                problems.push(format!("`{property}` is both run and declared unsupported"))
-            }
-            _ => {}
-        }
+    if stamped != PROPERTIES {
+        problems.push(format!(
+            "the stamped properties {stamped:?} differ from PROPERTIES {PROPERTIES:?}"
+        ));
     }
-    for name in run.iter().chain(unsupported) {
+    for (i, (name, why)) in except.iter().enumerate() {
         if !PROPERTIES.contains(name) {
             problems.push(format!("`{name}` is not a conformance property"));
         }
-    }
-    let mut all: Vec<&&str> = run.iter().chain(unsupported).collect();
-    all.sort();
-    for pair in all.windows(2) {
-        if pair[0] == pair[1] {
-            problems.push(format!("`{}` is listed twice", pair[0]));
+        if except[..i].iter().any(|(other, _)| other == name) {
+            problems.push(format!("`{name}` is listed twice"));
+        }
+        if why.trim().is_empty() {
+            problems.push(format!("`{name}` is excepted without a reason"));
         }
     }
     assert!(
         problems.is_empty(),
-        "the conformance suite is incomplete:\n  {}",
+        "the conformance suite is inconsistent:\n  {}",
         problems.join("\n  ")
     );
-    for skipped in unsupported {
-        eprintln!("conformance: `{skipped}` declared unsupported by this backend");
+}
+
+/// Decides whether `property` runs on this backend (the macro calls it
+/// first in every test): a property in `except` is skipped — with its
+/// reason printed — but only if the backend's [`Capabilities`] lack what
+/// the property needs; a property the capabilities cannot support must be
+/// in `except`.
+///
+/// # Panics
+/// When `except` and the capabilities disagree.
+pub async fn skip<H: Harness + ?Sized>(property: &str, except: &[(&str, &str)], h: &H) -> bool {
+    let caps = h.client().await.capabilities();
+    let excepted = except.iter().find(|(name, _)| *name == property);
+    match (excepted, requirement(property)) {
+        (Some((_, why)), Some((needs, has))) => {
+            assert!(
+                !has(&caps),
+                "`{property}` is excepted ({why}), but the backend declares `{needs}`: run it"
+            );
+            eprintln!("conformance: `{property}` skipped: {why}");
+            true
+        }
+        (Some((_, why)), None) => {
+            eprintln!("conformance: `{property}` skipped: {why}");
+            true
+        }
+        (None, Some((needs, has))) => {
+            assert!(
+                has(&caps),
+                "the backend does not declare `{needs}`, which `{property}` needs: list it \
+                 under `except` with the reason"
+            );
+            false
+        }
+        (None, None) => false,
     }
 }
 
-/// Stamps the conformance kit into tests for one backend; see the
+/// Stamps the whole conformance kit into tests for one backend; see the
 /// [module docs](crate::conformance).
 ///
 /// `harness` is an expression (it may `.await`) evaluated afresh in each
-/// test; `run` lists properties to run; `unsupported` lists properties the
-/// backend cannot support, each with the reason (shown by `cargo test` as
-/// the ignore message).
+/// test. Every property in [`PROPERTIES`] becomes a test; `except` lists
+/// the ones the backend cannot support, each with the reason. Exceptions
+/// are checked against the backend's [`Capabilities`] (see [`skip`]), and
+/// `conformance_suite_is_complete` checks the list itself.
+///
+/// ```ignore
+/// lockkit_core::conformance_suite! {
+///     harness: MyHarness::start().await,
+///     except: [fifo_order => "rows have no queue; waiters poll"],
+/// }
+/// ```
 #[macro_export]
 macro_rules! conformance_suite {
     (
-        harness: $harness:expr,
-        run: [$($prop:ident),* $(,)?]
-        $(, unsupported: [$($skip:ident => $why:literal),* $(,)?])?
+        harness: $harness:expr
+        $(, except: [$($skip:ident => $why:literal),* $(,)?])?
         $(,)?
     ) => {
+        $crate::__conformance_tests! {
+            harness: $harness;
+            except: [$($((stringify!($skip), $why)),*)?];
+            properties: [
+                mutual_exclusion,
+                try_acquire_single_winner,
+                fencing_tokens_increase,
+                refused_attempts_write_nothing,
+                names_independent_and_case_sensitive,
+                fifo_order,
+                only_owner_can_extend_or_release,
+                expiry_frees_after_ttl_not_before,
+                crash_releases_after_ttl,
+                lost_fires_on_expiry,
+                lost_fires_on_force_release,
+                renewal_keeps_lease_alive,
+                renewal_follows_a_shorter_extend,
+                renewals_are_batched,
+                max_hold_counts_from_grant,
+                drop_after_loss_releases_at_once,
+                run_exclusive_stops_on_loss,
+                release_wakes_waiter,
+                acquire_timeout_leaves_nothing,
+                cancelled_acquire_leaves_nothing,
+                cancelled_mid_request_leaves_nothing,
+                lost_reply_acquire_is_idempotent,
+                would_deadlock_on_reentry,
+                current_and_list_report_holder,
+                force_release_frees_lock,
+                cleanup_expired_removes_only_expired,
+                extend_moves_expiry,
+                release_is_idempotent,
+                release_retries_transient_failures,
+                hostile_names_work,
+                invalid_names_rejected_before_io,
+                invalid_ttl_and_owner_rejected_before_io
+            ]
+        }
+    };
+}
+
+/// The test stamping behind [`conformance_suite!`]; not part of the API.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    (
+        harness: $harness:expr;
+        except: [$($except:expr),*];
+        properties: [$($prop:ident),* $(,)?]
+    ) => {
+        const __LOCKKIT_EXCEPT: &[(&str, &str)] = &[$($except),*];
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $prop() {
                 let harness = $harness;
+                if $crate::conformance::skip(stringify!($prop), __LOCKKIT_EXCEPT, &harness).await {
+                    return;
+                }
                 $crate::conformance::$prop(&harness).await;
             }
         )*
-        $($(
-            #[test]
-            #[ignore = $why]
-            fn $skip() {}
-        )*)?
         #[test]
         fn conformance_suite_is_complete() {
             $crate::conformance::assert_complete(
                 &[$(stringify!($prop)),*],
-                &[$($(stringify!($skip)),*)?],
+                __LOCKKIT_EXCEPT,
             );
         }
     };

@@ -41,7 +41,8 @@ use crate::wait::{WakeHub, WakeSubscription};
 ///
 /// ```
 /// use std::time::Duration;
-/// use lockkit_core::{AcquireRequest, LockBackend, LockName, memory::MemoryBackend};
+/// use lockkit_core::{LockBackend, LockName, memory::MemoryBackend};
+/// use lockkit_core::spi::AcquireRequest;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> lockkit_core::Result<()> {
@@ -302,7 +303,7 @@ impl LockQueue for MemoryBackend {
         tokio::select! {
             () = wake.changed() => {}
             () = sleep_until_clock(self, holder_expiry) => {}
-            () = sleep_until_deadline(until) => {}
+            () = crate::spi::sleep_until(until) => {}
         }
         Ok(())
     }
@@ -474,13 +475,6 @@ impl LockBackend for MemoryBackend {
 async fn sleep_until_clock(backend: &MemoryBackend, at: Option<Duration>) {
     match at {
         Some(at) => backend.inner.clock.sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_deadline(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

@@ -1,18 +1,25 @@
-//! The backend SPI: what a backend author needs beyond [`LockBackend`]
-//! itself (`ARCHITECTURE.md` §3).
+//! The backend SPI: what a backend author needs beyond the user API
+//! (`ARCHITECTURE.md` §3).
 //!
-//! - [`LockQueue`] and [`QueuePlace`]: the hooks a FIFO backend gives the
-//!   core's acquisition driver (take a place or find it again, wait for the
-//!   turn). The driver owns the deadline, backoff, transient retries and
-//!   clean-up.
-//! - [`spawn_abandon`]: the background clean-up every backend's
-//!   [`LockBackend::abandon_in_background`] delegates to.
-//! - [`until`]: a future bounded by an optional deadline.
+//! - Requests and leases: [`AcquireRequest`] (what a backend is asked to
+//!   grant; `Lease::granted` builds the answer), [`LossSignal`].
+//! - The queue hooks a FIFO backend gives the core's acquisition driver:
+//!   [`LockQueue`], [`QueuePlace`]. The driver owns the deadline, backoff,
+//!   transient retries and clean-up.
+//! - Background clean-up of cancelled acquires: [`spawn_abandon`], which
+//!   every backend's [`LockBackend::abandon_in_background`] delegates to.
+//! - Waiting: [`PollPolicy`], [`Backoff`], [`WakeHub`],
+//!   [`WakeSubscription`]; [`until`] and [`sleep_until`] for deadlines.
+//! - URLs: [`BackendUrl`], [`url_scheme`], [`url_params`],
+//!   [`without_params`], [`parse_host_list`].
+//! - Conversions: [`ttl_millis`], [`round_up_ttl`],
+//!   [`system_time_from_millis`], [`token_from_i64`], [`validate_owner`].
 //!
 //! Applications do not need this module: they use
 //! [`Locker`](crate::Locker) and [`LockGuard`](crate::LockGuard).
 
 mod abandon;
+mod hosts;
 mod queue;
 
 use std::future::Future;
@@ -20,8 +27,46 @@ use std::future::Future;
 use tokio::time::Instant;
 
 pub use self::abandon::spawn_abandon;
+pub use self::hosts::parse_host_list;
 pub use self::queue::{LockQueue, QueuePlace};
 pub use crate::acquire::ABANDON_TIMEOUT;
+pub use crate::lease::{AcquireRequest, system_time_from_millis, validate_owner};
+pub use crate::loss::LossSignal;
+pub use crate::ttl::{round_up_ttl, ttl_millis};
+pub use crate::url::{BackendUrl, url_params, url_scheme, without_params};
+pub use crate::wait::{Backoff, PollPolicy, WakeHub, WakeSubscription};
+
+use crate::error::{Error, Result};
+use crate::lease::FencingToken;
+
+/// A fencing token from a backend's signed integer (a SQL `BIGINT`, an
+/// etcd revision, a ZooKeeper zxid), which must be positive.
+///
+/// # Errors
+/// [`Error::Backend`] of `backend` for zero or a negative value.
+///
+/// ```
+/// use lockkit_core::spi::token_from_i64;
+///
+/// assert_eq!(token_from_i64(7, "sql").unwrap().get(), 7);
+/// assert!(token_from_i64(0, "sql").is_err());
+/// ```
+pub fn token_from_i64(value: i64, backend: &'static str) -> Result<FencingToken> {
+    u64::try_from(value)
+        .ok()
+        .filter(|v| *v > 0)
+        .map(FencingToken::new)
+        .ok_or_else(|| Error::backend(backend, format!("invalid fencing token {value}"), None))
+}
+
+/// Sleeps until `at`, or forever when `None` (an absent deadline in a
+/// `select!`).
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Runs `fut` unless `deadline` passes first (`None` then); without a
 /// deadline, runs it to completion.

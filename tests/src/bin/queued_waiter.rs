@@ -10,7 +10,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lockkit::{AcquireRequest, LockName, LockOptions, Locker};
+use lockkit::spi::AcquireRequest;
+use lockkit::{LockName, LockOptions, Locker};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {

@@ -8,7 +8,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lockkit::{AcquireRequest, LockName};
+use lockkit::LockName;
+use lockkit::spi::AcquireRequest;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {

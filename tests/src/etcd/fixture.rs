@@ -233,7 +233,7 @@ impl EtcdCluster {
     /// The index of the current leader, asking every running member
     /// (`None` while there is none, e.g. during an election).
     pub async fn leader(&mut self) -> Option<usize> {
-        use lockkit_etcd::etcd_client::{Client, ConnectOptions};
+        use etcd_client::{Client, ConnectOptions};
         let mut ids = Vec::new();
         let mut leader = None;
         for member in &mut self.members {

@@ -15,10 +15,10 @@ pub mod fixture;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use etcd_client::GetOptions;
 use lockkit_core::conformance::Harness;
 use lockkit_core::{LockBackend, LockName};
 use lockkit_etcd::EtcdBackend;
-use lockkit_etcd::etcd_client::GetOptions;
 
 pub use self::fixture::{EtcdCluster, EtcdMember, URL_VAR, shared_url};
 
@@ -68,8 +68,8 @@ impl EtcdHarness {
     /// revision, lease id)`.
     pub async fn raw_keys(&self, name: &LockName) -> Vec<(String, i64, i64)> {
         let options = GetOptions::new().with_prefix().with_sort(
-            lockkit_etcd::etcd_client::SortTarget::Create,
-            lockkit_etcd::etcd_client::SortOrder::Ascend,
+            etcd_client::SortTarget::Create,
+            etcd_client::SortOrder::Ascend,
         );
         // Retried: during a failover some requests reach a dead member.
         let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

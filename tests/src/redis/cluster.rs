@@ -3,7 +3,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use lockkit_redis::redis;
 use tempfile::TempDir;
 
 use super::server::INSTALL_HINT;

@@ -22,8 +22,8 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use lockkit_core::conformance::Harness;
 use lockkit_core::{LockBackend, LockName};
-use lockkit_redis::redis::{self, FromRedisValue};
 use lockkit_redis::{RedisBackend, RedisOptions};
+use redis::FromRedisValue;
 
 pub use self::cluster::{ClusterNode, RedisCluster};
 pub use self::server::{INSTALL_HINT, RedisConfig, RedisServer};

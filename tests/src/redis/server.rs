@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use lockkit_redis::redis;
 use tempfile::TempDir;
 
 use crate::server::{ServerProcess, free_port, require_binary};

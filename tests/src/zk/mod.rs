@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lockkit_core::conformance::Harness;
 use lockkit_core::{LeaseId, LockBackend, LockName};
-use lockkit_zk::zookeeper_client::{self, Client};
 use lockkit_zk::{ZkBackend, ZkOptions};
+use zookeeper_client::Client;
 
 use self::server::ZkServer;
 use crate::server::env_url;
