@@ -130,6 +130,11 @@ impl Locker {
     /// [`Error::InvalidName`] before any I/O; [`Error::WouldDeadlock`] if this
     /// locker already holds `name`; [`Error::Timeout`] when the wait timeout
     /// passes; backend errors.
+    ///
+    /// # Cancel safety
+    /// Dropping the future cancels the wait; whatever the request left (a
+    /// queue entry, a grant whose reply was still on its way) is abandoned
+    /// by lease id in the background, so nothing of it is left behind.
     pub async fn acquire(&self, name: impl IntoLockName) -> Result<LockGuard> {
         let opts = self.defaults.clone();
         self.acquire_with(name, &opts).await
@@ -140,6 +145,11 @@ impl Locker {
     /// # Errors
     /// As [`acquire`](Self::acquire), plus [`Error::InvalidTtl`] /
     /// [`Error::InvalidInput`] for invalid options (before any I/O).
+    ///
+    /// # Cancel safety
+    /// Dropping the future cancels the wait; whatever the request left (a
+    /// queue entry, a grant whose reply was still on its way) is abandoned
+    /// by lease id in the background, so nothing of it is left behind.
     pub async fn acquire_with(
         &self,
         name: impl IntoLockName,
@@ -155,6 +165,10 @@ impl Locker {
     ///
     /// # Errors
     /// As [`acquire`](Self::acquire), without the timeout.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons a grant the attempt may have made, in
+    /// the background.
     pub async fn try_acquire(&self, name: impl IntoLockName) -> Result<Option<LockGuard>> {
         let opts = self.defaults.clone();
         self.try_acquire_with(name, &opts).await
@@ -164,6 +178,10 @@ impl Locker {
     ///
     /// # Errors
     /// As [`acquire_with`](Self::acquire_with), without the timeout.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons a grant the attempt may have made, in
+    /// the background.
     pub async fn try_acquire_with(
         &self,
         name: impl IntoLockName,
