@@ -319,6 +319,67 @@ async fn release_right_after_a_killed_connection_frees_the_lock() {
     }
 }
 
+/// An acquire cancelled while its script is on its way to a stalled server
+/// (SIGSTOP) leaves nothing behind: when the server resumes and grants the
+/// lock to the abandoned request, the driver's abandon — sent after it on
+/// the same connection — deletes that lease at once, instead of it blocking
+/// everyone for its 30 s TTL. The fence counter shows that the request did
+/// reach the server and was granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_acquire_on_a_stalled_server_leaves_nothing() {
+    let mut server = RedisServer::start(RedisConfig::default());
+    let options = RedisOptions::default()
+        .pubsub(false)
+        .response_timeout(Duration::from_secs(30));
+    let backend = lockkit_redis::connect_with(&server.url(), options)
+        .await
+        .unwrap();
+    let name = unique_name("stalled-cancel");
+    let keys = backend.keys(&name);
+    // Connect and load the script first, so the cancelled request is the
+    // script itself, already written to the socket.
+    let warm = unique_name("stalled-warm");
+    let lease = backend
+        .try_acquire(&req(&warm, "warm", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(backend.release(&lease).await.unwrap());
+    server.process().signal("STOP");
+    let task = {
+        let (backend, name) = (backend.clone(), name.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            backend
+                .acquire(&req(&name, "cancelled", LONG), Some(deadline))
+                .await
+        })
+    };
+    // Let the script leave; the server cannot answer it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    task.abort();
+    assert!(task.await.is_err_and(|e| e.is_cancelled()));
+    server.process().signal("CONT");
+    let mut raw = server.raw();
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        let fence: Option<i64> = redis::cmd("GET").arg(&keys.fence).query(&mut raw).unwrap();
+        let held: i64 = redis::cmd("EXISTS")
+            .arg(&keys.lock)
+            .query(&mut raw)
+            .unwrap();
+        if fence == Some(1) && held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "after the cancel: fence {fence:?} (1 = the request was granted), lock key present: {}",
+            held == 1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// With `appendfsync always`, a SIGKILLed and restarted server keeps the
 /// fence counter (tokens keep increasing) and the live lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
