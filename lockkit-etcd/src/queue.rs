@@ -274,6 +274,14 @@ async fn recheck(
 }
 
 /// Step 2: waits until `predecessor` is deleted (after `seen_at`).
+///
+/// The watch starts at the server's current revision, not at
+/// `seen_at + 1`: etcd puts a watch whose start revision is already in the
+/// past into its *unsynced* group, which it catches up only every 100 ms —
+/// under contention (other keys written since `seen_at`) every wake-up
+/// would come up to 100 ms late. A deletion between `seen_at` and the
+/// watch's creation is caught instead by one read of the predecessor,
+/// made only when the revision moved in that gap (ARCHITECTURE.md §6).
 async fn wait_for_deletion(
     shared: &Shared,
     predecessor: &[u8],
@@ -281,9 +289,7 @@ async fn wait_for_deletion(
     deadline: Option<Instant>,
     session: &Session,
 ) -> Woken {
-    let options = WatchOptions::new()
-        .with_start_revision(seen_at + 1)
-        .with_filters([WatchFilterType::NoPut]);
+    let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
     let mut watch_client = shared.client.watch_client();
     let wait = async {
         let mut stream = match bounded(
@@ -299,6 +305,41 @@ async fn wait_for_deletion(
                 return Woken::Retry;
             }
         };
+        // The first message confirms the watch and carries its revision.
+        let created_at = match stream.message().await {
+            Ok(Some(resp)) if resp.created() && !resp.canceled() => {
+                resp.header().map_or(i64::MAX, |h| h.revision())
+            }
+            Ok(Some(resp))
+                if resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete) =>
+            {
+                return Woken::Deleted;
+            }
+            Ok(_) => return Woken::Retry,
+            Err(err) => {
+                tracing::debug!(error = %err, "watch failed");
+                return Woken::Retry;
+            }
+        };
+        if created_at > seen_at {
+            let Ok(key) = std::str::from_utf8(predecessor) else {
+                return Woken::Retry;
+            };
+            match shared
+                .get(key, GetOptions::new().with_count_only(), "reading the predecessor")
+                .await
+            {
+                Ok(resp) if resp.count() == 0 => return Woken::Deleted,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(error = %err, "reading the predecessor failed");
+                    return Woken::Retry;
+                }
+            }
+        }
         loop {
             match stream.message().await {
                 Ok(Some(resp)) => {
