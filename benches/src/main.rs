@@ -70,7 +70,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Backends to run (default: all): memory, sqlite, postgres, mariadb,
-    /// redis, redis-fifo, redis-cluster, etcd, zookeeper.
+    /// redis, redis-unfair, redis-cluster, etcd, zookeeper.
     #[arg(long, value_delimiter = ',')]
     backends: Vec<String>,
     /// Scenarios to run (default: all).

@@ -28,7 +28,7 @@ pub const ALL: &[&str] = &[
     "postgres",
     "mariadb",
     "redis",
-    "redis-fifo",
+    "redis-unfair",
     "redis-cluster",
     "etcd",
     "zookeeper",
@@ -36,7 +36,7 @@ pub const ALL: &[&str] = &[
 
 /// One backend and the subjects measured on it.
 pub struct Backend {
-    /// Short id (`redis-fifo`).
+    /// Short id (`redis-unfair`).
     pub id: &'static str,
     /// Heading in the report.
     pub label: String,
@@ -114,7 +114,7 @@ impl Servers {
                     Some(Counter::MySql(base.clone())),
                 )
             }
-            "redis" | "redis-fifo" => {
+            "redis" | "redis-unfair" => {
                 let base = self
                     .redis
                     .get_or_insert_with(|| RedisServer::start(RedisConfig::default()))
@@ -123,9 +123,9 @@ impl Servers {
                 let (label, url) = if id == "redis" {
                     subjects.push(Arc::new(Rslock::new(&base, TTL)));
                     subjects.push(Arc::new(DlRedis::new(&base)));
-                    ("Redis (default mode)", base.clone())
+                    ("Redis (default: FIFO)", base.clone())
                 } else {
-                    ("Redis (FIFO mode)", format!("{base}?fifo=true"))
+                    ("Redis (unfair, fifo=false)", format!("{base}?fifo=false"))
                 };
                 (
                     label.to_owned(),

@@ -329,7 +329,11 @@ async fn wait_for_deletion(
                 return Woken::Retry;
             };
             match shared
-                .get(key, GetOptions::new().with_count_only(), "reading the predecessor")
+                .get(
+                    key,
+                    GetOptions::new().with_count_only(),
+                    "reading the predecessor",
+                )
                 .await
             {
                 Ok(resp) if resp.count() == 0 => return Woken::Deleted,

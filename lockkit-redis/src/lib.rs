@@ -56,12 +56,10 @@
 //! locks of a pipeline, worth a separate prefix per application when
 //! thousands of locks churn.
 //!
-//! **Default mode: unfair but fast.** After a release, whichever waiter
-//! retries first wins, and a holder that releases and asks again at once
-//! often wins again. **FIFO mode** ([`RedisOptions::fifo`], URL `?fifo=true`)
-//! queues waiters in Redis (a sorted set in arrival order plus a sorted set
-//! of liveness deadlines); only the head may take a free lock, and
-//! `try_acquire` fails while anyone is queued. A waiter refreshes its entry
+//! **Default: FIFO mode** ([`RedisOptions::fifo`]) queues waiters in Redis
+//! (a sorted set in arrival order plus a sorted set of liveness deadlines);
+//! only the head may take a free lock, and `try_acquire` fails while anyone
+//! is queued. A waiter refreshes its entry
 //! on every retry (at least every third of [`RedisOptions::queue_entry_ttl`],
 //! default 3 s); a waiter that dies blocks the queue for at most that TTL,
 //! then its entry is dropped. Timed-out waiters leave the queue before
@@ -69,8 +67,15 @@
 //! runtime (so for a moment after the cancel the entry may still be there;
 //! without a runtime it expires after the entry TTL). The queue keys
 //! expire with their last entry. All clients of one lock should use the
-//! same mode; default-mode waiters still respect a FIFO queue when they
+//! same mode; unfair-mode clients still respect a FIFO queue when they
 //! `try`, but they do not join it.
+//!
+//! **Unfair mode** (`fifo(false)`, URL `?fifo=false`): no queue; after a
+//! release whichever client tries first wins, which under steady
+//! contention is nearly always the releaser asking again — waiters starve
+//! (the benchmark report in `docs/benchmarks/` shows it: Jain's index 0.36
+//! with 16 contenders, waits up to the timeout). It never waits for a dead
+//! waiter's entry to expire, and is for locks that are rarely contended.
 //!
 //! ## URLs
 //!

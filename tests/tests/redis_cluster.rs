@@ -1,15 +1,15 @@
 //! The conformance kit (and cluster-specific checks) against a private
 //! 3-master Redis Cluster (or
-//! `LOCKKIT_TEST_REDIS_CLUSTER_URL`), in the default mode and in FIFO mode.
+//! `LOCKKIT_TEST_REDIS_CLUSTER_URL`), in the unfair mode (`fifo(false)`) and in the default FIFO mode.
 #![cfg(feature = "redis")]
 
-mod default_mode {
+mod unfair_mode {
     use lockkit_tests::redis::RedisHarness;
 
     lockkit_core::conformance_suite! {
         harness: RedisHarness::cluster().await,
         except: [
-            fifo_order => "not in the default Redis mode (unfair but fast: after a release the first waiter to retry wins); the fifo_mode suite runs it with RedisOptions::fifo",
+            fifo_order => "not in the unfair Redis mode (fifo(false): after a release the first client to retry wins); the fifo_mode suite runs it in the default FIFO mode",
         ],
     }
 }

@@ -144,9 +144,14 @@ impl RedisHarness {
         }
     }
 
-    /// Default (unfair, fast) mode on the shared standalone server.
+    /// Unfair mode (`fifo(false)`) on the shared standalone server.
     pub async fn standalone() -> Self {
-        Self::new(shared_server_url(), RedisOptions::default(), false).await
+        Self::new(
+            shared_server_url(),
+            RedisOptions::default().fifo(false),
+            false,
+        )
+        .await
     }
 
     /// FIFO mode on the shared standalone server.
@@ -159,9 +164,14 @@ impl RedisHarness {
         .await
     }
 
-    /// Default mode on the shared cluster.
+    /// Unfair mode (`fifo(false)`) on the shared cluster.
     pub async fn cluster() -> Self {
-        Self::new(shared_cluster_url(), RedisOptions::default(), true).await
+        Self::new(
+            shared_cluster_url(),
+            RedisOptions::default().fifo(false),
+            true,
+        )
+        .await
     }
 
     /// FIFO mode on the shared cluster.
