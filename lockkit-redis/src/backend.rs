@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use lockkit_core::spi::{AcquireRequest, ttl_millis};
-use lockkit_core::spi::{Backoff, PollPolicy, WakeHub, WakeSubscription};
+use lockkit_core::spi::{Backoff, PollPolicy, WakeSubscription};
 use lockkit_core::spi::{LockQueue, QueuePlace};
 use lockkit_core::{
     Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo, LockName, LostReason,
@@ -22,6 +22,7 @@ use crate::listener::Listener;
 use crate::options::{ParsedUrl, RedisOptions};
 use crate::record;
 use crate::scripts::SCRIPTS;
+use crate::wakes::Wakes;
 
 /// How many leases `list` reads at once.
 const LIST_CONCURRENCY: usize = 32;
@@ -40,7 +41,7 @@ pub struct RedisBackend {
 struct Inner {
     conn: Conn,
     options: RedisOptions,
-    hub: Arc<WakeHub>,
+    wakes: Arc<Wakes>,
     listener: Listener,
     redacted_url: String,
 }
@@ -101,18 +102,18 @@ impl RedisBackend {
         let ParsedUrl {
             options, redacted, ..
         } = parsed;
-        let hub = WakeHub::new();
+        let wakes = Wakes::new();
         let listener = Listener::new(
             clients,
             options.prefix.channel_pattern(),
-            Arc::clone(&hub),
+            Arc::clone(&wakes),
             options.connection_timeout,
         );
         let backend = Self {
             inner: Arc::new(Inner {
                 conn,
                 options,
-                hub,
+                wakes,
                 listener,
                 redacted_url: redacted,
             }),
@@ -195,26 +196,41 @@ impl RedisBackend {
     /// it was there (and unexpired).
     async fn release_id(&self, name: &LockName, lease_id: &LeaseId) -> Result<bool> {
         let keys = self.keys(name);
-        let released: i64 = SCRIPTS
+        let reply: redis::Value = SCRIPTS
             .release
             .key(&keys.lock)
+            .key(&keys.queue)
+            .key(&keys.waiters)
             .arg(lease_id.as_str())
             .arg(&keys.channel)
             .arg(name.as_str())
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| classify(e, "releasing a lease"))?;
-        if released == 1 {
-            // Waiters in this process need not wait for the message.
-            self.inner.hub.notify(name);
-        }
-        Ok(released == 1)
+        Ok(self.announced(&reply))
     }
 
-    /// Removes a FIFO waiter's queue entry and wakes the others.
+    /// A script's reply: 0 when it changed nothing, else the payload it
+    /// published — delivered to this process's waiters at once, without
+    /// waiting for the message.
+    fn announced(&self, reply: &redis::Value) -> bool {
+        match reply {
+            redis::Value::BulkString(payload) => {
+                self.inner.wakes.deliver(&String::from_utf8_lossy(payload));
+                true
+            }
+            redis::Value::SimpleString(payload) => {
+                self.inner.wakes.deliver(payload);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes a FIFO waiter's queue entry and wakes the (new) head.
     async fn leave_queue(&self, name: &LockName, lease_id: &LeaseId) -> Result<bool> {
         let keys = self.keys(name);
-        let removed: i64 = SCRIPTS
+        let reply: redis::Value = SCRIPTS
             .leave
             .key(&keys.queue)
             .key(&keys.waiters)
@@ -224,16 +240,28 @@ impl RedisBackend {
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| classify(e, "leaving the FIFO queue"))?;
-        if removed == 1 {
-            self.inner.hub.notify(name);
+        Ok(self.announced(&reply))
+    }
+
+    /// A FIFO waiter's subscription: woken only when a release or a leave
+    /// makes it the head of the queue (`wakes.rs`), with the listener
+    /// subscribed (unless pub/sub is off).
+    async fn subscribe_turn(&self, req: &AcquireRequest) -> WakeSubscription {
+        let subscription = self
+            .inner
+            .wakes
+            .subscribe_turn(&req.lease_id)
+            .unwrap_or_else(|| self.inner.wakes.subscribe_name(&req.name));
+        if self.inner.options.pubsub {
+            self.inner.listener.ensure_subscribed().await;
         }
-        Ok(removed == 1)
+        subscription
     }
 
     /// A hub subscription for `name`, with the listener subscribed (unless
     /// pub/sub is off: then only this process's hints wake it).
     async fn subscribe(&self, name: &LockName) -> WakeSubscription {
-        let subscription = self.inner.hub.subscribe(name);
+        let subscription = self.inner.wakes.subscribe_name(name);
         if self.inner.options.pubsub {
             self.inner.listener.ensure_subscribed().await;
         }
@@ -262,7 +290,7 @@ impl LockQueue for RedisBackend {
     ) -> Result<Option<Lease>> {
         if place.is_none() {
             *place = Some(QueuePlace::new(FifoPlace {
-                wake: self.subscribe(&req.name).await,
+                wake: self.subscribe_turn(req).await,
                 backoff: self.inner.options.poll.backoff(),
             }));
         }
@@ -471,18 +499,17 @@ impl LockBackend for RedisBackend {
 
     async fn force_release(&self, name: &LockName) -> Result<bool> {
         let keys = self.keys(name);
-        let removed: i64 = SCRIPTS
+        let reply: redis::Value = SCRIPTS
             .force_release
             .key(&keys.lock)
+            .key(&keys.queue)
+            .key(&keys.waiters)
             .arg(&keys.channel)
             .arg(name.as_str())
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| classify(e, "force-releasing a lock"))?;
-        if removed == 1 {
-            self.inner.hub.notify(name);
-        }
-        Ok(removed == 1)
+        Ok(self.announced(&reply))
     }
 
     /// Redis deletes expired lease keys itself (`PX`), and FIFO queue keys

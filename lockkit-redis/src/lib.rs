@@ -131,6 +131,7 @@ mod listener;
 mod options;
 mod record;
 mod scripts;
+mod wakes;
 
 use lockkit_core::Result;
 

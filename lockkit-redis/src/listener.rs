@@ -1,9 +1,10 @@
 //! Release wake-ups: one pub/sub connection per backend instance.
 //!
 //! The listener `PSUBSCRIBE`s to `<prefix>{*}:released` once and feeds every
-//! message (payload = the raw lock name) into the backend's
-//! [`WakeHub`], which fans it out to the waiters of that name in this
-//! process. One pattern subscription serves every waiter, so waiting costs
+//! message (payload: the lock name, and the new FIFO head's lease id after
+//! a `\n` when waiters are queued) into the backend's wake-up hubs
+//! (`wakes.rs`): waiters of that name in the unfair mode, and only the new
+//! head in FIFO mode. One pattern subscription serves every waiter, so waiting costs
 //! no subscribe round trip and the number of Redis subscriptions does not
 //! grow with the number of waiters or names.
 //!
@@ -19,7 +20,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lockkit_core::spi::{PollPolicy, WakeHub};
+use lockkit_core::spi::PollPolicy;
+
+use crate::wakes::Wakes;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -27,7 +30,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 pub(crate) struct Listener {
     clients: Vec<redis::Client>,
     pattern: String,
-    hub: Arc<WakeHub>,
+    wakes: Arc<Wakes>,
     connect_timeout: Duration,
     /// `true` while the pattern subscription is active; `None` until the
     /// task is first started. A closed channel means the task ended (its
@@ -53,13 +56,13 @@ impl Listener {
     pub(crate) fn new(
         clients: Vec<redis::Client>,
         pattern: String,
-        hub: Arc<WakeHub>,
+        wakes: Arc<Wakes>,
         connect_timeout: Duration,
     ) -> Self {
         Self {
             clients,
             pattern,
-            hub,
+            wakes,
             connect_timeout,
             state: Mutex::new(None),
         }
@@ -103,7 +106,7 @@ impl Listener {
         let task = run(
             self.clients.clone(),
             self.pattern.clone(),
-            Arc::clone(&self.hub),
+            Arc::clone(&self.wakes),
             self.connect_timeout,
             tx,
             stop.clone(),
@@ -120,7 +123,7 @@ impl Listener {
 async fn run(
     clients: Vec<redis::Client>,
     pattern: String,
-    hub: Arc<WakeHub>,
+    wakes: Arc<Wakes>,
     connect_timeout: Duration,
     subscribed: watch::Sender<bool>,
     stop: CancellationToken,
@@ -146,15 +149,15 @@ async fn run(
                 backoff.reset();
                 subscribed.send_replace(true);
                 // Releases may have happened while we were away.
-                hub.notify_all();
+                wakes.notify_all();
                 let (_sink, mut stream) = pubsub.split();
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         message = stream.next() => match message {
                             Some(message) => {
-                                if let Ok(name) = std::str::from_utf8(message.get_payload_bytes()) {
-                                    hub.notify_str(name);
+                                if let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) {
+                                    wakes.deliver(payload);
                                 }
                             }
                             None => break,
@@ -163,7 +166,7 @@ async fn run(
                 }
                 subscribed.send_replace(false);
                 tracing::debug!(pattern = %pattern, "release listener disconnected; reconnecting");
-                hub.notify_all();
+                wakes.notify_all();
             }
             Ok(Err(err)) => {
                 tracing::debug!(pattern = %pattern, error = %err, "release listener cannot subscribe");

@@ -86,40 +86,79 @@ end
 return 0
 ";
 
-/// Compare-and-`DEL`, announcing the release. `KEYS`: lock. `ARGV`: lease
-/// id, channel, lock name. Returns 1 when this lease was held and is now
-/// gone, 0 otherwise (the current holder is untouched).
-const RELEASE: &str = r"
+/// The Lua function every script that frees a lock or changes a queue's
+/// head ends with: drops expired queue entries, then publishes the lock
+/// name — followed by `\n` and the lease id of the queue's head when FIFO
+/// waiters are queued, so that only the head retries (`wakes.rs`). Returns
+/// the payload it published.
+macro_rules! announce {
+    () => {
+        r"
+local function announce(queue, waiters, channel, name)
+  local payload = name
+  if redis.call('EXISTS', queue) == 1 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local dead = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
+    for _, w in ipairs(dead) do
+      redis.call('ZREM', queue, w)
+      redis.call('ZREM', waiters, w)
+    end
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if head then
+      payload = name .. '\n' .. head
+    end
+  end
+  redis.call('PUBLISH', channel, payload)
+  return payload
+end
+"
+    };
+}
+
+/// Compare-and-`DEL`, announcing the release. `KEYS`: lock, queue,
+/// waiters. `ARGV`: lease id, channel, lock name. Returns the published
+/// payload when this lease was held and is now gone, 0 otherwise (the
+/// current holder is untouched).
+const RELEASE: &str = concat!(
+    announce!(),
+    r"
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '\n' then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
+  return announce(KEYS[2], KEYS[3], ARGV[2], ARGV[3])
 end
 return 0
-";
+"
+);
 
-/// Admin delete, announcing the release. `KEYS`: lock. `ARGV`: channel,
-/// lock name. Returns 1 when a live lease was removed.
-const FORCE_RELEASE: &str = r"
+/// Admin delete, announcing the release. `KEYS`: lock, queue, waiters.
+/// `ARGV`: channel, lock name. Returns the published payload when a live
+/// lease was removed, else 0.
+const FORCE_RELEASE: &str = concat!(
+    announce!(),
+    r"
 if redis.call('DEL', KEYS[1]) == 1 then
-  redis.call('PUBLISH', ARGV[1], ARGV[2])
-  return 1
+  return announce(KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 end
 return 0
-";
+"
+);
 
 /// A FIFO waiter leaves the queue (timeout, cancellation). `KEYS`: queue,
-/// waiters. `ARGV`: lease id, channel, lock name. Wakes the others, as the
-/// head may have changed. Returns 1 when an entry was removed.
-const LEAVE: &str = r"
+/// waiters. `ARGV`: lease id, channel, lock name. Announces the (maybe new)
+/// head. Returns the published payload when an entry was removed, else 0.
+const LEAVE: &str = concat!(
+    announce!(),
+    r"
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if removed == 1 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return announce(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
 end
-return removed
-";
+return 0
+"
+);
 
 /// Reads a lease with its remaining TTL and the server's time, atomically.
 /// `KEYS`: lock. Returns nil when free, else `{value, pttl ms, now ms}`.
