@@ -281,6 +281,11 @@ struct FifoPlace {
 /// adds or refreshes the entry, and grants only the head). The core's
 /// driver steps and waits; cancellation and timeouts leave the queue
 /// through [`LockBackend::abandon`].
+/// Leases per `EXTEND_MANY` call: large enough that a renewal tick is a
+/// handful of requests, small enough that one call holds the server for
+/// well under a millisecond.
+const EXTEND_MANY_CHUNK: usize = 500;
+
 #[async_trait]
 impl LockQueue for RedisBackend {
     async fn step(
@@ -399,47 +404,61 @@ impl LockBackend for RedisBackend {
             )
             .await;
         }
-        let invocations: Vec<_> = batch
-            .iter()
-            .map(|(lease, ttl)| {
-                let keys = self.keys(&lease.name);
-                let mut invocation = SCRIPTS.extend.prepare_invoke();
+        // One script call per chunk, all chunks in one pipeline: one round
+        // trip and one request per EXTEND_MANY_CHUNK leases.
+        let mut pipe = redis::pipe();
+        for chunk in batch.chunks(EXTEND_MANY_CHUNK) {
+            let mut invocation = SCRIPTS.extend_many.prepare_invoke();
+            for (lease, ttl) in chunk {
                 invocation
-                    .key(keys.lock)
+                    .key(self.keys(&lease.name).lock)
                     .arg(lease.lease_id.as_str())
                     .arg(ttl_millis(*ttl));
-                invocation
-            })
-            .collect();
-        let mut pipe = redis::pipe();
-        pipe.load_script(&SCRIPTS.extend).ignore();
-        for invocation in &invocations {
-            pipe.invoke_script(invocation);
+            }
+            pipe.invoke_script(&invocation);
         }
         let sent_at = Instant::now();
-        let replies: std::result::Result<Vec<i64>, _> = pipe.query_async(&mut self.conn()).await;
+        let replies: std::result::Result<Vec<Vec<i64>>, _> =
+            pipe.query_async(&mut self.conn()).await;
+        let replies = match replies {
+            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // A restarted or flushed server: load the script and retry once.
+                let mut load = redis::pipe();
+                load.load_script(&SCRIPTS.extend_many).ignore();
+                match load.query_async::<()>(&mut self.conn()).await {
+                    Ok(()) => pipe.query_async(&mut self.conn()).await,
+                    Err(err) => Err(err),
+                }
+            }
+            other => other,
+        };
         match replies {
-            Ok(replies) if replies.len() == batch.len() => batch
-                .iter()
-                .zip(replies)
-                .map(|((lease, ttl), extended)| {
-                    if extended == 1 {
-                        Ok(lease.renewed(*ttl, sent_at))
-                    } else {
-                        Err(Error::lost(&lease.name, LostReason::NotHeld))
-                    }
-                })
-                .collect(),
-            Ok(_) => batch
-                .iter()
-                .map(|_| {
-                    Err(Error::backend(
-                        KIND,
-                        "a renewal pipeline lost replies",
-                        None,
-                    ))
-                })
-                .collect(),
+            Ok(replies) => {
+                let flat: Vec<i64> = replies.into_iter().flatten().collect();
+                if flat.len() != batch.len() {
+                    return batch
+                        .iter()
+                        .map(|_| {
+                            Err(Error::backend(
+                                KIND,
+                                "a batched renewal returned the wrong number of replies",
+                                None,
+                            ))
+                        })
+                        .collect();
+                }
+                batch
+                    .iter()
+                    .zip(flat)
+                    .map(|((lease, ttl), extended)| {
+                        if extended == 1 {
+                            Ok(lease.renewed(*ttl, sent_at))
+                        } else {
+                            Err(Error::lost(&lease.name, LostReason::NotHeld))
+                        }
+                    })
+                    .collect()
+            }
             Err(err) => {
                 let doing = format!("renewing {} leases", batch.len());
                 batch

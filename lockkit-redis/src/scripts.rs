@@ -86,6 +86,25 @@ end
 return 0
 ";
 
+/// [`EXTEND`] for many leases in one call (standalone servers only: in a
+/// cluster the keys of different locks live in different slots).
+/// `KEYS`: the locks. `ARGV`: lease id and TTL ms per key, in key order.
+/// Returns one 1 (extended) or 0 (not held under that id) per key.
+const EXTEND_MANY: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local id = ARGV[2 * i - 1]
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, string.len(id) + 1) == id .. '\n' then
+    redis.call('PEXPIRE', key, ARGV[2 * i])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+";
+
 /// The Lua function every script that frees a lock or changes a queue's
 /// head ends with: drops expired queue entries, then publishes the lock
 /// name — followed by `\n` and the lease id of the queue's head when FIFO
@@ -176,6 +195,7 @@ return {v, redis.call('PTTL', KEYS[1]), string.format('%d', now)}
 pub(crate) struct Scripts {
     pub(crate) acquire: Script,
     pub(crate) extend: Script,
+    pub(crate) extend_many: Script,
     pub(crate) release: Script,
     pub(crate) force_release: Script,
     pub(crate) leave: Script,
@@ -186,6 +206,7 @@ pub(crate) struct Scripts {
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     acquire: Script::new(ACQUIRE),
     extend: Script::new(EXTEND),
+    extend_many: Script::new(EXTEND_MANY),
     release: Script::new(RELEASE),
     force_release: Script::new(FORCE_RELEASE),
     leave: Script::new(LEAVE),

@@ -106,7 +106,23 @@ async fn scripts_are_reloaded_after_script_flush() {
         .unwrap()
         .unwrap();
     assert!(second.token > first.token);
+    // Batched renewal (one EXTEND_MANY script per chunk) reloads too.
+    let other = unique_name("noscript-2");
+    let third = backend
+        .try_acquire(&req(&other, "a", LONG))
+        .await
+        .unwrap()
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
+    let renewed = backend
+        .extend_many(&[(second.clone(), LONG), (third.clone(), LONG)])
+        .await;
+    assert!(
+        renewed.iter().all(Result::is_ok),
+        "batched renewal after SCRIPT FLUSH: {renewed:?}"
+    );
     assert!(backend.release(&second).await.unwrap());
+    assert!(backend.release(&third).await.unwrap());
 }
 
 /// A release wakes a parked waiter by pub/sub: the waiters poll only every
