@@ -421,7 +421,9 @@ impl LockBackend for RedisBackend {
         let replies: std::result::Result<Vec<Vec<i64>>, _> =
             pipe.query_async(&mut self.conn()).await;
         let replies = match replies {
-            Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            Err(err)
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
                 // A restarted or flushed server: load the script and retry once.
                 let mut load = redis::pipe();
                 load.load_script(&SCRIPTS.extend_many).ignore();

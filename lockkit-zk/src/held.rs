@@ -162,6 +162,12 @@ impl Registry {
 
 /// Watches a held lease's node until it is released (stop), lost, or the
 /// backend shuts down. A deletion not made by this backend fires the loss.
+///
+/// The watch is on the *children* of the lock node, not on the lease node
+/// itself: a node watch fires on every data change, and renewals rewrite
+/// the node's data, so it would be re-armed — one more request — per held
+/// lock per renewal. A child watch fires only when a node of this lock is
+/// created or deleted.
 async fn watch_node(
     registry: Weak<Registry>,
     lease_id: LeaseId,
@@ -172,16 +178,19 @@ async fn watch_node(
     shutdown: CancellationToken,
 ) {
     let mut retry = Duration::from_millis(20);
+    let (parent, own) = path.rsplit_once('/').unwrap_or(("/", path.as_str()));
+    let parent = if parent.is_empty() { "/" } else { parent };
     loop {
         let watched = tokio::select! {
             () = stop.cancelled() => return,
             _ = lost.fired() => break,
             () = shutdown.cancelled() => return,
-            watched = generation.client.check_and_watch_stat(&path) => watched,
+            watched = generation.client.get_and_watch_children(parent) => watched,
         };
         let gone = match watched {
-            Ok((None, _)) => true,
-            Ok((Some(_), watcher)) => {
+            Ok((children, _, _)) if !children.iter().any(|c| c == own) => true,
+            Err(ZkError::NoNode) => true,
+            Ok((_, _, watcher)) => {
                 retry = Duration::from_millis(20);
                 let event = tokio::select! {
                     () = stop.cancelled() => return,
