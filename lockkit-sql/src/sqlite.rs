@@ -282,7 +282,10 @@ pub async fn connect_with(url: &str, options: SqlOptions) -> Result<SqliteBacken
         // One connection for a private in-memory database, so every query
         // sees the same database; a few for files.
         .max_connections(if in_memory { 1 } else { 4 })
-        .acquire_timeout(BUSY_TIMEOUT);
+        .acquire_timeout(BUSY_TIMEOUT)
+        // A file connection does not die idle; a ping per statement would
+        // only add a trip to the connection's worker thread.
+        .test_before_acquire(false);
     // Several processes opening a new file at once race to create it and
     // switch it to WAL; the losers see SQLITE_BUSY or a transient I/O error
     // before any busy handler applies. Retry those for a while.
