@@ -18,7 +18,8 @@ use sqlx::{
 use tokio::time::Instant;
 
 use crate::dialect::{
-    Dialect, ListenerTask, Outcome, Param, SchemaStep, StartListener, Statement, Statements,
+    Announcer, Dialect, ListenerTask, Outcome, Param, SchemaStep, StartListener, Statement,
+    Statements,
 };
 use crate::error::classify;
 use crate::host_clock;
@@ -69,6 +70,7 @@ pub struct SqlBackend<D: Dialect> {
     table: TableName,
     poll: PollPolicy,
     wakeups: Option<Arc<Wakeups>>,
+    announce: Option<Announcer>,
     dialect: PhantomData<D>,
 }
 
@@ -107,6 +109,7 @@ impl<D: Dialect> Clone for SqlBackend<D> {
             table: self.table.clone(),
             poll: self.poll,
             wakeups: self.wakeups.clone(),
+            announce: self.announce.clone(),
             dialect: PhantomData,
         }
     }
@@ -123,6 +126,14 @@ where
     for<'r> String: Decode<'r, D::Db> + Type<D::Db>,
     usize: ColumnIndex<<D::Db as Database>::Row>,
 {
+    /// Tells other processes of a release (SQLite's wake file) when a
+    /// delete removed a lease.
+    fn announce_if(&self, deleted: bool) {
+        if deleted && let Some(announce) = &self.announce {
+            announce();
+        }
+    }
+
     /// A backend on an existing pool; creates the schema first if
     /// `options.create_schema` is set.
     ///
@@ -141,11 +152,13 @@ where
         } else {
             ""
         };
+        let announce = D::announcer(&pool, &options.table);
         let backend = Self {
             boot_id,
             statements: Arc::new(D::statements(&options.table)),
             table: options.table,
             poll: options.poll.unwrap_or_else(D::poll_policy),
+            announce,
             pool,
             wakeups,
             dialect: PhantomData,
@@ -427,7 +440,9 @@ where
     }
 
     fn capabilities(&self) -> Capabilities {
-        D::capabilities()
+        let mut capabilities = D::capabilities();
+        capabilities.push_wakeup |= self.wakeups.is_some();
+        capabilities
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
@@ -590,9 +605,11 @@ where
             req.lease_id.as_str(),
             Duration::ZERO,
         );
-        self.delete(&self.statements.release, &values, "abandoning an acquire")
-            .await
-            .map(|_| ())
+        let deleted = self
+            .delete(&self.statements.release, &values, "abandoning an acquire")
+            .await?;
+        self.announce_if(deleted);
+        Ok(())
     }
 
     fn abandon_in_background(&self, req: AcquireRequest) {
@@ -606,8 +623,11 @@ where
             lease.lease_id.as_str(),
             Duration::ZERO,
         );
-        self.delete(&self.statements.release, &values, "releasing a lease")
-            .await
+        let deleted = self
+            .delete(&self.statements.release, &values, "releasing a lease")
+            .await?;
+        self.announce_if(deleted);
+        Ok(deleted)
     }
 
     async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
@@ -639,12 +659,15 @@ where
     }
 
     async fn force_release(&self, name: &LockName) -> Result<bool> {
-        self.delete(
-            &self.statements.force_release,
-            &self.values(name.as_str(), "", "", Duration::ZERO),
-            "force-releasing a lock",
-        )
-        .await
+        let deleted = self
+            .delete(
+                &self.statements.force_release,
+                &self.values(name.as_str(), "", "", Duration::ZERO),
+                "force-releasing a lock",
+            )
+            .await?;
+        self.announce_if(deleted);
+        Ok(deleted)
     }
 
     async fn cleanup_expired(&self) -> Result<u64> {

@@ -188,6 +188,11 @@ pub type StartListener = Box<
         + Sync,
 >;
 
+/// Announces a release to other processes, where the dialect has no
+/// in-band notification (SQLite's wake file); called after a delete that
+/// removed a lease.
+pub type Announcer = Arc<dyn Fn() + Send + Sync>;
+
 /// A dialect's one-statement renewal of many leases: whether each was
 /// still held, in order.
 pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<bool>>> + Send + 'a>>;
@@ -255,6 +260,13 @@ pub trait Dialect: Send + Sync + 'static {
 
     /// A push channel for release hints, if the database has one.
     fn listener(pool: &sqlx::Pool<Self::Db>, table: &TableName) -> Option<StartListener> {
+        let _ = (pool, table);
+        None
+    }
+
+    /// What a release must do besides its statement so that other
+    /// processes hear of it (none where the statement notifies itself).
+    fn announcer(pool: &sqlx::Pool<Self::Db>, table: &TableName) -> Option<Announcer> {
         let _ = (pool, table);
         None
     }

@@ -78,8 +78,9 @@
 //!
 //! [`backend::SqlBackend`] is written once; a [`Dialect`] supplies statement
 //! texts, bind order, how each statement reports its outcome, the schema,
-//! transient error codes and (Postgres) a push channel. The dialects are
-//! [`sqlite`] (feature `sqlite`), `postgres` (feature `postgres`, with
+//! transient error codes and a push channel (Postgres `LISTEN/NOTIFY`,
+//! SQLite's wake file). The dialects are [`sqlite`] (feature `sqlite`, with
+//! wake-ups through a watched file), `postgres` (feature `postgres`, with
 //! `LISTEN/NOTIFY` wake-ups) and `mysql` (feature `mysql`, MySQL 8 and
 //! MariaDB 10.6+); each module documents its SQL for DBAs.
 //!
@@ -101,6 +102,8 @@ pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "sqlite")]
+mod wake_file;
 
 pub use crate::backend::{SqlBackend, SqlOptions};
 pub use crate::connect::{CONNECT_TIMEOUT, LOCKKIT_PARAMS};

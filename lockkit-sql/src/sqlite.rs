@@ -23,8 +23,15 @@
 //!   transient error that the waiting and renewal loops retry.
 //! - `sqlite::memory:` gives a private in-memory database on a single
 //!   connection (useful in tests; not shared between processes).
-//! - Waiters poll (jittered, 5 ms growing to 250 ms): SQLite has no
-//!   notifications between processes.
+//! - **Wake-ups between processes**: SQLite has no notifications, so a
+//!   release also writes one byte into a *wake file* next to the database
+//!   (`<db>-lockkit-wake`, created on first use), and every backend on the
+//!   file watches it (inotify, through `notify`): a waiting process hears
+//!   of a release within milliseconds. Waiters still poll (jittered, 5 ms
+//!   growing to 250 ms) for what the file cannot tell — a lease that
+//!   simply expires — and on file systems without change events (network
+//!   shares, which SQLite's locking does not support anyway). In-memory
+//!   databases have no wake file.
 //! - A table created by lockkit 0.1 (wall-clock expiry) is upgraded in
 //!   place; its rows count as expired, so stop every process using the
 //!   file before upgrading.
@@ -41,7 +48,9 @@ use tokio::time::Instant;
 
 use crate::backend::{SqlBackend, SqlOptions};
 use crate::connect::sqlite_url;
-use crate::dialect::{Dialect, Param, Schema, SchemaStep, Statement, Statements};
+use crate::dialect::{
+    Announcer, Dialect, Param, Schema, SchemaStep, StartListener, Statement, Statements,
+};
 use crate::table::TableName;
 
 /// The URL scheme of the SQLite dialect (`sqlite:path`, `sqlite:///abs`,
@@ -58,6 +67,18 @@ pub type SqliteBackend = SqlBackend<SqliteDialect>;
 /// How long a connection waits for another process's write lock before
 /// reporting `SQLITE_BUSY` (a transient error).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The wake file of a file-backed pool (`None` for in-memory databases,
+/// whose waiters all live in this process and poll one connection).
+fn wake_file(pool: &sqlx::Pool<Sqlite>) -> Option<std::path::PathBuf> {
+    let options = pool.connect_options();
+    let db = options.get_filename();
+    let text = db.to_string_lossy();
+    if text.is_empty() || text == ":memory:" || text.starts_with("file:") {
+        return None;
+    }
+    Some(crate::wake_file::path_for(db))
+}
 
 impl Dialect for SqliteDialect {
     type Db = Sqlite;
@@ -227,6 +248,15 @@ impl Dialect for SqliteDialect {
         // Primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6), also
         // when extended (e.g. 517 SQLITE_BUSY_SNAPSHOT).
         code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+    }
+
+    /// Cross-process wake-ups through the wake file (`wake_file.rs`).
+    fn listener(pool: &sqlx::Pool<Sqlite>, _table: &TableName) -> Option<StartListener> {
+        wake_file(pool).map(crate::wake_file::listener)
+    }
+
+    fn announcer(pool: &sqlx::Pool<Sqlite>, _table: &TableName) -> Option<Announcer> {
+        wake_file(pool).map(crate::wake_file::announcer)
     }
 }
 

@@ -257,3 +257,51 @@ async fn unreadable_database_is_a_configuration_error() {
         .expect_err("cannot create a file in a missing directory");
     assert!(matches!(err, Error::Configuration { .. }), "{err}");
 }
+
+/// A release reaches another backend instance on the same file (its own
+/// pool and its own watch, as another process has) through the wake file
+/// next to the database: its release subscription fires, where before it
+/// had only its poll to learn of it. In-memory databases have no wake file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_reaches_another_instance_through_the_wake_file() {
+    let harness = SqliteHarness::start().await;
+    let holder = lockkit_sql::sqlite::connect(harness.url())
+        .await
+        .expect("holder");
+    let waiter = lockkit_sql::sqlite::connect(harness.url())
+        .await
+        .expect("waiter");
+    assert!(waiter.capabilities().push_wakeup);
+    let name = unique_name("wake-file");
+    let req = AcquireRequest::new(name.clone(), "holder", Duration::from_secs(60)).expect("req");
+    let lease = holder.try_acquire(&req).await.expect("try").expect("free");
+    let mut woken = waiter
+        .subscribe_releases(&name)
+        .await
+        .expect("subscribe")
+        .expect("file databases have push wake-ups");
+    assert!(holder.release(&lease).await.expect("release"));
+    tokio::time::timeout(Duration::from_secs(30), woken.changed())
+        .await
+        .expect("the wake file's change reached the other instance");
+    assert!(
+        harness.dir().read_dir().expect("dir").any(|e| e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .ends_with("-lockkit-wake")),
+        "the wake file sits next to the database"
+    );
+
+    let memory = lockkit_sql::sqlite::connect("sqlite::memory:")
+        .await
+        .expect("in-memory");
+    assert!(!memory.capabilities().push_wakeup);
+    assert!(
+        memory
+            .subscribe_releases(&name)
+            .await
+            .expect("subscribe")
+            .is_none()
+    );
+}
