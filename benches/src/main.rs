@@ -116,8 +116,8 @@ impl Plan {
             Self {
                 p1_iterations: 2000,
                 p2_contenders: &[2, 8, 32],
-                p2_seconds: 8.0,
-                p3_seconds: 8.0,
+                p2_seconds: 5.0,
+                p3_seconds: 5.0,
                 p4_seconds: 30.0,
                 p5_tasks: &[1, 4, 16, 64],
                 p5_seconds: 3.0,
