@@ -342,18 +342,18 @@ async fn p1(backend: &Backend, plan: &Plan, out: &mut BackendReport) {
     match scenarios::uncontended(&backend.subjects, plan.p1_iterations, backend.id).await {
         Ok(latencies) => {
             let raw = backend.raw.as_ref().and_then(|raw| {
-                backend
-                    .subjects
-                    .iter()
-                    .position(|s| Arc::ptr_eq(s, raw))
-                    .map(|i| latencies[i].p50_us)
+                let i = backend.subjects.iter().position(|s| Arc::ptr_eq(s, raw))?;
+                latencies[i].as_ref().ok().map(|p| p.p50_us)
             });
             for (subject, latency) in backend.subjects.iter().zip(latencies) {
-                out.p1.push(P1Row {
-                    subject: subject.label(),
-                    latency,
-                    ratio_vs_raw: raw.map(|raw| latency.p50_us / raw),
-                });
+                match latency {
+                    Ok(latency) => out.p1.push(P1Row {
+                        subject: subject.label(),
+                        latency,
+                        ratio_vs_raw: raw.map(|raw| latency.p50_us / raw),
+                    }),
+                    Err(e) => out.errors.push(format!("P1 {}: {e}", subject.label())),
+                }
             }
         }
         Err(e) => out.errors.push(format!("P1: {e}")),

@@ -15,35 +15,58 @@ use crate::subject::{Client, Result, Subject};
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// P1: `iterations` uncontended acquire+release pairs of each subject,
-/// interleaved in rounds so that machine noise hits all alike.
+/// interleaved in rounds so that machine noise hits all alike. Each
+/// subject has a lock name of its own; a subject that fails (an error, or
+/// its own previous release not yet visible) drops out with its error
+/// while the others go on.
 pub async fn uncontended(
     subjects: &[Arc<dyn Subject>],
     iterations: usize,
     tag: &str,
-) -> Result<Vec<Percentiles>> {
+) -> Result<Vec<std::result::Result<Percentiles, String>>> {
     let mut clients = Vec::new();
     for subject in subjects {
         clients.push(subject.client().await?);
     }
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(iterations); subjects.len()];
+    let mut failed: Vec<Option<String>> = vec![None; subjects.len()];
     let round = 50.min(iterations).max(1);
-    let lock = format!("p1-{tag}");
-    // Warm-up: connections, prepared statements, script caches.
-    for client in &clients {
-        for _ in 0..round {
-            pair(client.as_ref(), &lock).await?;
-        }
-    }
+    let locks: Vec<String> = (0..subjects.len())
+        .map(|i| format!("p1-{tag}-{i}"))
+        .collect();
+    // The first round warms up (connections, prepared statements, script
+    // caches) and is not recorded.
     let mut done = 0;
+    let mut warm = false;
     while done < iterations {
-        for (client, samples) in clients.iter().zip(samples.iter_mut()) {
+        for (i, client) in clients.iter().enumerate() {
+            if failed[i].is_some() {
+                continue;
+            }
             for _ in 0..round {
-                samples.push(pair(client.as_ref(), &lock).await?);
+                match pair(client.as_ref(), &locks[i]).await {
+                    Ok(took) if warm => samples[i].push(took),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed[i] = Some(e.to_string());
+                        break;
+                    }
+                }
             }
         }
-        done += round;
+        if warm {
+            done += round;
+        }
+        warm = true;
     }
-    Ok(samples.iter().map(|s| Percentiles::of(s)).collect())
+    Ok(samples
+        .iter()
+        .zip(failed)
+        .map(|(s, failed)| match failed {
+            Some(e) => Err(e),
+            None => Ok(Percentiles::of(s)),
+        })
+        .collect())
 }
 
 async fn pair(client: &dyn Client, lock: &str) -> Result<Duration> {
