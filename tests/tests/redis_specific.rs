@@ -371,8 +371,11 @@ async fn cancelled_acquire_on_a_stalled_server_leaves_nothing() {
                 .await
         })
     };
-    // Let the script leave; the server cannot answer it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the script leave; the server cannot answer it. There is no
+    // signal for "written to the socket" while the server is stopped, so
+    // this waits generously (on a loaded machine 300 ms was not always
+    // enough to be sure).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     task.abort();
     assert!(task.await.is_err_and(|e| e.is_cancelled()));
     server.process().signal("CONT");
