@@ -27,6 +27,9 @@ use crate::wakes::Wakes;
 /// How many leases `list` reads at once.
 const LIST_CONCURRENCY: usize = 32;
 
+/// Locks per `INSPECT_MANY` call of `list` (standalone servers).
+const LIST_CHUNK: usize = 500;
+
 /// A lock backend on a Redis server or Redis Cluster (see the
 /// [crate docs](crate) for the recipe, guarantees and limits).
 ///
@@ -333,6 +336,29 @@ impl LockQueue for RedisBackend {
     }
 }
 
+impl RedisBackend {
+    /// `list` on a cluster, whose keys live in many slots: one `INSPECT`
+    /// per lock, `LIST_CONCURRENCY` at a time.
+    async fn list_lock_by_lock(&self, names: Vec<LockName>) -> Result<Vec<LockInfo>> {
+        let mut infos: Vec<LockInfo> = futures::stream::iter(names)
+            .map(|name| async move {
+                match self.current(&name).await {
+                    Err(Error::Backend { message, .. }) => {
+                        tracing::warn!(lock = %name, %message, "skipping a key that is not a lockkit lease");
+                        Ok(None)
+                    }
+                    other => other,
+                }
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_filter_map(|info| async move { Ok(info) })
+            .try_collect()
+            .await?;
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos)
+    }
+}
+
 #[async_trait]
 impl LockBackend for RedisBackend {
     fn kind(&self) -> &'static str {
@@ -500,20 +526,33 @@ impl LockBackend for RedisBackend {
             .iter()
             .filter_map(|key| prefix.name_of_lock_key(key))
             .collect();
-        let mut infos: Vec<LockInfo> = futures::stream::iter(names)
-            .map(|name| async move {
-                match self.current(&name).await {
-                    Err(Error::Backend { message, .. }) => {
-                        tracing::warn!(lock = %name, %message, "skipping a key that is not a lockkit lease");
-                        Ok(None)
-                    }
-                    other => other,
+        if !matches!(self.inner.conn, Conn::Single(_)) {
+            return self.list_lock_by_lock(names).await;
+        }
+        // One INSPECT_MANY call per LIST_CHUNK locks, each at one server
+        // time.
+        let mut infos = Vec::with_capacity(names.len());
+        for chunk in names.chunks(LIST_CHUNK) {
+            let mut invocation = SCRIPTS.inspect_many.prepare_invoke();
+            for name in chunk {
+                invocation.key(self.keys(name).lock);
+            }
+            let (now, found): (i64, Vec<Option<(Vec<u8>, i64)>>) = invocation
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(|e| classify(e, "listing locks"))?;
+            for (name, found) in chunk.iter().zip(found) {
+                match found {
+                    Some((_, -2)) | None => {}
+                    Some((value, pttl)) => match record::decode(name.clone(), &value, pttl, now) {
+                        Ok(info) => infos.push(info),
+                        Err(err) => {
+                            tracing::warn!(lock = %name, error = %err, "skipping a key that is not a lockkit lease");
+                        }
+                    },
                 }
-            })
-            .buffer_unordered(LIST_CONCURRENCY)
-            .try_filter_map(|info| async move { Ok(info) })
-            .try_collect()
-            .await?;
+            }
+        }
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(infos)
     }

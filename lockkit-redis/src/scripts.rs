@@ -191,6 +191,24 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {v, redis.call('PTTL', KEYS[1]), string.format('%d', now)}
 ";
 
+/// Reads many leases at once (`list` on a standalone server). `KEYS`:
+/// lock keys. Returns `{now ms, {{value, pttl ms} or false, …}}`, in key
+/// order; a key that is gone, or not a string, is `false`.
+const INSPECT_MANY: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then
+    out[i] = {v, redis.call('PTTL', key)}
+  else
+    out[i] = false
+  end
+end
+return {string.format('%d', now), out}
+";
+
 /// The compiled scripts (their SHA1s are computed once per process).
 pub(crate) struct Scripts {
     pub(crate) acquire: Script,
@@ -200,6 +218,7 @@ pub(crate) struct Scripts {
     pub(crate) force_release: Script,
     pub(crate) leave: Script,
     pub(crate) inspect: Script,
+    pub(crate) inspect_many: Script,
 }
 
 /// The scripts, shared by every backend instance.
@@ -211,4 +230,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     force_release: Script::new(FORCE_RELEASE),
     leave: Script::new(LEAVE),
     inspect: Script::new(INSPECT),
+    inspect_many: Script::new(INSPECT_MANY),
 });

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::dialect::{
     Announcer, Dialect, ListenerTask, Outcome, Param, SchemaStep, StartListener, Statement,
-    Statements,
+    Statements, Value,
 };
 use crate::error::classify;
 use crate::host_clock;
@@ -59,6 +59,21 @@ struct Values<'a> {
     /// The host clock, for dialects with [`Dialect::HOST_CLOCK`].
     clock: host_clock::Reading,
     boot_id: &'a str,
+}
+
+impl<'a> Values<'a> {
+    /// What `param` is bound to.
+    fn get(&self, param: Param) -> Value<'a> {
+        match param {
+            Param::Name => Value::Text(self.name),
+            Param::Owner => Value::Text(self.owner),
+            Param::LeaseId => Value::Text(self.lease_id),
+            Param::TtlMillis => Value::Int(self.ttl_ms),
+            Param::NowMillis => Value::Int(self.clock.now_ms),
+            Param::BootId => Value::Text(self.boot_id),
+            Param::WallMillis => Value::Int(self.clock.wall_ms),
+        }
+    }
 }
 
 /// A lock table in a SQL database (see the [crate docs](crate)).
@@ -258,14 +273,9 @@ where
     ) -> sqlx::query::Query<'q, D::Db, <D::Db as Database>::Arguments> {
         let mut query = sqlx::query(AssertSqlSafe(Arc::clone(&statement.sql)));
         for param in statement.params {
-            query = match param {
-                Param::Name => query.bind(values.name),
-                Param::Owner => query.bind(values.owner),
-                Param::LeaseId => query.bind(values.lease_id),
-                Param::TtlMillis => query.bind(values.ttl_ms),
-                Param::NowMillis => query.bind(values.clock.now_ms),
-                Param::BootId => query.bind(values.boot_id),
-                Param::WallMillis => query.bind(values.clock.wall_ms),
+            query = match values.get(*param) {
+                Value::Text(text) => query.bind(text),
+                Value::Int(int) => query.bind(int),
             };
         }
         query
@@ -386,6 +396,34 @@ where
         Ok(held)
     }
 
+    /// Runs a row-returning acquire: the fence of a grant, or `None` when
+    /// the lock is held. A fence of 0 means the holder's row changed while
+    /// the attempt recorded itself as a waiter (Postgres' `waiters` flag):
+    /// the lock may have just been released, so the attempt runs again at
+    /// once, a few times at most, instead of waiting for a wake-up that
+    /// was never sent.
+    async fn acquire_rows(
+        &self,
+        statement: &Statement,
+        values: &Values<'_>,
+        doing: &'static str,
+    ) -> Result<Option<i64>> {
+        const RACED_RETRIES: usize = 3;
+        for _ in 0..RACED_RETRIES {
+            match self.fetch_optional(statement, values, doing).await? {
+                None => return Ok(None),
+                Some(row) => match row
+                    .try_get::<i64, _>(0)
+                    .map_err(|e| classify::<D>(e, "reading the fence"))?
+                {
+                    0 => continue,
+                    fence => return Ok(Some(fence)),
+                },
+            }
+        }
+        Ok(None)
+    }
+
     fn decode_info(row: &<D::Db as Database>::Row) -> Result<LockInfo> {
         let get_text = |i: usize| -> Result<String> {
             row.try_get::<String, _>(i)
@@ -478,16 +516,21 @@ where
         }
         let statement = &self.statements.acquire;
         let fence = match statement.outcome {
-            Outcome::Rows => match self.fetch_optional(statement, &values, doing).await? {
-                Some(row) => Some(
-                    row.try_get::<i64, _>(0)
-                        .map_err(|e| classify::<D>(e, "reading the fence"))?,
-                ),
-                None => None,
-            },
+            Outcome::Rows => self.acquire_rows(statement, &values, doing).await?,
             Outcome::LastInsertId => {
                 let result = match &self.statements.fence_counter {
                     Some(counter) => {
+                        if let Some(grant) =
+                            D::grant_batch(&self.pool, counter, statement, &|p| values.get(p))
+                        {
+                            let fence = grant.await?;
+                            return match fence {
+                                Some(fence) => {
+                                    Ok(Some(Lease::granted(req, token_from(fence)?, sent_at)))
+                                }
+                                None => Ok(None),
+                            };
+                        }
                         // Counter and grant in one transaction: the counter
                         // row stays locked until the grant commits, so grants
                         // of one name get increasing tokens in commit order.

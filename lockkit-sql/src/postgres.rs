@@ -6,7 +6,8 @@
 //! - Acquire is one statement of four CTEs:
 //!   - `live` reads the live row, if any. When someone else holds the lock
 //!     the attempt stops there: **a refused attempt writes nothing** (no
-//!     row lock, no counter increment, no WAL flush).
+//!     row lock, no counter increment, no WAL flush) — except the first of
+//!     a holding, which sets the row's `waiters` flag (`mark` below).
 //!   - `counter` increments the name's counter in `<table>_fence` (its row
 //!     lock serialises acquirers of one name until commit), only when the
 //!     lock looked free;
@@ -17,6 +18,14 @@
 //!     retry after a lost reply gets its own grant back (same token)
 //!     instead of waiting for itself.
 //!
+//!   - `mark` sets the live row's `waiters` flag when another lease holds
+//!     it and the flag is not yet set: the first refused attempt of a
+//!     holding period writes once, later ones write nothing. When the row
+//!     changed between the read and the mark (its holder released it at
+//!     that moment), the statement returns a fence of 0 and the backend
+//!     tries again at once, so a release that raced the mark is never
+//!     waited out.
+//!
 //!   Tokens therefore rise strictly per name, in commit order; a gap
 //!   appears only when two acquirers race for a free lock. Reading a
 //!   high-water mark instead of a counter would be unsafe here: the
@@ -24,7 +33,11 @@
 //!   and hand out a token twice — the cross-process test caught exactly
 //!   that.
 //! - Release and force-release `NOTIFY` the channel `lockkit_<table>` with
-//!   the lock name in the same statement (delivered at commit). Waiters of
+//!   the lock name in the same statement (delivered at commit), **only when
+//!   the row's `waiters` flag is set**. A `NOTIFY` serialises every
+//!   notifying commit of the whole cluster on one lock (Postgres' commit of
+//!   a notification queue entry), so releases nobody waits for must not
+//!   send one. Waiters of
 //!   one backend instance share one `LISTEN` connection, started on the
 //!   first wait, and still poll (jittered, up to 500 ms) in case a
 //!   notification is missed — after a reconnect of the listener every
@@ -48,14 +61,18 @@
 //!   lease_id   TEXT        NOT NULL,
 //!   fence      BIGINT      NOT NULL,
 //!   created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-//!   expires_at TIMESTAMPTZ NOT NULL
+//!   expires_at TIMESTAMPTZ NOT NULL,
+//!   waiters    BOOLEAN     NOT NULL DEFAULT false
 //! );
 //! CREATE INDEX locks_expires_at ON locks (expires_at);
 //! CREATE TABLE locks_fence (lock_name TEXT NOT NULL PRIMARY KEY, fence BIGINT NOT NULL);
 //! ```
 //!
 //! The application's role needs `SELECT, INSERT, UPDATE, DELETE` on both
-//! tables; waiters `LISTEN` on `lockkit_locks`.
+//! tables; waiters `LISTEN` on `lockkit_locks`. Tables created by an
+//! earlier lockkit get the `waiters` column added at start-up
+//! (`ALTER TABLE locks ADD COLUMN waiters BOOLEAN NOT NULL DEFAULT false`
+//! with `create_schema: false`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,26 +159,33 @@ impl Dialect for PostgresDialect {
             acquire: Statement::rows(
                 format!(
                     "WITH live AS (\
-                       SELECT lease_id FROM {t} WHERE lock_name = $1 AND expires_at > now()), \
+                       SELECT lease_id, waiters FROM {t} WHERE lock_name = $1 AND expires_at > now()), \
                      counter AS (\
                        INSERT INTO {f} AS c (lock_name, fence) \
                        SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM live) \
                        ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
                        RETURNING fence), \
                      granted AS (\
-                       INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at) \
-                       SELECT $1, $2, $3, counter.fence, now(), now() + {ttl} FROM counter \
+                       INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at, waiters) \
+                       SELECT $1, $2, $3, counter.fence, now(), now() + {ttl}, false FROM counter \
                        ON CONFLICT (lock_name) DO UPDATE SET \
                          owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
-                         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
+                         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, waiters = false \
                        WHERE l.expires_at <= EXCLUDED.created_at OR l.lease_id = EXCLUDED.lease_id \
                        RETURNING l.fence), \
                      again AS (\
                        UPDATE {t} SET expires_at = now() + {ttl} \
                        WHERE lock_name = $1 AND lease_id = $3 \
                          AND EXISTS (SELECT 1 FROM live WHERE lease_id = $3) \
-                       RETURNING fence) \
-                     SELECT fence FROM granted UNION ALL SELECT fence FROM again"
+                       RETURNING fence), \
+                     mark AS (\
+                       UPDATE {t} SET waiters = true \
+                       WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now() AND NOT waiters \
+                         AND EXISTS (SELECT 1 FROM live WHERE lease_id <> $3 AND NOT waiters) \
+                       RETURNING 1) \
+                     SELECT fence FROM granted UNION ALL SELECT fence FROM again \
+                     UNION ALL SELECT 0::bigint FROM live \
+                       WHERE lease_id <> $3 AND NOT waiters AND NOT EXISTS (SELECT 1 FROM mark)"
                 ),
                 &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
             ),
@@ -176,8 +200,9 @@ impl Dialect for PostgresDialect {
             release: Statement::rows(
                 format!(
                     "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
-                                   RETURNING lock_name, expires_at > now() AS live) \
-                     SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, pg_notify('{chan}', lock_name)::text FROM gone"
+                                   RETURNING lock_name, expires_at > now() AS live, waiters) \
+                     SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, \
+                       (CASE WHEN waiters THEN pg_notify('{chan}', lock_name)::text END) FROM gone"
                 ),
                 &[Param::Name, Param::LeaseId],
             ),
@@ -192,8 +217,9 @@ impl Dialect for PostgresDialect {
             force_release: Statement::rows(
                 format!(
                     "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 \
-                                   RETURNING lock_name, expires_at > now() AS live) \
-                     SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, pg_notify('{chan}', lock_name)::text FROM gone"
+                                   RETURNING lock_name, expires_at > now() AS live, waiters) \
+                     SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, \
+                       (CASE WHEN waiters THEN pg_notify('{chan}', lock_name)::text END) FROM gone"
                 ),
                 &[Param::Name],
             ),
@@ -219,7 +245,8 @@ impl Dialect for PostgresDialect {
                    lease_id   TEXT        NOT NULL, \
                    fence      BIGINT      NOT NULL, \
                    created_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
-                   expires_at TIMESTAMPTZ NOT NULL)"
+                   expires_at TIMESTAMPTZ NOT NULL, \
+                   waiters    BOOLEAN     NOT NULL DEFAULT false)"
             ),
             format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
             format!(
@@ -228,8 +255,23 @@ impl Dialect for PostgresDialect {
                    fence     BIGINT NOT NULL)"
             ),
         ]);
+        let mut steps: Vec<SchemaStep> = statements.into_iter().map(SchemaStep::from).collect();
+        // Tables from before the `waiters` flag: add it (a probe first, so
+        // a start-up on an up-to-date table takes no table lock).
+        steps.insert(
+            steps.len() - 2,
+            SchemaStep::Upgrade {
+                probe: format!(
+                    "SELECT count(*)::bigint FROM pg_attribute \
+                     WHERE attrelid = to_regclass('{t}') AND attname = 'waiters' AND NOT attisdropped"
+                ),
+                apply: vec![format!(
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS waiters BOOLEAN NOT NULL DEFAULT false"
+                )],
+            },
+        );
         Schema {
-            statements: statements.into_iter().map(SchemaStep::from).collect(),
+            statements: steps,
             in_transaction: true,
         }
     }

@@ -42,7 +42,11 @@
 //!   the new node is known to be alone. Otherwise the queue is listed.
 //! - **Waiting.** A waiter sets a watch on the node just before its own
 //!   (FIFO, no herd effect), so a release wakes exactly one waiter, by
-//!   push. When its turn comes it marks its node `held`.
+//!   push. When its turn comes it is granted at once if its node was
+//!   written within the last tenth of its TTL (the lease's deadline counts
+//!   from that write; the first renewal marks the node `held`), else after
+//!   rewriting the node as `held`. The first live node of a queue is its
+//!   holder, whatever its state says.
 //! - **Fencing token** = the lease node's `czxid`, the zxid of its creation:
 //!   unique and increasing across the ensemble, leader changes and
 //!   restarts (ZooKeeper persists its transaction log), and grants follow

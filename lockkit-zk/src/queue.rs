@@ -7,7 +7,9 @@
 //!    and waiters alike, by `mtime + TTL + margin` on the leader's clock —
 //!    are deleted (versioned, so a refresh racing the delete wins);
 //!    duplicates of our own node from a create whose reply was lost too.
-//!    Nothing live before us: mark the node `held`, granted.
+//!    Nothing live before us: granted — marking the node `held` first only
+//!    when it was last written more than a tenth of the TTL ago (the lease
+//!    counts from that write); otherwise the first renewal marks it.
 //! 3. **Wait** for the node just before ours: its deletion or change (a
 //!    watch, no herd), the moment its TTL runs out, or the moment our own
 //!    node needs refreshing (every third of our TTL, so that a waiter that
@@ -31,6 +33,10 @@ use crate::backend::{Way, ZkBackend};
 use crate::error::{KIND, classify};
 use crate::record::{Node, Record, State};
 use crate::session::Generation;
+
+/// A waiter's node written within `TTL / FRESH_FRACTION` before its turn
+/// comes is granted without being rewritten (see `LockQueue::step`).
+const FRESH_FRACTION: u32 = 10;
 
 /// A queued request between the driver's steps.
 struct ZkPlace {
@@ -142,7 +148,15 @@ impl LockQueue for ZkBackend {
                 Ok(None)
             }
             Way::Clear => {
+                // A node written moments ago (the usual hand-off: created,
+                // or refreshed, then woken by its predecessor's deletion)
+                // is granted as it stands, without the extra fsynced write
+                // that would mark it `held`: the lease counts from that
+                // write, keeping at least nine tenths of its TTL, and the
+                // first renewal marks it. An older node is rewritten so
+                // the lease gets its full TTL.
                 if own.state != State::Held
+                    && own.written_at.elapsed() > req.ttl / FRESH_FRACTION
                     && self
                         .touch_own(&generation, own, req, State::Held)
                         .await?

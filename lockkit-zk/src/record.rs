@@ -122,10 +122,12 @@ impl Node {
             .is_some_and(|at| at <= server_now_ms)
     }
 
-    /// Whether this node holds the lock (a held lease, unexpired).
+    /// Whether this node, found first in its queue, holds the lock: any
+    /// unexpired lockkit record. A head may still say `waiting` — it is
+    /// granted without a rewrite when its turn comes (see `queue.rs`), and
+    /// either way nobody else can be granted the lock before it goes.
     pub(crate) fn is_live_holder(&self, server_now_ms: i64, margin: Duration) -> bool {
-        self.record.as_ref().is_some_and(|r| r.state == State::Held)
-            && !self.is_expired(server_now_ms, margin)
+        self.record.is_some() && !self.is_expired(server_now_ms, margin)
     }
 
     /// The fencing token: the node's creation zxid.

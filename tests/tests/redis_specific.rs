@@ -582,3 +582,76 @@ async fn retried_acquire_is_idempotent() {
     assert!(backend.try_acquire(&other).await.unwrap().is_none());
     assert!(backend.release(&again).await.unwrap());
 }
+
+/// Script calls (`EVAL`, `EVALSHA`) the server has run so far.
+fn script_calls(raw: &mut redis::Connection) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(raw).unwrap();
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `list()` on a standalone server reads its locks in chunks of 500, one
+/// script call each (counted at a private server), not one per lock; it
+/// reports every lease with its token and skips keys of the lock layout
+/// that are not lockkit leases (a foreign string, a hash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn list_reads_many_locks_per_script_call() {
+    const LOCKS: usize = 1_100;
+    let server = RedisServer::start(RedisConfig::default());
+    let backend = lockkit_redis::connect(&server.url()).await.unwrap();
+    let mut leases = Vec::new();
+    for i in 0..LOCKS {
+        let name = LockName::new(format!("list-many/{i:04}")).unwrap();
+        leases.push(
+            backend
+                .try_acquire(&req(&name, "o", LONG))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let mut raw = server.raw();
+    let foreign = backend
+        .keys(&LockName::new("list-many/foreign").unwrap())
+        .lock;
+    let _: () = redis::cmd("SET")
+        .arg(&foreign)
+        .arg("not a lease")
+        .query(&mut raw)
+        .unwrap();
+    let hash = backend.keys(&LockName::new("list-many/hash").unwrap()).lock;
+    let _: () = redis::cmd("HSET")
+        .arg(&hash)
+        .arg("f")
+        .arg("v")
+        .query(&mut raw)
+        .unwrap();
+
+    let before = script_calls(&mut raw);
+    let listed = backend.list().await.unwrap();
+    let calls = script_calls(&mut raw) - before;
+    assert_eq!(listed.len(), LOCKS, "every lease, no foreign key");
+    for (info, lease) in listed.iter().zip(&leases) {
+        assert_eq!(info.name, lease.name);
+        assert_eq!(info.lease_id, lease.lease_id);
+        assert_eq!(info.token, lease.token);
+        assert!(info.expires_at.is_some());
+    }
+    assert!(
+        calls <= 2 * LOCKS.div_ceil(500) as u64,
+        "{calls} script calls for {LOCKS} locks"
+    );
+    for lease in &leases {
+        assert!(backend.release(lease).await.unwrap());
+    }
+}

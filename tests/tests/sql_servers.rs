@@ -575,6 +575,211 @@ mod postgres {
         assert!(waiter_backend.release(&lease).await.expect("release"));
     }
 
+    /// The `waiters` flag of a row, or `None` without a row.
+    async fn waiters_flag(harness: &SqlHarness, name: &lockkit_core::LockName) -> Option<bool> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT waiters FROM \"{}\" WHERE lock_name = $1",
+            harness.table().table()
+        )))
+        .bind(name.as_str())
+        .fetch_optional(harness.pg())
+        .await
+        .expect("read the waiters flag")
+    }
+
+    /// A release NOTIFYs only when an attempt was refused while it was
+    /// held: the first refusal sets the row's `waiters` flag, a grant
+    /// clears it. Notifications arrive in commit order, so the first one
+    /// heard must be the contended lock's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_release_notifies_only_when_someone_was_refused() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let mut listener = sqlx::postgres::PgListener::connect_with(harness.pg())
+            .await
+            .expect("listener");
+        listener
+            .listen(&lockkit_sql::postgres::channel(harness.table()))
+            .await
+            .expect("LISTEN");
+        let (a, b) = (harness.client().await, harness.client().await);
+        let ttl = Duration::from_secs(30);
+
+        let quiet = unique_name("quiet");
+        let lease = a
+            .try_acquire(&request(&quiet, "a", ttl))
+            .await
+            .expect("try")
+            .expect("free");
+        assert_eq!(waiters_flag(&harness, &quiet).await, Some(false));
+        assert!(a.release(&lease).await.expect("release"));
+
+        let busy = unique_name("busy");
+        let lease = a
+            .try_acquire(&request(&busy, "a", ttl))
+            .await
+            .expect("try")
+            .expect("free");
+        for _ in 0..2 {
+            assert!(
+                b.try_acquire(&request(&busy, "b", ttl))
+                    .await
+                    .expect("try")
+                    .is_none()
+            );
+        }
+        assert_eq!(
+            waiters_flag(&harness, &busy).await,
+            Some(true),
+            "a refusal marks the row"
+        );
+        assert!(a.release(&lease).await.expect("release"));
+        let heard = listener.recv().await.expect("a notification");
+        assert_eq!(
+            heard.payload(),
+            busy.as_str(),
+            "the uncontended release must not have notified"
+        );
+
+        let next = b
+            .try_acquire(&request(&busy, "b", ttl))
+            .await
+            .expect("try")
+            .expect("free");
+        assert!(next.token > lease.token);
+        assert_eq!(
+            waiters_flag(&harness, &busy).await,
+            Some(false),
+            "a grant clears the flag"
+        );
+        assert!(b.release(&next).await.expect("release"));
+    }
+
+    /// A table created before the `waiters` flag existed gets the column
+    /// at start-up and then works as a new one; its rows are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_table_from_before_the_waiters_flag_is_upgraded() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let table = fresh_table("old");
+        for ddl in [
+            format!(
+                "CREATE TABLE \"{0}\" (lock_name TEXT NOT NULL PRIMARY KEY, owner_id TEXT NOT NULL, \
+                 lease_id TEXT NOT NULL, fence BIGINT NOT NULL, \
+                 created_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ NOT NULL)",
+                table.table()
+            ),
+            format!(
+                "CREATE TABLE \"{0}_fence\" (lock_name TEXT NOT NULL PRIMARY KEY, fence BIGINT NOT NULL)",
+                table.table()
+            ),
+            format!(
+                "INSERT INTO \"{0}\" VALUES ('kept', 'old', '{1}', 7, now(), now() + interval '1 hour')",
+                table.table(),
+                lockkit_core::LeaseId::random().as_str()
+            ),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(ddl))
+                .execute(harness.pg())
+                .await
+                .expect("old schema");
+        }
+        let options = SqlOptions {
+            table: table.clone(),
+            ..SqlOptions::default()
+        };
+        let backend = lockkit_sql::postgres::connect_with(harness.url(), options)
+            .await
+            .expect("connect upgrades the table");
+        let kept = lockkit_core::LockName::new("kept").expect("name");
+        let info = backend
+            .current(&kept)
+            .await
+            .expect("current")
+            .expect("the old row is kept");
+        assert_eq!(info.owner, "old");
+        assert!(
+            backend
+                .try_acquire(&request(&kept, "new", Duration::from_secs(30)))
+                .await
+                .expect("try")
+                .is_none()
+        );
+        let flag: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT waiters FROM \"{}\" WHERE lock_name = 'kept'",
+            table.table()
+        )))
+        .fetch_one(harness.pg())
+        .await
+        .expect("the waiters column exists");
+        assert!(flag);
+    }
+
+    /// An attempt that reads the row of a holder whose release is
+    /// committing at that moment cannot mark it (the row is gone) and so
+    /// will not be notified: it must try again at once and get the lock,
+    /// not report it held. The release is held open in a transaction until
+    /// the attempt is seen blocked on its row lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_attempt_racing_a_release_retries_at_once() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let (a, b) = (harness.client().await, harness.client().await);
+        let ttl = Duration::from_secs(30);
+        let name = unique_name("race");
+        let first = a
+            .try_acquire(&request(&name, "a", ttl))
+            .await
+            .expect("try")
+            .expect("free");
+
+        let mut release = harness.pg().begin().await.expect("begin");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *release)
+            .await
+            .expect("pid");
+        let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM \"{}\" WHERE lock_name = $1",
+            harness.table().table()
+        )))
+        .bind(name.as_str())
+        .execute(&mut *release)
+        .await
+        .expect("delete");
+        assert_eq!(deleted.rows_affected(), 1);
+
+        let attempt = {
+            let name = name.clone();
+            tokio::spawn(async move { b.try_acquire(&request(&name, "b", ttl)).await })
+        };
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            )
+            .bind(pid)
+            .fetch_one(harness.pg())
+            .await
+            .expect("pg_stat_activity");
+            if blocked > 0 {
+                break;
+            }
+            assert!(
+                !attempt.is_finished(),
+                "the attempt finished without meeting the open release"
+            );
+            assert!(
+                Instant::now() < give_up,
+                "the attempt never blocked on the release"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        release.commit().await.expect("commit the release");
+        let lease = attempt
+            .await
+            .expect("task")
+            .expect("try")
+            .expect("the attempt that raced the release must be granted");
+        assert!(lease.token > first.token);
+    }
+
     /// Many waiters on many names share one LISTEN connection per backend
     /// instance; killing it falls back to polling and re-listening.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -651,6 +856,49 @@ mod postgres {
 #[cfg(feature = "mysql")]
 mod mysql {
     use super::*;
+
+    /// The grant batch inlines names and owners as hex literals: quotes,
+    /// backslashes, `?`, `;` and non-ASCII text arrive byte for byte, and
+    /// the stored row is the grant's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn awkward_names_and_owners_survive_the_grant_batch() {
+        let harness = SqlHarness::start(SqlKind::MySql).await;
+        let backend = harness.client().await;
+        let suffix = lockkit_tests::server::random_suffix();
+        for (i, (name, owner)) in [
+            (format!("it's/{suffix}"), "o'wner \\ \"x\""),
+            (format!("q?mark;DROP TABLE x;--/{suffix}"), "who?;"),
+            (format!("tâche-ü-名前/{suffix}"), "żółw 🐢"),
+            (format!("back\\slash/{suffix}"), "-"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = lockkit_core::LockName::new(name).expect("valid name");
+            let lease = backend
+                .try_acquire(&request(&name, owner, Duration::from_secs(30)))
+                .await
+                .expect("try")
+                .expect("free");
+            let info = backend
+                .current(&name)
+                .await
+                .expect("current")
+                .expect("held");
+            assert_eq!(info.name, name, "case {i}");
+            assert_eq!(info.owner, owner, "case {i}");
+            assert_eq!(info.lease_id, lease.lease_id, "case {i}");
+            assert_eq!(info.token, lease.token, "case {i}");
+            assert!(backend.release(&lease).await.expect("release"));
+            let again = backend
+                .try_acquire(&request(&name, owner, Duration::from_secs(30)))
+                .await
+                .expect("try")
+                .expect("free again");
+            assert!(again.token > lease.token, "case {i}: tokens rise");
+            assert!(backend.release(&again).await.expect("release"));
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn processes_race_on_an_empty_database() {

@@ -693,3 +693,60 @@ async fn killed_waiter_process_blocks_for_its_ttl_not_the_session_timeout() {
     );
     assert!(behind.release(&lease).await.expect("release"));
 }
+
+/// A hand-off costs no write besides the queue's own: the woken waiter's
+/// node is granted as it was created (version 0, not rewritten as
+/// `held`), `current()` reports it as the holder at once, and its first
+/// renewal then marks it `held`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hand_off_grants_the_waiters_node_without_rewriting_it() {
+    // Long enough that the waiter never refreshes its node while queued
+    // (every third of the TTL), even on a loaded machine.
+    const TTL: Duration = Duration::from_secs(180);
+    let h = ZkHarness::start().await;
+    let raw = h.raw();
+    let lock = name("handoff-write");
+    let (holder, waiter, inspector) = (h.backend().await, h.backend().await, h.backend().await);
+    let held = holder
+        .try_acquire(&req(&lock, "holder", TTL))
+        .await
+        .expect("try")
+        .expect("free");
+    let waiting = {
+        let (lock, waiter) = (lock.clone(), waiter.clone());
+        tokio::spawn(async move {
+            waiter
+                .acquire(&req(&lock, "waiter", TTL), Some(Instant::now() + LONG))
+                .await
+        })
+    };
+    wait_for_queue(&raw, holder.root(), &lock, 2).await;
+    assert!(holder.release(&held).await.expect("release"));
+    let lease = waiting.await.expect("task").expect("granted");
+    let path = lease.handle.clone().expect("node path");
+    let (data, stat) = raw.get_data(&path).await.expect("node exists");
+    assert_eq!(stat.version, 0, "granted without rewriting the node");
+    assert!(
+        String::from_utf8_lossy(&data).contains("waiting"),
+        "still the waiter's record"
+    );
+    assert!(
+        lease.deadline <= Instant::now() + TTL,
+        "the lease counts from the node's last write"
+    );
+    let info = inspector
+        .current(&lock)
+        .await
+        .expect("current")
+        .expect("the head of the queue is the holder");
+    assert_eq!(info.lease_id, lease.lease_id);
+    assert_eq!(info.token, lease.token);
+    let renewed = waiter.extend(&lease, TTL).await.expect("renew");
+    let (data, stat) = raw.get_data(&path).await.expect("node exists");
+    assert_eq!(stat.version, 1);
+    assert!(
+        String::from_utf8_lossy(&data).contains("held"),
+        "renewal marks it held"
+    );
+    assert!(waiter.release(&renewed).await.expect("release"));
+}
