@@ -23,6 +23,7 @@ use crate::dialect::{
 };
 use crate::error::classify;
 use crate::host_clock;
+use crate::lanes::Lanes;
 use crate::table::TableName;
 
 /// How long concurrent first starts retry contended schema creation.
@@ -79,6 +80,8 @@ impl<'a> Values<'a> {
 /// A lock table in a SQL database (see the [crate docs](crate)).
 pub struct SqlBackend<D: Dialect> {
     pool: Pool<D::Db>,
+    /// Connections kept out of the pool for the statements (`lanes.rs`).
+    lanes: Arc<Lanes<D::Db>>,
     /// The boot the host clock belongs to ([`Dialect::HOST_CLOCK`]), or "".
     boot_id: &'static str,
     statements: Arc<Statements>,
@@ -119,6 +122,7 @@ impl<D: Dialect> Clone for SqlBackend<D> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            lanes: Arc::clone(&self.lanes),
             boot_id: self.boot_id,
             statements: Arc::clone(&self.statements),
             table: self.table.clone(),
@@ -174,6 +178,7 @@ where
             table: options.table,
             poll: options.poll.unwrap_or_else(D::poll_policy),
             announce,
+            lanes: Arc::new(Lanes::new(pool.clone())),
             pool,
             wakeups,
             dialect: PhantomData,
@@ -257,7 +262,12 @@ where
         Ok(())
     }
 
-    /// The connection pool.
+    /// The connection pool. The backend keeps up to all but one of its
+    /// connections checked out for its own statements (sqlx pings every
+    /// connection returned to a pool, one more round trip per statement;
+    /// see `ARCHITECTURE.md` §6), so queries of your own on this pool get
+    /// at least one connection — an in-memory SQLite pool has only the one
+    /// the backend uses.
     pub fn pool(&self) -> &Pool<D::Db> {
         &self.pool
     }
@@ -287,10 +297,15 @@ where
         values: &Values<'_>,
         doing: &'static str,
     ) -> Result<Option<<D::Db as Database>::Row>> {
-        Self::query(statement, values)
-            .fetch_optional(&self.pool)
+        let mut lane = self
+            .lanes
+            .get()
             .await
-            .map_err(|e| classify::<D>(e, doing))
+            .map_err(|e| classify::<D>(e, doing))?;
+        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+        let result = Self::query(statement, values).fetch_optional(conn).await;
+        lane.finish(&result);
+        result.map_err(|e| classify::<D>(e, doing))
     }
 
     async fn fetch_all(
@@ -299,10 +314,15 @@ where
         values: &Values<'_>,
         doing: &'static str,
     ) -> Result<Vec<<D::Db as Database>::Row>> {
-        Self::query(statement, values)
-            .fetch_all(&self.pool)
+        let mut lane = self
+            .lanes
+            .get()
             .await
-            .map_err(|e| classify::<D>(e, doing))
+            .map_err(|e| classify::<D>(e, doing))?;
+        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+        let result = Self::query(statement, values).fetch_all(conn).await;
+        lane.finish(&result);
+        result.map_err(|e| classify::<D>(e, doing))
     }
 
     async fn execute(
@@ -311,10 +331,15 @@ where
         values: &Values<'_>,
         doing: &'static str,
     ) -> Result<<D::Db as Database>::QueryResult> {
-        Self::query(statement, values)
-            .execute(&self.pool)
+        let mut lane = self
+            .lanes
+            .get()
             .await
-            .map_err(|e| classify::<D>(e, doing))
+            .map_err(|e| classify::<D>(e, doing))?;
+        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+        let result = Self::query(statement, values).execute(conn).await;
+        lane.finish(&result);
+        result.map_err(|e| classify::<D>(e, doing))
     }
 
     /// Runs a release-style statement: `true` if a live lease was deleted.
@@ -361,9 +386,13 @@ where
     /// transaction; says which were still held.
     async fn extend_in_one_transaction(&self, batch: &[(Lease, Duration)]) -> Result<Vec<bool>> {
         let doing = "renewing leases";
-        let mut tx = self
-            .pool
-            .begin()
+        let mut lane = self
+            .lanes
+            .get()
+            .await
+            .map_err(|e| classify::<D>(e, doing))?;
+        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+        let mut tx = sqlx::Connection::begin(conn)
             .await
             .map_err(|e| classify::<D>(e, doing))?;
         let statement = &self.statements.extend;
@@ -393,6 +422,7 @@ where
             });
         }
         tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
+        lane.done();
         Ok(held)
     }
 
@@ -422,6 +452,26 @@ where
             }
         }
         Ok(None)
+    }
+
+    /// Runs the dialect's one-statement renewal on a lane.
+    async fn extend_many_statement(&self, batch: &[(Lease, Duration)]) -> Result<Vec<bool>> {
+        let doing = "renewing leases";
+        let mut lane = self
+            .lanes
+            .get()
+            .await
+            .map_err(|e| classify::<D>(e, doing))?;
+        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+        let Some(statement) = D::extend_many(conn, &self.table, batch) else {
+            lane.done();
+            return self.extend_in_one_transaction(batch).await;
+        };
+        let held = statement.await;
+        if held.is_ok() {
+            lane.done();
+        }
+        held
     }
 
     fn decode_info(row: &<D::Db as Database>::Row) -> Result<LockInfo> {
@@ -520,10 +570,22 @@ where
             Outcome::LastInsertId => {
                 let result = match &self.statements.fence_counter {
                     Some(counter) => {
-                        if let Some(grant) =
-                            D::grant_batch(&self.pool, counter, statement, &|p| values.get(p))
-                        {
-                            let fence = grant.await?;
+                        let mut lane = self
+                            .lanes
+                            .get()
+                            .await
+                            .map_err(|e| classify::<D>(e, doing))?;
+                        if D::HAS_GRANT_BATCH {
+                            let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+                            let value = |p| values.get(p);
+                            let fence = match D::grant_batch(conn, counter, statement, &value) {
+                                Some(grant) => grant.await?,
+                                None => None,
+                            };
+                            // Kept only when the whole batch completed: a
+                            // batch that stopped half-way may have left its
+                            // transaction open.
+                            lane.done();
                             return match fence {
                                 Some(fence) => {
                                     Ok(Some(Lease::granted(req, token_from(fence)?, sent_at)))
@@ -534,9 +596,8 @@ where
                         // Counter and grant in one transaction: the counter
                         // row stays locked until the grant commits, so grants
                         // of one name get increasing tokens in commit order.
-                        let mut tx = self
-                            .pool
-                            .begin()
+                        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+                        let mut tx = sqlx::Connection::begin(conn)
                             .await
                             .map_err(|e| classify::<D>(e, doing))?;
                         Self::query(counter, &values)
@@ -548,6 +609,7 @@ where
                             .await
                             .map_err(|e| classify::<D>(e, doing))?;
                         tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
+                        lane.done();
                         result
                     }
                     None => self.execute(statement, &values, doing).await?,
@@ -608,9 +670,10 @@ where
             return results;
         }
         let sent_at = Instant::now();
-        let held = match D::extend_many(&self.pool, &self.table, batch) {
-            Some(statement) => statement.await,
-            None => self.extend_in_one_transaction(batch).await,
+        let held = if D::HAS_EXTEND_MANY {
+            self.extend_many_statement(batch).await
+        } else {
+            self.extend_in_one_transaction(batch).await
         };
         match held {
             Ok(held) => batch

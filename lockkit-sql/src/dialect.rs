@@ -263,17 +263,20 @@ pub trait Dialect: Send + Sync + 'static {
         false
     }
 
-    /// One statement renewing many leases, if the dialect has one: it
-    /// resolves to whether each lease (in order) was still held. `None`
-    /// (the default) renews them in one transaction of `extend`s.
+    /// One statement renewing many leases on `conn`, if the dialect has
+    /// one: it resolves to whether each lease (in order) was still held.
+    /// `None` (the default) renews them in one transaction of `extend`s.
     fn extend_many<'a>(
-        pool: &'a sqlx::Pool<Self::Db>,
+        conn: &'a mut <Self::Db as sqlx::Database>::Connection,
         table: &'a TableName,
         batch: &'a [(lockkit_core::Lease, Duration)],
     ) -> Option<BatchFuture<'a>> {
-        let _ = (pool, table, batch);
+        let _ = (conn, table, batch);
         None
     }
+
+    /// Whether [`extend_many`](Self::extend_many) returns a statement.
+    const HAS_EXTEND_MANY: bool = false;
 
     /// The grant of a free lock — `counter` (the statements'
     /// `fence_counter`) then `acquire`, in one transaction — sent as one
@@ -281,15 +284,18 @@ pub trait Dialect: Send + Sync + 'static {
     /// instead of four (`BEGIN`, two statements, `COMMIT`). `value` gives
     /// what each [`Param`] is bound to. `None` (the default) runs the
     /// transaction statement by statement.
-    fn grant_batch<'a>(
-        pool: &'a sqlx::Pool<Self::Db>,
+    fn grant_batch<'a, 'v>(
+        conn: &'a mut <Self::Db as sqlx::Database>::Connection,
         counter: &Statement,
         acquire: &Statement,
-        value: &dyn Fn(Param) -> Value<'a>,
+        value: &dyn Fn(Param) -> Value<'v>,
     ) -> Option<GrantFuture<'a>> {
-        let _ = (pool, counter, acquire, value);
+        let _ = (conn, counter, acquire, value);
         None
     }
+
+    /// Whether [`grant_batch`](Self::grant_batch) returns a batch.
+    const HAS_GRANT_BATCH: bool = false;
 
     /// A push channel for release hints, if the database has one.
     fn listener(pool: &sqlx::Pool<Self::Db>, table: &TableName) -> Option<StartListener> {

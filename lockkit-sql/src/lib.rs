@@ -94,6 +94,7 @@ mod connect;
 pub mod dialect;
 mod error;
 mod host_clock;
+mod lanes;
 pub mod table;
 
 #[cfg(feature = "mysql")]

@@ -23,8 +23,8 @@
 //!   literals, which need no escaping): a free lock costs two round trips
 //!   (the read and the batch) instead of five, a held one one. A batch that
 //!   fails part-way, or whose future is dropped, closes its connection
-//!   rather than return it to the pool with a transaction open (the server
-//!   rolls it back).
+//!   rather than keep it with a transaction open (the server rolls it
+//!   back).
 //! - Extend, release and force-release report matched rows (sqlx connects
 //!   with `CLIENT_FOUND_ROWS`). Release deletes the row with this lease id
 //!   and returns `true` if one was found; unlike SQLite and Postgres it
@@ -55,7 +55,6 @@ use std::fmt::Write as _;
 use futures::TryStreamExt as _;
 use lockkit_core::Result;
 use sqlx::mysql::MySqlQueryResult;
-use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, MySql};
 
 use crate::backend::{SqlBackend, SqlOptions};
@@ -221,12 +220,15 @@ impl Dialect for MySqlDialect {
         sqlstate == "40001" || sqlstate == "70100" || sqlstate.starts_with("08")
     }
 
+    const HAS_GRANT_BATCH: bool = true;
+
     /// `START TRANSACTION; <counter>; <acquire>; COMMIT` as one request.
-    fn grant_batch<'a>(
-        pool: &'a sqlx::Pool<MySql>,
+    /// The caller keeps the connection only if the whole batch completed.
+    fn grant_batch<'a, 'v>(
+        conn: &'a mut sqlx::MySqlConnection,
         counter: &Statement,
         acquire: &Statement,
-        value: &dyn Fn(Param) -> Value<'a>,
+        value: &dyn Fn(Param) -> Value<'v>,
     ) -> Option<GrantFuture<'a>> {
         let batch = format!(
             "START TRANSACTION; {}; {}; COMMIT",
@@ -235,19 +237,11 @@ impl Dialect for MySqlDialect {
         );
         Some(Box::pin(async move {
             let doing = "acquiring a lock";
-            let mut conn = ClosesUnlessDone(Some(
-                pool.acquire()
-                    .await
-                    .map_err(|e| classify::<Self>(e, doing))?,
-            ));
-            let results: Vec<MySqlQueryResult> = match conn.0.as_mut() {
-                Some(c) => sqlx::raw_sql(AssertSqlSafe(batch))
-                    .execute_many(&mut **c)
-                    .try_collect()
-                    .await
-                    .map_err(|e| classify::<Self>(e, doing))?,
-                None => Vec::new(),
-            };
+            let results: Vec<MySqlQueryResult> = sqlx::raw_sql(AssertSqlSafe(batch))
+                .execute_many(conn)
+                .try_collect()
+                .await
+                .map_err(|e| classify::<Self>(e, doing))?;
             let [_, _, granted, _] = results.as_slice() else {
                 return Err(lockkit_core::Error::backend(
                     Self::KIND,
@@ -259,7 +253,6 @@ impl Dialect for MySqlDialect {
                 ));
             };
             let fence = granted.last_insert_id();
-            conn.done();
             Ok((fence > 0).then(|| i64::try_from(fence).unwrap_or(i64::MAX)))
         }))
     }
@@ -275,7 +268,7 @@ impl Dialect for MySqlDialect {
 /// decimal, text as `_utf8mb4 X'…'` hex literals (no quoting or escaping
 /// to get wrong, whatever the bytes). The statement texts have no `?`
 /// other than placeholders.
-fn inline<'a>(statement: &Statement, value: &dyn Fn(Param) -> Value<'a>) -> String {
+fn inline<'v>(statement: &Statement, value: &dyn Fn(Param) -> Value<'v>) -> String {
     let mut params = statement.params.iter();
     let mut sql = String::with_capacity(statement.sql.len() + 128);
     for piece in statement.sql.split_inclusive('?') {
@@ -302,27 +295,6 @@ fn inline<'a>(statement: &Statement, value: &dyn Fn(Param) -> Value<'a>) -> Stri
         }
     }
     sql
-}
-
-/// A pooled connection that is closed, not returned to the pool, unless
-/// [`done`](Self::done) is called: after an error or a dropped future
-/// part-way through a batch, it may still be inside the batch's
-/// transaction.
-struct ClosesUnlessDone(Option<PoolConnection<MySql>>);
-
-impl ClosesUnlessDone {
-    /// The batch completed: the connection may go back to the pool.
-    fn done(&mut self) {
-        self.0.take();
-    }
-}
-
-impl Drop for ClosesUnlessDone {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.as_mut() {
-            conn.close_on_drop();
-        }
-    }
 }
 
 /// Connects to the MySQL or MariaDB database at `url` with the default

@@ -301,8 +301,10 @@ impl Dialect for PostgresDialect {
     }
 
     /// One `UPDATE … FROM unnest(…)` for every renewal due at once.
+    const HAS_EXTEND_MANY: bool = true;
+
     fn extend_many<'a>(
-        pool: &'a sqlx::Pool<Postgres>,
+        conn: &'a mut sqlx::PgConnection,
         table: &'a TableName,
         batch: &'a [(Lease, Duration)],
     ) -> Option<BatchFuture<'a>> {
@@ -320,7 +322,7 @@ impl Dialect for PostgresDialect {
             .bind(names)
             .bind(leases)
             .bind(ttls)
-            .fetch_all(pool)
+            .fetch_all(conn)
             .await
             .map_err(|e| classify::<PostgresDialect>(e, "renewing leases"))?;
             Ok(batch

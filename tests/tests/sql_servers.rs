@@ -654,6 +654,148 @@ mod postgres {
         assert!(b.release(&next).await.expect("release"));
     }
 
+    /// Server connections of `app` (an `application_name`).
+    async fn connections_of(harness: &SqlHarness, app: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(app)
+            .fetch_one(harness.pg())
+            .await
+            .expect("pg_stat_activity")
+    }
+
+    /// One task's statements reuse one connection: 200 acquire/release
+    /// pairs leave one lane's connection open (through the sqlx pool,
+    /// each statement's return ping kept its connection busy and the next
+    /// statement opened another, up to the pool's 8).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sequential_statements_reuse_one_connection() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let app = format!("lk_lanes_{}", lockkit_tests::server::random_suffix());
+        let options = SqlOptions {
+            table: harness.table().clone(),
+            ..SqlOptions::default()
+        };
+        let backend = lockkit_sql::postgres::connect_with(
+            &format!("{}?application_name={app}", harness.url()),
+            options,
+        )
+        .await
+        .expect("backend");
+        let name = unique_name("lanes");
+        for _ in 0..200 {
+            let lease = backend
+                .try_acquire(&request(&name, "o", Duration::from_secs(30)))
+                .await
+                .expect("try")
+                .expect("free");
+            assert!(backend.release(&lease).await.expect("release"));
+        }
+        // One lane, plus the idle pool connection that created the schema.
+        let open = connections_of(&harness, &app).await;
+        assert!(open <= 2, "{open} connections for one task's statements");
+    }
+
+    /// A statement whose future is dropped does not leave its connection
+    /// for the next statement (it could still be waiting for the reply):
+    /// the connection is closed, and the next attempt runs on a new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_dropped_statement_closes_its_connection() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let app = format!("lk_cancel_{}", lockkit_tests::server::random_suffix());
+        let options = SqlOptions {
+            table: harness.table().clone(),
+            ..SqlOptions::default()
+        };
+        let backend = Arc::new(
+            lockkit_sql::postgres::connect_with(
+                &format!("{}?application_name={app}", harness.url()),
+                options,
+            )
+            .await
+            .expect("backend"),
+        );
+        let holder = harness.client().await;
+        let name = unique_name("cancel");
+        let held = holder
+            .try_acquire(&request(&name, "holder", Duration::from_secs(30)))
+            .await
+            .expect("try")
+            .expect("free");
+        // Lock the row, so that the attempt's mark of it blocks.
+        let mut blocker = harness.pg().begin().await.expect("begin");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *blocker)
+            .await
+            .expect("pid");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM \"{}\" WHERE lock_name = $1 FOR UPDATE",
+            harness.table().table()
+        )))
+        .bind(name.as_str())
+        .execute(&mut *blocker)
+        .await
+        .expect("row lock");
+        let attempt = {
+            let (backend, name) = (Arc::clone(&backend), name.clone());
+            tokio::spawn(async move {
+                backend
+                    .try_acquire(&request(&name, "waiter", Duration::from_secs(30)))
+                    .await
+            })
+        };
+        let blocked_pid = |harness: &SqlHarness| {
+            let app = app.clone();
+            let pg = harness.pg().clone();
+            async move {
+                sqlx::query_scalar::<_, i32>(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND $2 = ANY(pg_blocking_pids(pid))",
+                )
+                .bind(app)
+                .bind(pid)
+                .fetch_optional(&pg)
+                .await
+                .expect("pg_stat_activity")
+            }
+        };
+        let give_up = Instant::now() + Duration::from_secs(30);
+        let victim = loop {
+            if let Some(victim) = blocked_pid(&harness).await {
+                break victim;
+            }
+            assert!(Instant::now() < give_up, "the attempt never blocked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        attempt.abort();
+        assert!(attempt.await.expect_err("aborted").is_cancelled());
+        blocker.commit().await.expect("unlock");
+        // The dropped statement's connection goes away...
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alive: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                    .bind(victim)
+                    .fetch_one(harness.pg())
+                    .await
+                    .expect("pg_stat_activity");
+            if alive == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the dropped statement's connection stayed open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // ...and the backend goes on, on a new one.
+        assert!(holder.release(&held).await.expect("release"));
+        let lease = backend
+            .try_acquire(&request(&name, "waiter", Duration::from_secs(30)))
+            .await
+            .expect("try")
+            .expect("free");
+        assert!(backend.release(&lease).await.expect("release"));
+    }
+
     /// A table created before the `waiters` flag existed gets the column
     /// at start-up and then works as a new one; its rows are kept.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
