@@ -325,13 +325,16 @@ impl Dialect for PostgresDialect {
             .fetch_all(conn)
             .await
             .map_err(|e| classify::<PostgresDialect>(e, "renewing leases"))?;
+            // A set, not a scan per lease: with 10 000 leases a nested
+            // search blocked the runtime thread long enough to push other
+            // renewals out of their batch.
+            let renewed: std::collections::HashSet<(&str, &str)> = renewed
+                .iter()
+                .map(|(name, id)| (name.as_str(), id.as_str()))
+                .collect();
             Ok(batch
                 .iter()
-                .map(|(lease, _)| {
-                    renewed.iter().any(|(name, id)| {
-                        name == lease.name.as_str() && id == lease.lease_id.as_str()
-                    })
-                })
+                .map(|(lease, _)| renewed.contains(&(lease.name.as_str(), lease.lease_id.as_str())))
                 .collect())
         }))
     }
