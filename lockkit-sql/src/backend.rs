@@ -297,11 +297,7 @@ where
         values: &Values<'_>,
         doing: &'static str,
     ) -> Result<Option<<D::Db as Database>::Row>> {
-        let mut lane = self
-            .lanes
-            .get()
-            .await
-            .map_err(|e| classify::<D>(e, doing))?;
+        let mut lane = self.lane(doing).await?;
         let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
         let result = Self::query(statement, values).fetch_optional(conn).await;
         lane.finish(&result);
@@ -314,11 +310,7 @@ where
         values: &Values<'_>,
         doing: &'static str,
     ) -> Result<Vec<<D::Db as Database>::Row>> {
-        let mut lane = self
-            .lanes
-            .get()
-            .await
-            .map_err(|e| classify::<D>(e, doing))?;
+        let mut lane = self.lane(doing).await?;
         let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
         let result = Self::query(statement, values).fetch_all(conn).await;
         lane.finish(&result);
@@ -331,11 +323,7 @@ where
         values: &Values<'_>,
         doing: &'static str,
     ) -> Result<<D::Db as Database>::QueryResult> {
-        let mut lane = self
-            .lanes
-            .get()
-            .await
-            .map_err(|e| classify::<D>(e, doing))?;
+        let mut lane = self.lane(doing).await?;
         let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
         let result = Self::query(statement, values).execute(conn).await;
         lane.finish(&result);
@@ -386,11 +374,7 @@ where
     /// transaction; says which were still held.
     async fn extend_in_one_transaction(&self, batch: &[(Lease, Duration)]) -> Result<Vec<bool>> {
         let doing = "renewing leases";
-        let mut lane = self
-            .lanes
-            .get()
-            .await
-            .map_err(|e| classify::<D>(e, doing))?;
+        let mut lane = self.lane(doing).await?;
         let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
         let mut tx = sqlx::Connection::begin(conn)
             .await
@@ -426,6 +410,11 @@ where
         Ok(held)
     }
 
+    /// A free lane of this backend's connections (`lanes.rs`).
+    async fn lane(&self, doing: &'static str) -> Result<crate::lanes::Lane<'_, D::Db>> {
+        self.lanes.get().await.map_err(|e| classify::<D>(e, doing))
+    }
+
     /// Runs a row-returning acquire: the fence of a grant, or `None` when
     /// the lock is held. A fence of 0 means the holder's row changed while
     /// the attempt recorded itself as a waiter (Postgres' `waiters` flag):
@@ -457,11 +446,7 @@ where
     /// Runs the dialect's one-statement renewal on a lane.
     async fn extend_many_statement(&self, batch: &[(Lease, Duration)]) -> Result<Vec<bool>> {
         let doing = "renewing leases";
-        let mut lane = self
-            .lanes
-            .get()
-            .await
-            .map_err(|e| classify::<D>(e, doing))?;
+        let mut lane = self.lane(doing).await?;
         let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
         let Some(statement) = D::extend_many(conn, &self.table, batch) else {
             lane.done();
@@ -570,11 +555,7 @@ where
             Outcome::LastInsertId => {
                 let result = match &self.statements.fence_counter {
                     Some(counter) => {
-                        let mut lane = self
-                            .lanes
-                            .get()
-                            .await
-                            .map_err(|e| classify::<D>(e, doing))?;
+                        let mut lane = self.lane(doing).await?;
                         if D::HAS_GRANT_BATCH {
                             let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
                             let value = |p| values.get(p);
