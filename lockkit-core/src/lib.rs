@@ -61,6 +61,7 @@ pub mod memory;
 pub mod metrics;
 pub mod spi;
 mod wait;
+mod wakes;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

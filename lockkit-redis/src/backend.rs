@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use lockkit_core::spi::{AcquireRequest, ttl_millis};
-use lockkit_core::spi::{Backoff, PollPolicy, WakeSubscription};
+use lockkit_core::spi::{Backoff, PollPolicy, TurnSubscription, WakeSubscription, Wakes};
 use lockkit_core::spi::{LockQueue, QueuePlace};
 use lockkit_core::{
     Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo, LockName, LostReason,
@@ -22,7 +22,6 @@ use crate::listener::Listener;
 use crate::options::{ParsedUrl, RedisOptions};
 use crate::record;
 use crate::scripts::SCRIPTS;
-use crate::wakes::Wakes;
 
 /// How many leases `list` reads at once.
 const LIST_CONCURRENCY: usize = 32;
@@ -247,14 +246,10 @@ impl RedisBackend {
     }
 
     /// A FIFO waiter's subscription: woken only when a release or a leave
-    /// makes it the head of the queue (`wakes.rs`), with the listener
+    /// makes it the head of the queue (`lockkit_core::spi::Wakes`), with the listener
     /// subscribed (unless pub/sub is off).
-    async fn subscribe_turn(&self, req: &AcquireRequest) -> WakeSubscription {
-        let subscription = self
-            .inner
-            .wakes
-            .subscribe_turn(&req.lease_id)
-            .unwrap_or_else(|| self.inner.wakes.subscribe_name(&req.name));
+    async fn subscribe_turn(&self, req: &AcquireRequest) -> TurnSubscription {
+        let subscription = self.inner.wakes.subscribe_turn(&req.name, &req.lease_id);
         if self.inner.options.pubsub {
             self.inner.listener.ensure_subscribed().await;
         }
@@ -276,7 +271,7 @@ impl RedisBackend {
 /// subscription (taken before its first script, so no release message is
 /// missed) and its poll backoff.
 struct FifoPlace {
-    wake: WakeSubscription,
+    wake: TurnSubscription,
     backoff: Backoff,
 }
 

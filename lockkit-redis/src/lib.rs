@@ -131,7 +131,6 @@ mod listener;
 mod options;
 mod record;
 mod scripts;
-mod wakes;
 
 use lockkit_core::Result;
 

@@ -3,7 +3,7 @@
 //! The listener `PSUBSCRIBE`s to `<prefix>{*}:released` once and feeds every
 //! message (payload: the lock name, and the new FIFO head's lease id after
 //! a `\n` when waiters are queued) into the backend's wake-up hubs
-//! (`wakes.rs`): waiters of that name in the unfair mode, and only the new
+//! (`lockkit_core::spi::Wakes`): waiters of that name in the unfair mode, and only the new
 //! head in FIFO mode. One pattern subscription serves every waiter, so waiting costs
 //! no subscribe round trip and the number of Redis subscriptions does not
 //! grow with the number of waiters or names.
@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lockkit_core::spi::PollPolicy;
 
-use crate::wakes::Wakes;
+use lockkit_core::spi::Wakes;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 

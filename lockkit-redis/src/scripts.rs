@@ -108,7 +108,7 @@ return out
 /// The Lua function every script that frees a lock or changes a queue's
 /// head ends with: drops expired queue entries, then publishes the lock
 /// name — followed by `\n` and the lease id of the queue's head when FIFO
-/// waiters are queued, so that only the head retries (`wakes.rs`). Returns
+/// waiters are queued, so that only the head retries (`lockkit_core::spi::Wakes`). Returns
 /// the payload it published.
 macro_rules! announce {
     () => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lockkit_core::spi::{AcquireRequest, system_time_from_millis, ttl_millis};
-use lockkit_core::spi::{PollPolicy, WakeHub, WakeSubscription};
+use lockkit_core::spi::{LockQueue, PollPolicy, TurnSubscription, WakeSubscription, Wakes};
 use lockkit_core::{
     Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo, LockName, LostReason,
     Result,
@@ -39,6 +39,11 @@ pub struct SqlOptions {
     pub create_schema: bool,
     /// How waiters poll; `None` uses the dialect's default.
     pub poll: Option<PollPolicy>,
+    /// Dialects with a waiter queue (Postgres): how long a queue entry
+    /// lives unless its waiter refreshes it, i.e. how long a waiter that
+    /// died blocks the queue at most (default 3 s, at least 30 ms; live
+    /// waiters refresh their entry every third of it).
+    pub queue_entry_ttl: Duration,
 }
 
 impl Default for SqlOptions {
@@ -47,9 +52,32 @@ impl Default for SqlOptions {
             table: TableName::default(),
             create_schema: true,
             poll: None,
+            queue_entry_ttl: DEFAULT_QUEUE_ENTRY_TTL,
         }
     }
 }
+
+impl SqlOptions {
+    /// Checks the options without any I/O.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a `queue_entry_ttl` under 30 ms.
+    pub fn validate(&self) -> Result<()> {
+        if self.queue_entry_ttl < MIN_QUEUE_ENTRY_TTL {
+            return Err(Error::invalid_input(format!(
+                "queue_entry_ttl must be at least {MIN_QUEUE_ENTRY_TTL:?}, got {:?}",
+                self.queue_entry_ttl
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The default [`SqlOptions::queue_entry_ttl`].
+const DEFAULT_QUEUE_ENTRY_TTL: Duration = Duration::from_secs(3);
+
+/// The shortest [`SqlOptions::queue_entry_ttl`].
+const MIN_QUEUE_ENTRY_TTL: Duration = Duration::from_millis(30);
 
 /// The values bound to a statement.
 struct Values<'a> {
@@ -60,6 +88,8 @@ struct Values<'a> {
     /// The host clock, for dialects with [`Dialect::HOST_CLOCK`].
     clock: host_clock::Reading,
     boot_id: &'a str,
+    /// [`Param::QueueTtlMillis`]: 0 unless the attempt may join a queue.
+    queue_ttl_ms: i64,
 }
 
 impl<'a> Values<'a> {
@@ -73,6 +103,7 @@ impl<'a> Values<'a> {
             Param::NowMillis => Value::Int(self.clock.now_ms),
             Param::BootId => Value::Text(self.boot_id),
             Param::WallMillis => Value::Int(self.clock.wall_ms),
+            Param::QueueTtlMillis => Value::Int(self.queue_ttl_ms),
         }
     }
 }
@@ -87,25 +118,27 @@ pub struct SqlBackend<D: Dialect> {
     statements: Arc<Statements>,
     table: TableName,
     poll: PollPolicy,
+    /// [`SqlOptions::queue_entry_ttl`].
+    queue_ttl: Duration,
     wakeups: Option<Arc<Wakeups>>,
     announce: Option<Announcer>,
     dialect: PhantomData<D>,
 }
 
 /// Push wake-ups: one listener per backend instance (started on the first
-/// wait), fanned out to waiters through a [`WakeHub`].
+/// wait), routed to waiters through [`Wakes`].
 struct Wakeups {
-    hub: Arc<WakeHub>,
+    wakes: Arc<Wakes>,
     start: StartListener,
     running: tokio::sync::OnceCell<ListenerTask>,
 }
 
 impl Wakeups {
-    async fn subscribe(&self, name: &LockName) -> Result<WakeSubscription> {
+    async fn started(&self) -> Result<&Wakes> {
         self.running
-            .get_or_try_init(|| (self.start)(Arc::clone(&self.hub)))
+            .get_or_try_init(|| (self.start)(Arc::clone(&self.wakes)))
             .await?;
-        Ok(self.hub.subscribe(name))
+        Ok(&self.wakes)
     }
 }
 
@@ -127,6 +160,7 @@ impl<D: Dialect> Clone for SqlBackend<D> {
             statements: Arc::clone(&self.statements),
             table: self.table.clone(),
             poll: self.poll,
+            queue_ttl: self.queue_ttl,
             wakeups: self.wakeups.clone(),
             announce: self.announce.clone(),
             dialect: PhantomData,
@@ -157,11 +191,13 @@ where
     /// `options.create_schema` is set.
     ///
     /// # Errors
-    /// Backend errors while creating the schema.
+    /// [`Error::InvalidInput`] for invalid `options` (before any I/O);
+    /// backend errors while creating the schema.
     pub async fn from_pool(pool: Pool<D::Db>, options: SqlOptions) -> Result<Self> {
+        options.validate()?;
         let wakeups = D::listener(&pool, &options.table).map(|start| {
             Arc::new(Wakeups {
-                hub: WakeHub::new(),
+                wakes: Wakes::new(),
                 start,
                 running: tokio::sync::OnceCell::new(),
             })
@@ -177,6 +213,7 @@ where
             statements: Arc::new(D::statements(&options.table)),
             table: options.table,
             poll: options.poll.unwrap_or_else(D::poll_policy),
+            queue_ttl: options.queue_entry_ttl,
             announce,
             lanes: Arc::new(Lanes::new(pool.clone())),
             pool,
@@ -367,6 +404,7 @@ where
                 host_clock::Reading::default()
             },
             boot_id: self.boot_id,
+            queue_ttl_ms: 0,
         }
     }
 
@@ -408,6 +446,135 @@ where
         tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
         lane.done();
         Ok(held)
+    }
+
+    /// One attempt for `req`. With `queue_ttl_ms` above 0 and a dialect
+    /// with a waiter queue, a refused attempt joins the queue (or refreshes
+    /// its entry) for that long.
+    pub(crate) async fn attempt(
+        &self,
+        req: &AcquireRequest,
+        queue_ttl_ms: i64,
+    ) -> Result<Option<Lease>> {
+        let sent_at = Instant::now();
+        let mut values = self.values(
+            req.name.as_str(),
+            &req.owner,
+            req.lease_id.as_str(),
+            req.ttl,
+        );
+        values.queue_ttl_ms = queue_ttl_ms;
+        let doing = "acquiring a lock";
+        if let Some(precheck) = &self.statements.precheck
+            && let Some(row) = self.fetch_optional(precheck, &values, doing).await?
+        {
+            let holder = row
+                .try_get::<String, _>(0)
+                .map_err(|e| classify::<D>(e, "reading the holder"))?;
+            if holder != req.lease_id.as_str() {
+                return Ok(None);
+            }
+            // Our own live grant (a retry after a lost reply): renew it and
+            // hand the same token back.
+            let fence = row
+                .try_get::<i64, _>(1)
+                .map_err(|e| classify::<D>(e, "reading the fence"))?;
+            let lease = Lease::granted(req, token_from(fence)?, sent_at);
+            return match self.extend(&lease, req.ttl).await {
+                Ok(renewed) => Ok(Some(renewed)),
+                // It expired between the read and the renewal: try afresh.
+                Err(Error::Lost { .. }) => Ok(None),
+                Err(err) => Err(err),
+            };
+        }
+        let statement = &self.statements.acquire;
+        let fence = match statement.outcome {
+            Outcome::Rows => self.acquire_rows(statement, &values, doing).await?,
+            Outcome::LastInsertId => {
+                let result = match &self.statements.fence_counter {
+                    Some(counter) => {
+                        let mut lane = self.lane(doing).await?;
+                        if D::HAS_GRANT_BATCH {
+                            let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+                            let value = |p| values.get(p);
+                            let fence = match D::grant_batch(conn, counter, statement, &value) {
+                                Some(grant) => grant.await?,
+                                None => None,
+                            };
+                            // Kept only when the whole batch completed: a
+                            // batch that stopped half-way may have left its
+                            // transaction open.
+                            lane.done();
+                            return match fence {
+                                Some(fence) => {
+                                    Ok(Some(Lease::granted(req, token_from(fence)?, sent_at)))
+                                }
+                                None => Ok(None),
+                            };
+                        }
+                        // Counter and grant in one transaction: the counter
+                        // row stays locked until the grant commits, so grants
+                        // of one name get increasing tokens in commit order.
+                        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+                        let mut tx = sqlx::Connection::begin(conn)
+                            .await
+                            .map_err(|e| classify::<D>(e, doing))?;
+                        Self::query(counter, &values)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| classify::<D>(e, doing))?;
+                        let result = Self::query(statement, &values)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| classify::<D>(e, doing))?;
+                        tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
+                        lane.done();
+                        result
+                    }
+                    None => self.execute(statement, &values, doing).await?,
+                };
+                match D::last_insert_id(&result) {
+                    0 => None,
+                    fence => Some(i64::try_from(fence).unwrap_or(i64::MAX)),
+                }
+            }
+            Outcome::AffectedRows => {
+                return Err(Error::configuration(format!(
+                    "{}: an acquire statement must report rows or LAST_INSERT_ID",
+                    D::KIND
+                )));
+            }
+        };
+        match fence {
+            Some(fence) => Ok(Some(Lease::granted(req, token_from(fence)?, sent_at))),
+            None => Ok(None),
+        }
+    }
+
+    /// [`SqlOptions::queue_entry_ttl`] and the poll policy, for the queue
+    /// (`queue.rs`).
+    pub(crate) fn queue_timing(&self) -> (Duration, PollPolicy) {
+        (self.queue_ttl, self.poll)
+    }
+
+    /// A FIFO waiter's wake-up subscription, with the push listener
+    /// started; `None` without a push channel.
+    ///
+    /// # Errors
+    /// Backend errors starting the listener.
+    pub(crate) async fn subscribe_turn(
+        &self,
+        req: &AcquireRequest,
+    ) -> Result<Option<TurnSubscription>> {
+        match &self.wakeups {
+            Some(wakeups) => Ok(Some(
+                wakeups
+                    .started()
+                    .await?
+                    .subscribe_turn(&req.name, &req.lease_id),
+            )),
+            None => Ok(None),
+        }
     }
 
     /// A free lane of this backend's connections (`lanes.rs`).
@@ -515,102 +682,19 @@ where
     fn capabilities(&self) -> Capabilities {
         let mut capabilities = D::capabilities();
         capabilities.push_wakeup |= self.wakeups.is_some();
+        capabilities.fifo = self.statements.leave.is_some();
         capabilities
     }
 
+    fn queue(&self) -> Option<&dyn LockQueue> {
+        self.statements
+            .leave
+            .is_some()
+            .then_some(self as &dyn LockQueue)
+    }
+
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
-        let sent_at = Instant::now();
-        let values = self.values(
-            req.name.as_str(),
-            &req.owner,
-            req.lease_id.as_str(),
-            req.ttl,
-        );
-        let doing = "acquiring a lock";
-        if let Some(precheck) = &self.statements.precheck
-            && let Some(row) = self.fetch_optional(precheck, &values, doing).await?
-        {
-            let holder = row
-                .try_get::<String, _>(0)
-                .map_err(|e| classify::<D>(e, "reading the holder"))?;
-            if holder != req.lease_id.as_str() {
-                return Ok(None);
-            }
-            // Our own live grant (a retry after a lost reply): renew it and
-            // hand the same token back.
-            let fence = row
-                .try_get::<i64, _>(1)
-                .map_err(|e| classify::<D>(e, "reading the fence"))?;
-            let lease = Lease::granted(req, token_from(fence)?, sent_at);
-            return match self.extend(&lease, req.ttl).await {
-                Ok(renewed) => Ok(Some(renewed)),
-                // It expired between the read and the renewal: try afresh.
-                Err(Error::Lost { .. }) => Ok(None),
-                Err(err) => Err(err),
-            };
-        }
-        let statement = &self.statements.acquire;
-        let fence = match statement.outcome {
-            Outcome::Rows => self.acquire_rows(statement, &values, doing).await?,
-            Outcome::LastInsertId => {
-                let result = match &self.statements.fence_counter {
-                    Some(counter) => {
-                        let mut lane = self.lane(doing).await?;
-                        if D::HAS_GRANT_BATCH {
-                            let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
-                            let value = |p| values.get(p);
-                            let fence = match D::grant_batch(conn, counter, statement, &value) {
-                                Some(grant) => grant.await?,
-                                None => None,
-                            };
-                            // Kept only when the whole batch completed: a
-                            // batch that stopped half-way may have left its
-                            // transaction open.
-                            lane.done();
-                            return match fence {
-                                Some(fence) => {
-                                    Ok(Some(Lease::granted(req, token_from(fence)?, sent_at)))
-                                }
-                                None => Ok(None),
-                            };
-                        }
-                        // Counter and grant in one transaction: the counter
-                        // row stays locked until the grant commits, so grants
-                        // of one name get increasing tokens in commit order.
-                        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
-                        let mut tx = sqlx::Connection::begin(conn)
-                            .await
-                            .map_err(|e| classify::<D>(e, doing))?;
-                        Self::query(counter, &values)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| classify::<D>(e, doing))?;
-                        let result = Self::query(statement, &values)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| classify::<D>(e, doing))?;
-                        tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
-                        lane.done();
-                        result
-                    }
-                    None => self.execute(statement, &values, doing).await?,
-                };
-                match D::last_insert_id(&result) {
-                    0 => None,
-                    fence => Some(i64::try_from(fence).unwrap_or(i64::MAX)),
-                }
-            }
-            Outcome::AffectedRows => {
-                return Err(Error::configuration(format!(
-                    "{}: an acquire statement must report rows or LAST_INSERT_ID",
-                    D::KIND
-                )));
-            }
-        };
-        match fence {
-            Some(fence) => Ok(Some(Lease::granted(req, token_from(fence)?, sent_at))),
-            None => Ok(None),
-        }
+        self.attempt(req, 0).await
     }
 
     async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
@@ -692,8 +776,13 @@ where
             req.lease_id.as_str(),
             Duration::ZERO,
         );
+        let statement = self
+            .statements
+            .leave
+            .as_ref()
+            .unwrap_or(&self.statements.release);
         let deleted = self
-            .delete(&self.statements.release, &values, "abandoning an acquire")
+            .delete(statement, &values, "abandoning an acquire")
             .await?;
         self.announce_if(deleted);
         Ok(())
@@ -770,7 +859,7 @@ where
 
     async fn subscribe_releases(&self, name: &LockName) -> Result<Option<WakeSubscription>> {
         match &self.wakeups {
-            Some(wakeups) => wakeups.subscribe(name).await.map(Some),
+            Some(wakeups) => Ok(Some(wakeups.started().await?.subscribe_name(name))),
             None => Ok(None),
         }
     }

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockkit_core::spi::{PollPolicy, WakeHub};
+use lockkit_core::spi::{PollPolicy, Wakes};
 use lockkit_core::{Capabilities, Result};
 
 use crate::table::TableName;
@@ -38,6 +38,10 @@ pub enum Param {
     /// The client's wall clock in milliseconds since the Unix epoch, read
     /// with `NowMillis` — only for showing times to people (integer).
     WallMillis,
+    /// Dialects with a waiter queue ([`Statements::leave`]): how long the
+    /// attempt's queue entry lives unless refreshed, in milliseconds; 0
+    /// for an attempt that must not join the queue (`try_acquire`).
+    QueueTtlMillis,
 }
 
 /// A value bound to a [`Param`], for dialects that inline values into a
@@ -106,7 +110,11 @@ impl Statement {
 ///   idempotent per lease id. A fence of 0 asks the backend to run the
 ///   attempt again at once: the holder's row changed while the attempt
 ///   recorded itself as a waiter (Postgres' `waiters` flag, which decides
-///   whether a release notifies).
+///   whether a release notifies). With a waiter queue, a free lock is
+///   granted only to the head of its queue (or when the queue is empty),
+///   and a refused attempt with a [`Param::QueueTtlMillis`] above 0 joins
+///   the queue or refreshes its entry.
+/// - `leave`: as `release`, but one row whatever was deleted.
 /// - `extend`: any single column; no row when the lease is not held.
 /// - `release`, `force_release`: one integer per deleted row, 1 if it was
 ///   unexpired by the database clock, 0 otherwise.
@@ -141,8 +149,12 @@ pub struct Statements {
     pub list: Statement,
     /// Delete the row of one name, whoever holds it.
     pub force_release: Statement,
-    /// Delete expired rows.
+    /// Delete expired rows (and expired queue entries).
     pub cleanup: Statement,
+    /// Dialects with a FIFO queue of waiters (Postgres): delete the row of
+    /// this lease id, if any, and its queue entry, and wake the queue's new
+    /// head when the lock is free. `None`: no queue; waiters poll and race.
+    pub leave: Option<Statement>,
 }
 
 /// One step of creating or upgrading a lock table.
@@ -192,13 +204,11 @@ impl std::fmt::Debug for ListenerTask {
     }
 }
 
-/// Starts a push listener that feeds release hints into a [`WakeHub`]; the
+/// Starts a push listener that feeds release messages into [`Wakes`]; the
 /// returned future completes once the listener is subscribed, so no hint
 /// sent afterwards is missed.
 pub type StartListener = Box<
-    dyn Fn(Arc<WakeHub>) -> Pin<Box<dyn Future<Output = Result<ListenerTask>> + Send>>
-        + Send
-        + Sync,
+    dyn Fn(Arc<Wakes>) -> Pin<Box<dyn Future<Output = Result<ListenerTask>> + Send>> + Send + Sync,
 >;
 
 /// Announces a release to other processes, where the dialect has no

@@ -95,6 +95,7 @@ pub mod dialect;
 mod error;
 mod host_clock;
 mod lanes;
+mod queue;
 pub mod table;
 
 #[cfg(feature = "mysql")]

@@ -169,6 +169,7 @@ impl Dialect for MySqlDialect {
                 &[Param::Name],
             ),
             cleanup: Statement::affected(format!("DELETE FROM {t} WHERE expires_at <= {NOW}"), &[]),
+            leave: None,
         }
     }
 
@@ -320,6 +321,7 @@ pub async fn connect(url: &str) -> Result<MySqlBackend> {
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with(url: &str, options: SqlOptions) -> Result<MySqlBackend> {
+    options.validate()?;
     let url = server_url::<MySqlDialect>(url, "mysql")?;
     let pool = server_pool::<MySqlDialect>(&url, 8).await?;
     MySqlBackend::from_pool(pool, url.apply(options)).await

@@ -78,7 +78,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lockkit_core::spi::ttl_millis;
-use lockkit_core::spi::{PollPolicy, WakeHub};
+use lockkit_core::spi::{PollPolicy, Wakes};
 use lockkit_core::{Capabilities, Lease, Result};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgListener, PgQueryResult};
@@ -145,6 +145,7 @@ impl Dialect for PostgresDialect {
     fn statements(table: &TableName) -> Statements {
         let t = table.quoted("", '"');
         let f = table.quoted("_fence", '"');
+        let q = table.quoted("_queue", '"');
         let chan = channel(table);
         let columns = format!(
             "lock_name, owner_id, lease_id, fence, {}, {}",
@@ -152,6 +153,16 @@ impl Dialect for PostgresDialect {
             millis("expires_at")
         );
         let ttl = "$4::bigint * interval '1 millisecond'";
+        // The payload of a release: the name and the queue's head (empty
+        // when the statement's snapshot shows no live entry).
+        let head_of = |name: &str, skip: &str| {
+            format!(
+                "{name} || chr(10) || coalesce((SELECT w.lease_id FROM {q} AS w \
+                   WHERE w.lock_name = {name} AND w.expires_at > now(){skip} \
+                   ORDER BY w.seq LIMIT 1), '')"
+            )
+        };
+        let release_notify = head_of("gone.lock_name", "");
         Statements {
             // One statement does it all (see the module docs).
             precheck: None,
@@ -160,17 +171,24 @@ impl Dialect for PostgresDialect {
                 format!(
                     "WITH live AS (\
                        SELECT lease_id, waiters FROM {t} WHERE lock_name = $1 AND expires_at > now()), \
+                     head AS (\
+                       SELECT lease_id FROM {q} WHERE lock_name = $1 AND expires_at > now() \
+                       ORDER BY seq LIMIT 1), \
                      counter AS (\
                        INSERT INTO {f} AS c (lock_name, fence) \
                        SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM live) \
+                         AND NOT EXISTS (SELECT 1 FROM head WHERE lease_id <> $3) \
                        ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
                        RETURNING fence), \
                      granted AS (\
                        INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at, waiters) \
-                       SELECT $1, $2, $3, counter.fence, now(), now() + {ttl}, false FROM counter \
+                       SELECT $1, $2, $3, counter.fence, now(), now() + {ttl}, \
+                         EXISTS (SELECT 1 FROM {q} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now()) \
+                       FROM counter \
                        ON CONFLICT (lock_name) DO UPDATE SET \
                          owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
-                         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, waiters = false \
+                         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
+                         waiters = EXCLUDED.waiters \
                        WHERE l.expires_at <= EXCLUDED.created_at OR l.lease_id = EXCLUDED.lease_id \
                        RETURNING l.fence), \
                      again AS (\
@@ -178,16 +196,38 @@ impl Dialect for PostgresDialect {
                        WHERE lock_name = $1 AND lease_id = $3 \
                          AND EXISTS (SELECT 1 FROM live WHERE lease_id = $3) \
                        RETURNING fence), \
+                     served AS (\
+                       DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $3 \
+                         AND EXISTS (SELECT 1 FROM granted UNION ALL SELECT 1 FROM again) \
+                       RETURNING 1), \
+                     joined AS (\
+                       INSERT INTO {q} (lock_name, lease_id, expires_at) \
+                       SELECT $1, $3, now() + $5::bigint * interval '1 millisecond' \
+                       WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM granted) \
+                         AND NOT EXISTS (SELECT 1 FROM again) \
+                       ON CONFLICT (lock_name, lease_id) DO UPDATE SET expires_at = EXCLUDED.expires_at \
+                       RETURNING 1), \
                      mark AS (\
                        UPDATE {t} SET waiters = true \
-                       WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now() AND NOT waiters \
+                       WHERE $5::bigint > 0 AND lock_name = $1 AND lease_id <> $3 \
+                         AND expires_at > now() AND NOT waiters \
                          AND EXISTS (SELECT 1 FROM live WHERE lease_id <> $3 AND NOT waiters) \
                        RETURNING 1) \
                      SELECT fence FROM granted UNION ALL SELECT fence FROM again \
                      UNION ALL SELECT 0::bigint FROM live \
-                       WHERE lease_id <> $3 AND NOT waiters AND NOT EXISTS (SELECT 1 FROM mark)"
+                       WHERE $5::bigint > 0 AND lease_id <> $3 AND NOT waiters \
+                         AND NOT EXISTS (SELECT 1 FROM mark) \
+                     UNION ALL SELECT 0::bigint \
+                       WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM live) \
+                         AND NOT EXISTS (SELECT 1 FROM granted)"
                 ),
-                &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
+                &[
+                    Param::Name,
+                    Param::Owner,
+                    Param::LeaseId,
+                    Param::TtlMillis,
+                    Param::QueueTtlMillis,
+                ],
             ),
             extend: Statement::rows(
                 format!(
@@ -202,7 +242,7 @@ impl Dialect for PostgresDialect {
                     "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
                                    RETURNING lock_name, expires_at > now() AS live, waiters) \
                      SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, \
-                       (CASE WHEN waiters THEN pg_notify('{chan}', lock_name)::text END) FROM gone"
+                       (CASE WHEN waiters THEN pg_notify('{chan}', {release_notify})::text END) FROM gone"
                 ),
                 &[Param::Name, Param::LeaseId],
             ),
@@ -219,11 +259,34 @@ impl Dialect for PostgresDialect {
                     "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 \
                                    RETURNING lock_name, expires_at > now() AS live, waiters) \
                      SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, \
-                       (CASE WHEN waiters THEN pg_notify('{chan}', lock_name)::text END) FROM gone"
+                       (CASE WHEN waiters THEN pg_notify('{chan}', {release_notify})::text END) FROM gone"
                 ),
                 &[Param::Name],
             ),
-            cleanup: Statement::affected(format!("DELETE FROM {t} WHERE expires_at <= now()"), &[]),
+            cleanup: Statement::affected(
+                format!(
+                    "WITH stale AS (DELETE FROM {q} WHERE expires_at <= now()) \
+                     DELETE FROM {t} WHERE expires_at <= now()"
+                ),
+                &[],
+            ),
+            leave: Some(Statement::rows(
+                format!(
+                    "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
+                                   RETURNING expires_at > now() AS live, waiters), \
+                     left_queue AS (DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $2 RETURNING 1), \
+                     first AS (SELECT lease_id FROM {q} WHERE lock_name = $1 AND expires_at > now() \
+                               ORDER BY seq LIMIT 1) \
+                     SELECT coalesce((SELECT max(CASE WHEN live THEN 1 ELSE 0 END) FROM gone), 0)::bigint, \
+                       (CASE WHEN EXISTS (SELECT 1 FROM gone WHERE waiters) \
+                               OR (EXISTS (SELECT 1 FROM left_queue) \
+                                   AND EXISTS (SELECT 1 FROM first WHERE lease_id = $2) \
+                                   AND NOT EXISTS (SELECT 1 FROM {t} WHERE lock_name = $1 AND expires_at > now())) \
+                             THEN pg_notify('{chan}', {leave_notify}) END)::text",
+                    leave_notify = head_of("$1::text", " AND w.lease_id <> $2"),
+                ),
+                &[Param::Name, Param::LeaseId],
+            )),
         }
     }
 
@@ -231,6 +294,8 @@ impl Dialect for PostgresDialect {
         let t = table.quoted("", '"');
         let f = table.quoted("_fence", '"');
         let index = table.quoted_bare("_expires_at", '"');
+        let q = table.quoted("_queue", '"');
+        let queue_order = table.quoted_bare("_queue_order", '"');
         let mut statements = vec![format!(
             "SELECT pg_advisory_xact_lock(hashtext('lockkit schema {table}'))"
         )];
@@ -254,12 +319,21 @@ impl Dialect for PostgresDialect {
                    lock_name TEXT   NOT NULL PRIMARY KEY, \
                    fence     BIGINT NOT NULL)"
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {q} (\
+                   lock_name  TEXT        NOT NULL, \
+                   lease_id   TEXT        NOT NULL, \
+                   seq        BIGINT      GENERATED ALWAYS AS IDENTITY, \
+                   expires_at TIMESTAMPTZ NOT NULL, \
+                   PRIMARY KEY (lock_name, lease_id))"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {queue_order} ON {q} (lock_name, seq)"),
         ]);
         let mut steps: Vec<SchemaStep> = statements.into_iter().map(SchemaStep::from).collect();
         // Tables from before the `waiters` flag: add it (a probe first, so
         // a start-up on an up-to-date table takes no table lock).
         steps.insert(
-            steps.len() - 2,
+            steps.len() - 4,
             SchemaStep::Upgrade {
                 probe: format!(
                     "SELECT count(*)::bigint FROM pg_attribute \
@@ -342,7 +416,7 @@ impl Dialect for PostgresDialect {
     fn listener(pool: &sqlx::Pool<Postgres>, table: &TableName) -> Option<StartListener> {
         let pool = pool.clone();
         let channel = channel(table);
-        Some(Box::new(move |hub: Arc<WakeHub>| {
+        Some(Box::new(move |wakes: Arc<Wakes>| {
             let pool = pool.clone();
             let channel = channel.clone();
             Box::pin(async move {
@@ -358,7 +432,7 @@ impl Dialect for PostgresDialect {
                     classify::<PostgresDialect>(e, "subscribing to release notifications")
                 })?;
                 Ok(ListenerTask(tokio::spawn(forward_notifications(
-                    listener, hub,
+                    listener, wakes,
                 ))))
             })
         }))
@@ -366,7 +440,7 @@ impl Dialect for PostgresDialect {
 
     fn capabilities() -> Capabilities {
         Capabilities {
-            fifo: false,
+            fifo: true,
             push_wakeup: true,
             durable_tokens: true,
             ttl_granularity: Duration::from_millis(1),
@@ -384,17 +458,17 @@ impl Dialect for PostgresDialect {
 /// Forwards `NOTIFY` payloads (lock names) to waiters until the backend is
 /// dropped. After a lost connection (which the listener re-establishes)
 /// every waiter is woken, since notifications may have been missed.
-async fn forward_notifications(mut listener: PgListener, hub: Arc<WakeHub>) {
+async fn forward_notifications(mut listener: PgListener, wakes: Arc<Wakes>) {
     loop {
         match listener.try_recv().await {
-            Ok(Some(notification)) => hub.notify_str(notification.payload()),
+            Ok(Some(notification)) => wakes.deliver(notification.payload()),
             Ok(None) => {
                 tracing::debug!("LISTEN connection lost; re-listening and waking all waiters");
-                hub.notify_all();
+                wakes.notify_all();
             }
             Err(err) => {
                 tracing::warn!(error = %err, "LISTEN connection failed; waiters fall back to polling");
-                hub.notify_all();
+                wakes.notify_all();
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -428,6 +502,7 @@ pub async fn connect(url: &str) -> Result<PostgresBackend> {
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with(url: &str, options: SqlOptions) -> Result<PostgresBackend> {
+    options.validate()?;
     let url = server_url::<PostgresDialect>(url, "postgres")?;
     let pool = server_pool::<PostgresDialect>(&url, 8).await?;
     PostgresBackend::from_pool(pool, url.apply(options)).await

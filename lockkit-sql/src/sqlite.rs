@@ -179,6 +179,7 @@ impl Dialect for SqliteDialect {
                 format!("DELETE FROM {t} WHERE boot_id <> ?2 OR boot_expires_ms <= ?1"),
                 &[Param::NowMillis, Param::BootId],
             ),
+            leave: None,
         }
     }
 
@@ -291,6 +292,7 @@ pub async fn connect(url: &str) -> Result<SqliteBackend> {
 /// # Errors
 /// As [`connect`].
 pub async fn connect_with(url: &str, options: SqlOptions) -> Result<SqliteBackend> {
+    options.validate()?;
     let checked = sqlite_url(url)?;
     let options = checked.apply(options);
     let url = checked.driver.as_str();

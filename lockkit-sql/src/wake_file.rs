@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lockkit_core::Error;
-use lockkit_core::spi::WakeHub;
+use lockkit_core::spi::Wakes;
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::dialect::{Announcer, ListenerTask, StartListener};
@@ -49,7 +49,7 @@ pub(crate) fn announcer(path: PathBuf) -> Announcer {
 /// Starts watching `path`: every change wakes every waiter of this
 /// backend (the file does not say which lock was released).
 pub(crate) fn listener(path: PathBuf) -> StartListener {
-    Box::new(move |hub: Arc<WakeHub>| {
+    Box::new(move |wakes: Arc<Wakes>| {
         let path = path.clone();
         Box::pin(async move {
             open(&path).map_err(|e| {
@@ -68,11 +68,11 @@ pub(crate) fn listener(path: PathBuf) -> StartListener {
                                 EventKind::Modify(_) | EventKind::Create(_)
                             ) =>
                         {
-                            hub.notify_all();
+                            wakes.notify_all();
                         }
                         Ok(_) => {}
                         // Missed events: wake everyone, they re-check.
-                        Err(_) => hub.notify_all(),
+                        Err(_) => wakes.notify_all(),
                     }
                 })
                 .map_err(|e| watch_error(&path, e))?;

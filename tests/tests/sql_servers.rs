@@ -587,10 +587,37 @@ mod postgres {
         .expect("read the waiters flag")
     }
 
-    /// A release NOTIFYs only when an attempt was refused while it was
-    /// held: the first refusal sets the row's `waiters` flag, a grant
-    /// clears it. Notifications arrive in commit order, so the first one
-    /// heard must be the contended lock's.
+    /// One step of a queued waiter (`LockQueue::step`).
+    async fn step(
+        backend: &dyn LockBackend,
+        req: &AcquireRequest,
+        place: &mut Option<lockkit_core::spi::QueuePlace>,
+    ) -> Option<lockkit_core::Lease> {
+        backend
+            .queue()
+            .expect("Postgres has a waiter queue")
+            .step(req, place)
+            .await
+            .expect("step")
+    }
+
+    /// The lease ids queued for `name`, in queue order.
+    async fn queued(harness: &SqlHarness, name: &lockkit_core::LockName) -> Vec<String> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT lease_id FROM \"{}_queue\" WHERE lock_name = $1 ORDER BY seq",
+            harness.table().table()
+        )))
+        .bind(name.as_str())
+        .fetch_all(harness.pg())
+        .await
+        .expect("read the queue")
+    }
+
+    /// A release NOTIFYs only when a waiter was refused while it was held:
+    /// the first refusal sets the row's `waiters` flag, a grant clears it
+    /// (nobody else queued), and the notification names the head of the
+    /// queue. Notifications arrive in commit order, so the first one heard
+    /// must be the contended lock's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_release_notifies_only_when_someone_was_refused() {
         let harness = SqlHarness::start(SqlKind::Postgres).await;
@@ -610,6 +637,13 @@ mod postgres {
             .await
             .expect("try")
             .expect("free");
+        // A refused try (it does not wait) marks nothing.
+        assert!(
+            b.try_acquire(&request(&quiet, "b", ttl))
+                .await
+                .expect("try")
+                .is_none()
+        );
         assert_eq!(waiters_flag(&harness, &quiet).await, Some(false));
         assert!(a.release(&lease).await.expect("release"));
 
@@ -619,42 +653,199 @@ mod postgres {
             .await
             .expect("try")
             .expect("free");
+        let waiter = request(&busy, "b", ttl);
+        let mut place = None;
         for _ in 0..2 {
-            assert!(
-                b.try_acquire(&request(&busy, "b", ttl))
-                    .await
-                    .expect("try")
-                    .is_none()
-            );
+            assert!(step(&*b, &waiter, &mut place).await.is_none());
         }
         assert_eq!(
             waiters_flag(&harness, &busy).await,
             Some(true),
             "a refusal marks the row"
         );
+        assert_eq!(
+            queued(&harness, &busy).await,
+            [waiter.lease_id.as_str()],
+            "two steps, one queue entry"
+        );
         assert!(a.release(&lease).await.expect("release"));
         let heard = listener.recv().await.expect("a notification");
         assert_eq!(
             heard.payload(),
-            busy.as_str(),
-            "the uncontended release must not have notified"
+            format!("{busy}\n{}", waiter.lease_id),
+            "the uncontended release must not have notified; this one names the head"
         );
 
-        let next = b
-            .try_acquire(&request(&busy, "b", ttl))
+        let next = step(&*b, &waiter, &mut place)
             .await
-            .expect("try")
-            .expect("free");
+            .expect("the head's turn");
         assert!(next.token > lease.token);
         assert_eq!(
             waiters_flag(&harness, &busy).await,
             Some(false),
-            "a grant clears the flag"
+            "a grant with nobody else queued clears the flag"
+        );
+        assert!(
+            queued(&harness, &busy).await.is_empty(),
+            "the grant left the queue"
         );
         assert!(b.release(&next).await.expect("release"));
     }
 
-    /// Server connections of `app` (an `application_name`).
+    /// FIFO across clients: a newcomer does not barge past a queued waiter
+    /// (neither a try nor a waiter's step), a grant to the head keeps the
+    /// flag set while others queue, and a head that leaves passes the turn
+    /// to the next waiter by name.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_queue_serves_in_order_and_a_leaving_head_passes_the_turn() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let mut listener = sqlx::postgres::PgListener::connect_with(harness.pg())
+            .await
+            .expect("listener");
+        listener
+            .listen(&lockkit_sql::postgres::channel(harness.table()))
+            .await
+            .expect("LISTEN");
+        let (a, b, c, d) = (
+            harness.client().await,
+            harness.client().await,
+            harness.client().await,
+            harness.client().await,
+        );
+        let ttl = Duration::from_secs(30);
+        let name = unique_name("line");
+        let held = a
+            .try_acquire(&request(&name, "a", ttl))
+            .await
+            .expect("try")
+            .expect("free");
+        let (rb, rc, rd) = (
+            request(&name, "b", ttl),
+            request(&name, "c", ttl),
+            request(&name, "d", ttl),
+        );
+        let (mut pb, mut pc, mut pd) = (None, None, None);
+        assert!(step(&*b, &rb, &mut pb).await.is_none());
+        assert!(step(&*c, &rc, &mut pc).await.is_none());
+        assert!(a.release(&held).await.expect("release"));
+        let heard = listener.recv().await.expect("a notification");
+        assert_eq!(heard.payload(), format!("{name}\n{}", rb.lease_id));
+
+        // The lock is free, but b is the head: nobody else gets it.
+        assert!(
+            d.try_acquire(&request(&name, "d-try", ttl))
+                .await
+                .expect("try")
+                .is_none(),
+            "a try barged past the queue"
+        );
+        assert!(
+            step(&*d, &rd, &mut pd).await.is_none(),
+            "a step barged past the queue"
+        );
+        assert!(step(&*c, &rc, &mut pc).await.is_none(), "c is not the head");
+
+        // b leaves without taking its turn: c, the next, is told.
+        b.abandon(&rb).await.expect("abandon");
+        let heard = listener.recv().await.expect("a notification");
+        assert_eq!(heard.payload(), format!("{name}\n{}", rc.lease_id));
+        let lease_c = step(&*c, &rc, &mut pc).await.expect("c's turn");
+        assert_eq!(
+            waiters_flag(&harness, &name).await,
+            Some(true),
+            "d still waits: the next release must notify"
+        );
+        assert_eq!(queued(&harness, &name).await, [rd.lease_id.as_str()]);
+        assert!(c.release(&lease_c).await.expect("release"));
+        let heard = listener.recv().await.expect("a notification");
+        assert_eq!(heard.payload(), format!("{name}\n{}", rd.lease_id));
+        let lease_d = step(&*d, &rd, &mut pd).await.expect("d's turn");
+        assert!(lease_d.token > lease_c.token && lease_c.token > held.token);
+        assert!(d.release(&lease_d).await.expect("release"));
+    }
+
+    /// A waiter that vanished without leaving (a crashed process) blocks
+    /// the queue only until its entry expires, and `cleanup_expired`
+    /// removes the entry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_dead_waiters_entry_expires() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let short = Arc::new(
+            lockkit_sql::postgres::connect_with(
+                harness.url(),
+                SqlOptions {
+                    table: harness.table().clone(),
+                    queue_entry_ttl: Duration::from_millis(200),
+                    ..SqlOptions::default()
+                },
+            )
+            .await
+            .expect("backend"),
+        ) as Arc<dyn LockBackend>;
+        let other = harness.client().await;
+        let ttl = Duration::from_secs(30);
+        let name = unique_name("dead-waiter");
+        let held = other
+            .try_acquire(&request(&name, "holder", ttl))
+            .await
+            .expect("try")
+            .expect("free");
+        let dead = request(&name, "dead", ttl);
+        assert!(step(&*short, &dead, &mut None).await.is_none());
+        assert!(other.release(&held).await.expect("release"));
+        assert!(
+            other
+                .try_acquire(&request(&name, "other", ttl))
+                .await
+                .expect("try")
+                .is_none(),
+            "the dead waiter is still the head while its entry lives"
+        );
+        // Wait for the entry to expire by the database's clock.
+        let give_up = Instant::now() + Duration::from_secs(30);
+        loop {
+            let live: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM \"{}_queue\" WHERE lock_name = $1 AND expires_at > now()",
+                harness.table().table()
+            )))
+            .bind(name.as_str())
+            .fetch_one(harness.pg())
+            .await
+            .expect("read the queue");
+            if live == 0 {
+                break;
+            }
+            assert!(Instant::now() < give_up, "the queue entry never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let lease = other
+            .try_acquire(&request(&name, "other", ttl))
+            .await
+            .expect("try")
+            .expect("free once the dead entry expired");
+        other.cleanup_expired().await.expect("cleanup");
+        assert!(
+            queued(&harness, &name).await.is_empty(),
+            "cleanup removes expired entries"
+        );
+        assert!(other.release(&lease).await.expect("release"));
+    }
+
+    /// `queue_entry_ttl` is checked before any I/O.
+    #[tokio::test]
+    async fn a_too_short_queue_entry_ttl_is_rejected() {
+        let err = lockkit_sql::postgres::connect_with(
+            "postgres://nobody@127.0.0.1:1/none",
+            SqlOptions {
+                queue_entry_ttl: Duration::from_millis(5),
+                ..SqlOptions::default()
+            },
+        )
+        .await
+        .expect_err("rejected");
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    }
+
     async fn connections_of(harness: &SqlHarness, app: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
             .bind(app)
@@ -721,7 +912,7 @@ mod postgres {
             .await
             .expect("try")
             .expect("free");
-        // Lock the row, so that the attempt's mark of it blocks.
+        // Lock the row, so that the waiter's mark of it blocks.
         let mut blocker = harness.pg().begin().await.expect("begin");
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(&mut *blocker)
@@ -735,13 +926,10 @@ mod postgres {
         .execute(&mut *blocker)
         .await
         .expect("row lock");
+        let waiter = request(&name, "waiter", Duration::from_secs(30));
         let attempt = {
-            let (backend, name) = (Arc::clone(&backend), name.clone());
-            tokio::spawn(async move {
-                backend
-                    .try_acquire(&request(&name, "waiter", Duration::from_secs(30)))
-                    .await
-            })
+            let (backend, waiter) = (Arc::clone(&backend), waiter.clone());
+            tokio::spawn(async move { step(&*backend, &waiter, &mut None).await })
         };
         let blocked_pid = |harness: &SqlHarness| {
             let app = app.clone();
@@ -786,7 +974,11 @@ mod postgres {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // ...and the backend goes on, on a new one.
+        // ...and the backend goes on, on a new one. (The server finished
+        // the statement before it noticed the closed connection, so the
+        // waiter's queue entry exists; the driver abandons a dropped
+        // request, as here.)
+        backend.abandon(&waiter).await.expect("abandon");
         assert!(holder.release(&held).await.expect("release"));
         let lease = backend
             .try_acquire(&request(&name, "waiter", Duration::from_secs(30)))
@@ -839,11 +1031,13 @@ mod postgres {
             .expect("the old row is kept");
         assert_eq!(info.owner, "old");
         assert!(
-            backend
-                .try_acquire(&request(&kept, "new", Duration::from_secs(30)))
-                .await
-                .expect("try")
-                .is_none()
+            step(
+                &backend,
+                &request(&kept, "new", Duration::from_secs(30)),
+                &mut None
+            )
+            .await
+            .is_none()
         );
         let flag: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT waiters FROM \"{}\" WHERE lock_name = 'kept'",
@@ -889,7 +1083,7 @@ mod postgres {
 
         let attempt = {
             let name = name.clone();
-            tokio::spawn(async move { b.try_acquire(&request(&name, "b", ttl)).await })
+            tokio::spawn(async move { step(&*b, &request(&name, "b", ttl), &mut None).await })
         };
         let give_up = Instant::now() + Duration::from_secs(30);
         loop {
@@ -917,7 +1111,6 @@ mod postgres {
         let lease = attempt
             .await
             .expect("task")
-            .expect("try")
             .expect("the attempt that raced the release must be granted");
         assert!(lease.token > first.token);
     }

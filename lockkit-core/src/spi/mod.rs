@@ -9,7 +9,8 @@
 //! - Background clean-up of cancelled acquires: [`spawn_abandon`], which
 //!   every backend's [`LockBackend::abandon_in_background`] delegates to.
 //! - Waiting: [`PollPolicy`], [`Backoff`], [`WakeHub`],
-//!   [`WakeSubscription`]; [`until`] and [`sleep_until`] for deadlines.
+//!   [`WakeSubscription`]; [`Wakes`] and [`TurnSubscription`] route a push
+//!   channel's release messages (to a FIFO queue's new head only); [`until`] and [`sleep_until`] for deadlines.
 //! - URLs: [`BackendUrl`], [`url_scheme`], [`url_params`],
 //!   [`without_params`], [`parse_host_list`].
 //! - Conversions: [`ttl_millis`], [`round_up_ttl`],
@@ -35,6 +36,7 @@ pub use crate::loss::LossSignal;
 pub use crate::ttl::{round_up_ttl, ttl_millis};
 pub use crate::url::{BackendUrl, url_params, url_scheme, without_params};
 pub use crate::wait::{Backoff, PollPolicy, WakeHub, WakeSubscription};
+pub use crate::wakes::{TurnSubscription, Wakes};
 
 use crate::error::{Error, Result};
 use crate::lease::FencingToken;
