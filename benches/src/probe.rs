@@ -103,6 +103,19 @@ impl Counter {
         }
     }
 
+    /// How long after a burst of requests the server's count may still
+    /// grow from it. Postgres 15+ backends publish their transaction counts
+    /// when they go idle, but an idle backend holds them back for up to
+    /// 10 s (`PGSTAT_IDLE_INTERVAL`): without waiting that out, the P6
+    /// window counted the *acquires* of the locks as renewals (connections
+    /// that took locks and then sat idle reported late).
+    pub fn settle(&self) -> Duration {
+        match self {
+            Self::Postgres(_) => Duration::from_secs(11),
+            _ => Duration::ZERO,
+        }
+    }
+
     /// The server's count now (it includes this read's own request).
     pub async fn read(&self) -> Result<f64> {
         match self {

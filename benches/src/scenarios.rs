@@ -141,6 +141,7 @@ pub async fn contend(
     for _ in 0..contenders {
         clients.push(subject.client().await?);
     }
+    warm_up(&clients, lock).await?;
     let holders = Arc::new(AtomicUsize::new(0));
     let overlaps = Arc::new(AtomicU64::new(0));
     let timeouts = Arc::new(AtomicU64::new(0));
@@ -267,6 +268,23 @@ pub async fn contend(
         per_contender,
         cross_samples,
     })
+}
+
+/// Every client takes `lock` once, all at once, before the clock starts:
+/// connections, push listeners and prepared statements are set up outside
+/// the measured run (a first acquire of lockkit Postgres, for one, opens
+/// its `LISTEN` connection and waited ~100 ms more than the steady state).
+async fn warm_up(clients: &[Box<dyn Client>], lock: &str) -> Result<()> {
+    let rounds = clients.iter().map(|client| async move {
+        if let Some(grant) = client.acquire(lock, WAIT).await? {
+            grant.held.release().await?;
+        }
+        Result::Ok(())
+    });
+    for result in futures::future::join_all(rounds).await {
+        result?;
+    }
+    Ok(())
 }
 
 /// P5: `tasks` clients, each on a lock of its own, loop acquire+release

@@ -48,7 +48,11 @@ pub async fn upkeep(
     let window = period * periods;
     let locker = Arc::new(subject.locker("bench-upkeep").await?);
     let idle = match counter {
-        Some(counter) => Some(count_over(counter, window).await?),
+        Some(counter) => {
+            // What came before (an earlier run's releases) is counted first.
+            tokio::time::sleep(counter.settle()).await;
+            Some(count_over(counter, window).await?)
+        }
         None => None,
     };
     let before = alloc::live_bytes();
@@ -71,8 +75,9 @@ pub async fn upkeep(
         .collect::<Result<_>>()?;
     let acquire_seconds = started.elapsed().as_secs_f64();
     let heap = (alloc::live_bytes() - before) as f64 / held as f64;
-    // Let the renewal grid settle, then count.
-    tokio::time::sleep(period).await;
+    // Let the renewal grid settle and the server count the acquires, then
+    // count.
+    tokio::time::sleep(period.max(counter.map_or(Duration::ZERO, Counter::settle))).await;
     let busy = match counter {
         Some(counter) => Some(count_over(counter, window).await?),
         None => {

@@ -46,6 +46,12 @@
 //!   was still unexpired.
 //! - **cleanup** deletes expired rows (the seed's periodic clean-up).
 //!
+//! Waiters on SQLite and MySQL poll (woken early by SQLite's wake file) and
+//! race for a released lock. **Postgres queues them** (`<table>_queue`, see
+//! `postgres`): a free lock goes to the head of the queue, and a release
+//! wakes only that waiter ([`SqlOptions::queue_entry_ttl`] bounds how long
+//! a waiter that died holds its place).
+//!
 //! Names and owners are always bound parameters; the table name is a
 //! validated identifier ([`TableName`]) quoted into the statement text.
 //!

@@ -3,45 +3,59 @@
 //! - Times are `TIMESTAMPTZ` set from the server's `now()` (the start of
 //!   the statement's transaction; every statement here is its own
 //!   transaction), never from the client.
-//! - Acquire is one statement of four CTEs:
-//!   - `live` reads the live row, if any. When someone else holds the lock
-//!     the attempt stops there: **a refused attempt writes nothing** (no
-//!     row lock, no counter increment, no WAL flush) — except the first of
-//!     a holding, which sets the row's `waiters` flag (`mark` below).
+//! - Acquire is one statement of CTEs:
+//!   - `live` reads the live row, if any; `head` the first live entry of
+//!     the name's **queue of waiters** (`<table>_queue`, ordered by an
+//!     identity column). A try that finds the lock held, or finds another
+//!     waiter at the head, stops there: **a refused try writes nothing**
+//!     (no row lock, no counter increment, no WAL flush).
 //!   - `counter` increments the name's counter in `<table>_fence` (its row
 //!     lock serialises acquirers of one name until commit), only when the
-//!     lock looked free;
+//!     lock looked free and the queue is empty or headed by this lease;
 //!   - `granted` inserts or takes over the row with that value (`INSERT …
 //!     ON CONFLICT (lock_name) DO UPDATE … WHERE expires_at <= now() OR
-//!     lease_id = $3`);
+//!     lease_id = $3`), with the `waiters` flag set when others still
+//!     queue; `served` then removes this lease's queue entry;
 //!   - `again` renews a live row that already carries this lease id — a
 //!     retry after a lost reply gets its own grant back (same token)
-//!     instead of waiting for itself.
-//!
+//!     instead of waiting for itself;
+//!   - `joined` (a waiter's step, `Param::QueueTtlMillis` above 0): a
+//!     refused waiter joins the queue or refreshes its entry's
+//!     `expires_at`; live waiters step at least every third of
+//!     [`SqlOptions::queue_entry_ttl`](crate::SqlOptions), so a waiter
+//!     that died blocks the queue for at most that long;
 //!   - `mark` sets the live row's `waiters` flag when another lease holds
-//!     it and the flag is not yet set: the first refused attempt of a
-//!     holding period writes once, later ones write nothing. When the row
+//!     it and the flag is not yet set: the first refused waiter of a
+//!     holding writes the row once, later ones do not. When the row
 //!     changed between the read and the mark (its holder released it at
 //!     that moment), the statement returns a fence of 0 and the backend
 //!     tries again at once, so a release that raced the mark is never
-//!     waited out.
+//!     waited out. A waiter that saw the lock free but was not granted
+//!     (another waiter heads the queue, or won the race) gets 0 too.
 //!
 //!   Tokens therefore rise strictly per name, in commit order; a gap
 //!   appears only when two acquirers race for a free lock. Reading a
 //!   high-water mark instead of a counter would be unsafe here: the
 //!   statement's snapshot can miss a release that commits while it waits,
 //!   and hand out a token twice — the cross-process test caught exactly
-//!   that.
-//! - Release and force-release `NOTIFY` the channel `lockkit_<table>` with
-//!   the lock name in the same statement (delivered at commit), **only when
-//!   the row's `waiters` flag is set**. A `NOTIFY` serialises every
-//!   notifying commit of the whole cluster on one lock (Postgres' commit of
-//!   a notification queue entry), so releases nobody waits for must not
-//!   send one. Waiters of
-//!   one backend instance share one `LISTEN` connection, started on the
-//!   first wait, and still poll (jittered, up to 500 ms) in case a
-//!   notification is missed — after a reconnect of the listener every
-//!   waiter is woken to re-check.
+//!   that. The queue decides only who may try; exclusion rests on the row.
+//! - Release and force-release `NOTIFY` the channel `lockkit_<table>` in
+//!   the same statement (delivered at commit), **only when someone waits**
+//!   — the statement's snapshot shows a live queue entry, or the row's
+//!   `waiters` flag is set (it covers a waiter whose entry commits while
+//!   the release runs) — with the payload `<name>\n<lease id of the
+//!   queue's head>`: only the head's process wakes, and only the head in
+//!   it (`lockkit_core::spi::Wakes`). Without a head in the statement's
+//!   snapshot (a waiter that joined at that moment) the payload is
+//!   `<name>\n` and the name's queued waiters re-check. A `NOTIFY`
+//!   serialises every notifying commit of the whole cluster on one lock
+//!   (Postgres' commit of a notification queue entry), so releases nobody
+//!   waits for must not send one. An abandoned request (timeout,
+//!   cancellation) leaves the queue and, if it was the head of a free
+//!   lock, notifies the next one. Waiters of one backend instance share
+//!   one `LISTEN` connection, started on the first wait, and still step
+//!   again (jittered, up to 500 ms) in case a notification is missed —
+//!   after a reconnect of the listener every waiter is woken to re-check.
 //! - Schema creation runs in one transaction under
 //!   `pg_advisory_xact_lock`, so processes starting at once on an empty
 //!   database serialise instead of colliding on the catalog.
@@ -66,13 +80,21 @@
 //! );
 //! CREATE INDEX locks_expires_at ON locks (expires_at);
 //! CREATE TABLE locks_fence (lock_name TEXT NOT NULL PRIMARY KEY, fence BIGINT NOT NULL);
+//! CREATE TABLE locks_queue (
+//!   lock_name  TEXT        NOT NULL,
+//!   lease_id   TEXT        NOT NULL,
+//!   seq        BIGINT      GENERATED ALWAYS AS IDENTITY,
+//!   expires_at TIMESTAMPTZ NOT NULL,
+//!   PRIMARY KEY (lock_name, lease_id)
+//! );
+//! CREATE INDEX locks_queue_order ON locks_queue (lock_name, seq);
 //! ```
 //!
-//! The application's role needs `SELECT, INSERT, UPDATE, DELETE` on both
-//! tables; waiters `LISTEN` on `lockkit_locks`. Tables created by an
+//! The application's role needs `SELECT, INSERT, UPDATE, DELETE` on the
+//! three tables; waiters `LISTEN` on `lockkit_locks`. Tables created by an
 //! earlier lockkit get the `waiters` column added at start-up
 //! (`ALTER TABLE locks ADD COLUMN waiters BOOLEAN NOT NULL DEFAULT false`
-//! with `create_schema: false`).
+//! with `create_schema: false`) and the queue table created.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,6 +185,14 @@ impl Dialect for PostgresDialect {
             )
         };
         let release_notify = head_of("gone.lock_name", "");
+        // Whether the statement's snapshot shows live waiters in the queue.
+        let queued_of = |name: &str, skip: &str| {
+            format!(
+                "EXISTS (SELECT 1 FROM {q} AS w \
+                   WHERE w.lock_name = {name} AND w.expires_at > now(){skip})"
+            )
+        };
+        let release_when = format!("waiters OR {}", queued_of("gone.lock_name", ""));
         Statements {
             // One statement does it all (see the module docs).
             precheck: None,
@@ -242,7 +272,7 @@ impl Dialect for PostgresDialect {
                     "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
                                    RETURNING lock_name, expires_at > now() AS live, waiters) \
                      SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, \
-                       (CASE WHEN waiters THEN pg_notify('{chan}', {release_notify})::text END) FROM gone"
+                       (CASE WHEN {release_when} THEN pg_notify('{chan}', {release_notify})::text END) FROM gone"
                 ),
                 &[Param::Name, Param::LeaseId],
             ),
@@ -259,7 +289,7 @@ impl Dialect for PostgresDialect {
                     "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 \
                                    RETURNING lock_name, expires_at > now() AS live, waiters) \
                      SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, \
-                       (CASE WHEN waiters THEN pg_notify('{chan}', {release_notify})::text END) FROM gone"
+                       (CASE WHEN {release_when} THEN pg_notify('{chan}', {release_notify})::text END) FROM gone"
                 ),
                 &[Param::Name],
             ),
@@ -279,11 +309,13 @@ impl Dialect for PostgresDialect {
                                ORDER BY seq LIMIT 1) \
                      SELECT coalesce((SELECT max(CASE WHEN live THEN 1 ELSE 0 END) FROM gone), 0)::bigint, \
                        (CASE WHEN EXISTS (SELECT 1 FROM gone WHERE waiters) \
+                               OR (EXISTS (SELECT 1 FROM gone) AND {queued_others}) \
                                OR (EXISTS (SELECT 1 FROM left_queue) \
                                    AND EXISTS (SELECT 1 FROM first WHERE lease_id = $2) \
                                    AND NOT EXISTS (SELECT 1 FROM {t} WHERE lock_name = $1 AND expires_at > now())) \
                              THEN pg_notify('{chan}', {leave_notify}) END)::text",
                     leave_notify = head_of("$1::text", " AND w.lease_id <> $2"),
+                    queued_others = queued_of("$1::text", " AND w.lease_id <> $2"),
                 ),
                 &[Param::Name, Param::LeaseId],
             )),
