@@ -419,8 +419,9 @@ impl LockGuard {
     /// retries; the lease then expires after its TTL.
     ///
     /// # Cancel safety
-    /// The release runs in a task of its own: dropping this future does not
-    /// stop it, so the lock is still freed.
+    /// Dropping this future does not stop the release: what is left of it
+    /// runs again in the background (releasing is idempotent per lease id),
+    /// so the lock is still freed.
     pub async fn release(self) -> Result<bool> {
         let shared = Arc::clone(&self.handle.shared);
         shared.stop.cancel();
@@ -429,17 +430,35 @@ impl LockGuard {
             return Ok(false);
         }
         let was_lost = shared.is_lost();
-        let releasing = Arc::clone(&shared);
-        let outcome = tokio::spawn(async move { releasing.release_now().await })
-            .await
-            .unwrap_or_else(|e| {
-                Err(Error::backend(
-                    shared.backend.kind(),
-                    format!("the release task failed: {e}"),
-                    None,
-                ))
-            });
+        // Inline, not in a task of its own: a spawn and its join cost more
+        // than a whole Redis round trip. Should this future be dropped
+        // half-way, the finisher releases again in the background
+        // (idempotent per lease id).
+        let mut finisher = FinishOnDrop(Some(Arc::clone(&shared)));
+        let outcome = shared.release_now().await;
+        finisher.0 = None;
         outcome.map(|still_held| still_held && !was_lost)
+    }
+}
+
+/// Finishes a release whose future was dropped before it completed, in the
+/// background ([`LockGuard::release`]).
+struct FinishOnDrop(Option<Arc<Shared>>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        let Some(shared) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let outcome = shared.release_now().await;
+                    tracing::debug!(lock = %shared.name(), ?outcome, "release finished after its caller left");
+                });
+            }
+            Err(_) => shared.finish_release(),
+        }
     }
 }
 

@@ -174,8 +174,8 @@ fn guard_dropped_outside_a_runtime_does_not_panic() {
 }
 
 /// A release whose future is dropped while it retries (say, under a
-/// caller's timeout) still frees the lock: the guard, dropped with the
-/// future, finishes the release in the background with the same retries.
+/// caller's timeout) still frees the lock: the release's drop guard
+/// finishes it in the background with the same retries.
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_release_still_frees_the_lock() {
     let memory = MemoryBackend::new();
