@@ -109,6 +109,10 @@ pub struct Contention {
     pub self_regrant: f64,
     /// From the acquire call to its grant.
     pub wait: Percentiles,
+    /// [`wait`](Self::wait) of the grants that followed another
+    /// contender's: what a waiter waits for a lock someone else holds
+    /// (self-regrants, which barely wait, left out).
+    pub waiter_wait: Percentiles,
     /// Acquires that ran out of [`WAIT`].
     pub timeouts: u64,
     /// Errors from acquire or release (the first one in `first_error`).
@@ -220,6 +224,7 @@ pub async fn contend(
     let log = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
     let mut per_contender = vec![0u64; contenders];
     let mut waits = Vec::with_capacity(log.len());
+    let mut waiter_waits = Vec::with_capacity(log.len());
     let mut cross = Vec::new();
     let (mut pairs, mut selfs, mut token_violations) = (0usize, 0usize, 0u64);
     for (i, record) in log.iter().enumerate() {
@@ -237,8 +242,11 @@ pub async fn contend(
         pairs += 1;
         if before.who == record.who {
             selfs += 1;
-        } else if let Some(released) = before.released {
-            cross.push(record.granted.saturating_duration_since(released));
+        } else {
+            waiter_waits.push(record.granted.saturating_duration_since(record.requested));
+            if let Some(released) = before.released {
+                cross.push(record.granted.saturating_duration_since(released));
+            }
         }
     }
     let mut cross_samples: Vec<f64> = cross.iter().map(|d| d.as_secs_f64() * 1e6).collect();
@@ -256,6 +264,7 @@ pub async fn contend(
             selfs as f64 / pairs as f64
         },
         wait: Percentiles::of(&waits),
+        waiter_wait: Percentiles::of(&waiter_waits),
         timeouts: timeouts.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         first_error: first_error
