@@ -449,8 +449,8 @@ where
     }
 
     /// One attempt for `req`. With `queue_ttl_ms` above 0 and a dialect
-    /// with a waiter queue, a refused attempt joins the queue (or refreshes
-    /// its entry) for that long.
+    /// with a waiter queue, the queue's step: a refused attempt joins the
+    /// queue (or refreshes its entry) for that long.
     pub(crate) async fn attempt(
         &self,
         req: &AcquireRequest,
@@ -487,7 +487,10 @@ where
                 Err(err) => Err(err),
             };
         }
-        let statement = &self.statements.acquire;
+        let statement = match &self.statements.queue {
+            Some(queue) if queue_ttl_ms > 0 => &queue.step,
+            _ => &self.statements.acquire,
+        };
         let fence = match statement.outcome {
             Outcome::Rows => self.acquire_rows(statement, &values, doing).await?,
             Outcome::LastInsertId => {
@@ -682,13 +685,13 @@ where
     fn capabilities(&self) -> Capabilities {
         let mut capabilities = D::capabilities();
         capabilities.push_wakeup |= self.wakeups.is_some();
-        capabilities.fifo = self.statements.leave.is_some();
+        capabilities.fifo = self.statements.queue.is_some();
         capabilities
     }
 
     fn queue(&self) -> Option<&dyn LockQueue> {
         self.statements
-            .leave
+            .queue
             .is_some()
             .then_some(self as &dyn LockQueue)
     }
@@ -778,9 +781,9 @@ where
         );
         let statement = self
             .statements
-            .leave
+            .queue
             .as_ref()
-            .unwrap_or(&self.statements.release);
+            .map_or(&self.statements.release, |queue| &queue.leave);
         let deleted = self
             .delete(statement, &values, "abandoning an acquire")
             .await?;

@@ -38,7 +38,7 @@ pub enum Param {
     /// The client's wall clock in milliseconds since the Unix epoch, read
     /// with `NowMillis` — only for showing times to people (integer).
     WallMillis,
-    /// Dialects with a waiter queue ([`Statements::leave`]): how long the
+    /// Dialects with a waiter queue ([`QueueStatements::step`]): how long the
     /// attempt's queue entry lives unless refreshed, in milliseconds; 0
     /// for an attempt that must not join the queue (`try_acquire`).
     QueueTtlMillis,
@@ -107,14 +107,16 @@ impl Statement {
 /// - `precheck`: `lease_id, fence` of the live row; none when free.
 /// - `acquire`: `fence`; no row when the lock is held. A row of this very
 ///   lease id (a retry after a lost reply) is taken over too: acquire is
-///   idempotent per lease id. A fence of 0 asks the backend to run the
-///   attempt again at once: the holder's row changed while the attempt
-///   recorded itself as a waiter (Postgres' `waiters` flag, which decides
-///   whether a release notifies). With a waiter queue, a free lock is
-///   granted only to the head of its queue (or when the queue is empty),
-///   and a refused attempt with a [`Param::QueueTtlMillis`] above 0 joins
-///   the queue or refreshes its entry.
-/// - `leave`: as `release`, but one row whatever was deleted.
+///   idempotent per lease id. With a waiter queue, a free lock is granted
+///   only when the queue is empty.
+/// - `queue.step`: as `acquire`, but a free lock is granted to the head of
+///   its queue, and a refused attempt joins the queue or refreshes its
+///   entry (for [`Param::QueueTtlMillis`]). A fence of 0 asks the backend
+///   to run the step again at once: the holder's row changed while the
+///   step recorded itself as a waiter (Postgres' `waiters` flag, which
+///   decides whether a release notifies), or the lock looked free but was
+///   not granted.
+/// - `queue.leave`: as `release`, but one row whatever was deleted.
 /// - `extend`: any single column; no row when the lease is not held.
 /// - `release`, `force_release`: one integer per deleted row, 1 if it was
 ///   unexpired by the database clock, 0 otherwise.
@@ -151,10 +153,21 @@ pub struct Statements {
     pub force_release: Statement,
     /// Delete expired rows (and expired queue entries).
     pub cleanup: Statement,
-    /// Dialects with a FIFO queue of waiters (Postgres): delete the row of
-    /// this lease id, if any, and its queue entry, and wake the queue's new
-    /// head when the lock is free. `None`: no queue; waiters poll and race.
-    pub leave: Option<Statement>,
+    /// Dialects with a FIFO queue of waiters (Postgres); `None`: no queue,
+    /// waiters poll and race.
+    pub queue: Option<QueueStatements>,
+}
+
+/// The statements of a waiter queue (see [`Statements`]).
+#[derive(Debug, Clone)]
+pub struct QueueStatements {
+    /// A queued waiter's attempt: granted when the lock is free and the
+    /// waiter heads the queue; otherwise joins or refreshes its entry.
+    pub step: Statement,
+    /// Deletes the row of this lease id, if any, and its queue entry, and
+    /// wakes the queue's new head when the lock is free (an abandoned
+    /// request).
+    pub leave: Statement,
 }
 
 /// One step of creating or upgrading a lock table.

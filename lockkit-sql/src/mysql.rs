@@ -169,7 +169,7 @@ impl Dialect for MySqlDialect {
                 &[Param::Name],
             ),
             cleanup: Statement::affected(format!("DELETE FROM {t} WHERE expires_at <= {NOW}"), &[]),
-            leave: None,
+            queue: None,
         }
     }
 

@@ -109,8 +109,8 @@ use sqlx::{AssertSqlSafe, Postgres};
 use crate::backend::{SqlBackend, SqlOptions};
 use crate::connect::{server_pool, server_url};
 use crate::dialect::{
-    BatchFuture, Dialect, ListenerTask, Param, Schema, SchemaStep, StartListener, Statement,
-    Statements,
+    BatchFuture, Dialect, ListenerTask, Param, QueueStatements, Schema, SchemaStep, StartListener,
+    Statement, Statements,
 };
 use crate::error::classify;
 use crate::table::TableName;
@@ -197,23 +197,23 @@ impl Dialect for PostgresDialect {
             // One statement does it all (see the module docs).
             precheck: None,
             fence_counter: None,
+            // A try: granted only when the lock is free and nobody queues.
             acquire: Statement::rows(
                 format!(
                     "WITH live AS (\
                        SELECT lease_id, waiters FROM {t} WHERE lock_name = $1 AND expires_at > now()), \
                      head AS (\
-                       SELECT lease_id FROM {q} WHERE lock_name = $1 AND expires_at > now() \
-                       ORDER BY seq LIMIT 1), \
+                       SELECT 1 FROM {q} WHERE lock_name = $1 AND expires_at > now() LIMIT 1), \
                      counter AS (\
                        INSERT INTO {f} AS c (lock_name, fence) \
                        SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM live) \
-                         AND NOT EXISTS (SELECT 1 FROM head WHERE lease_id <> $3) \
+                         AND NOT EXISTS (SELECT 1 FROM head) \
                        ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
                        RETURNING fence), \
                      granted AS (\
                        INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at, waiters) \
                        SELECT $1, $2, $3, counter.fence, now(), now() + {ttl}, \
-                         EXISTS (SELECT 1 FROM {q} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now()) \
+                         false \
                        FROM counter \
                        ON CONFLICT (lock_name) DO UPDATE SET \
                          owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
@@ -225,39 +225,10 @@ impl Dialect for PostgresDialect {
                        UPDATE {t} SET expires_at = now() + {ttl} \
                        WHERE lock_name = $1 AND lease_id = $3 \
                          AND EXISTS (SELECT 1 FROM live WHERE lease_id = $3) \
-                       RETURNING fence), \
-                     served AS (\
-                       DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $3 \
-                         AND EXISTS (SELECT 1 FROM granted UNION ALL SELECT 1 FROM again) \
-                       RETURNING 1), \
-                     joined AS (\
-                       INSERT INTO {q} (lock_name, lease_id, expires_at) \
-                       SELECT $1, $3, now() + $5::bigint * interval '1 millisecond' \
-                       WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM granted) \
-                         AND NOT EXISTS (SELECT 1 FROM again) \
-                       ON CONFLICT (lock_name, lease_id) DO UPDATE SET expires_at = EXCLUDED.expires_at \
-                       RETURNING 1), \
-                     mark AS (\
-                       UPDATE {t} SET waiters = true \
-                       WHERE $5::bigint > 0 AND lock_name = $1 AND lease_id <> $3 \
-                         AND expires_at > now() AND NOT waiters \
-                         AND EXISTS (SELECT 1 FROM live WHERE lease_id <> $3 AND NOT waiters) \
-                       RETURNING 1) \
-                     SELECT fence FROM granted UNION ALL SELECT fence FROM again \
-                     UNION ALL SELECT 0::bigint FROM live \
-                       WHERE $5::bigint > 0 AND lease_id <> $3 AND NOT waiters \
-                         AND NOT EXISTS (SELECT 1 FROM mark) \
-                     UNION ALL SELECT 0::bigint \
-                       WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM live) \
-                         AND NOT EXISTS (SELECT 1 FROM granted)"
+                       RETURNING fence) \
+                     SELECT fence FROM granted UNION ALL SELECT fence FROM again"
                 ),
-                &[
-                    Param::Name,
-                    Param::Owner,
-                    Param::LeaseId,
-                    Param::TtlMillis,
-                    Param::QueueTtlMillis,
-                ],
+                &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
             ),
             extend: Statement::rows(
                 format!(
@@ -300,25 +271,91 @@ impl Dialect for PostgresDialect {
                 ),
                 &[],
             ),
-            leave: Some(Statement::rows(
-                format!(
-                    "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
-                                   RETURNING expires_at > now() AS live, waiters), \
-                     left_queue AS (DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $2 RETURNING 1), \
-                     first AS (SELECT lease_id FROM {q} WHERE lock_name = $1 AND expires_at > now() \
-                               ORDER BY seq LIMIT 1) \
-                     SELECT coalesce((SELECT max(CASE WHEN live THEN 1 ELSE 0 END) FROM gone), 0)::bigint, \
-                       (CASE WHEN EXISTS (SELECT 1 FROM gone WHERE waiters) \
-                               OR (EXISTS (SELECT 1 FROM gone) AND {queued_others}) \
-                               OR (EXISTS (SELECT 1 FROM left_queue) \
-                                   AND EXISTS (SELECT 1 FROM first WHERE lease_id = $2) \
-                                   AND NOT EXISTS (SELECT 1 FROM {t} WHERE lock_name = $1 AND expires_at > now())) \
-                             THEN pg_notify('{chan}', {leave_notify}) END)::text",
-                    leave_notify = head_of("$1::text", " AND w.lease_id <> $2"),
-                    queued_others = queued_of("$1::text", " AND w.lease_id <> $2"),
+            queue: Some(QueueStatements {
+                // A waiter's step: the try above plus joining the queue and
+                // marking the row (see the module docs).
+                step: Statement::rows(
+                    format!(
+                        "WITH live AS (\
+                           SELECT lease_id, waiters FROM {t} WHERE lock_name = $1 AND expires_at > now()), \
+                         head AS (\
+                           SELECT lease_id FROM {q} WHERE lock_name = $1 AND expires_at > now() \
+                           ORDER BY seq LIMIT 1), \
+                         counter AS (\
+                           INSERT INTO {f} AS c (lock_name, fence) \
+                           SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM live) \
+                             AND NOT EXISTS (SELECT 1 FROM head WHERE lease_id <> $3) \
+                           ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
+                           RETURNING fence), \
+                         granted AS (\
+                           INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at, waiters) \
+                           SELECT $1, $2, $3, counter.fence, now(), now() + {ttl}, \
+                             EXISTS (SELECT 1 FROM {q} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now()) \
+                           FROM counter \
+                           ON CONFLICT (lock_name) DO UPDATE SET \
+                             owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
+                             created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
+                             waiters = EXCLUDED.waiters \
+                           WHERE l.expires_at <= EXCLUDED.created_at OR l.lease_id = EXCLUDED.lease_id \
+                           RETURNING l.fence), \
+                         again AS (\
+                           UPDATE {t} SET expires_at = now() + {ttl} \
+                           WHERE lock_name = $1 AND lease_id = $3 \
+                             AND EXISTS (SELECT 1 FROM live WHERE lease_id = $3) \
+                           RETURNING fence), \
+                         served AS (\
+                           DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $3 \
+                             AND EXISTS (SELECT 1 FROM granted UNION ALL SELECT 1 FROM again) \
+                           RETURNING 1), \
+                         joined AS (\
+                           INSERT INTO {q} (lock_name, lease_id, expires_at) \
+                           SELECT $1, $3, now() + $5::bigint * interval '1 millisecond' \
+                           WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM granted) \
+                             AND NOT EXISTS (SELECT 1 FROM again) \
+                           ON CONFLICT (lock_name, lease_id) DO UPDATE SET expires_at = EXCLUDED.expires_at \
+                           RETURNING 1), \
+                         mark AS (\
+                           UPDATE {t} SET waiters = true \
+                           WHERE $5::bigint > 0 AND lock_name = $1 AND lease_id <> $3 \
+                             AND expires_at > now() AND NOT waiters \
+                             AND EXISTS (SELECT 1 FROM live WHERE lease_id <> $3 AND NOT waiters) \
+                           RETURNING 1) \
+                         SELECT fence FROM granted UNION ALL SELECT fence FROM again \
+                         UNION ALL SELECT 0::bigint FROM live \
+                           WHERE $5::bigint > 0 AND lease_id <> $3 AND NOT waiters \
+                             AND NOT EXISTS (SELECT 1 FROM mark) \
+                         UNION ALL SELECT 0::bigint \
+                           WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM live) \
+                             AND NOT EXISTS (SELECT 1 FROM granted)"
+                    ),
+                    &[
+                        Param::Name,
+                        Param::Owner,
+                        Param::LeaseId,
+                        Param::TtlMillis,
+                        Param::QueueTtlMillis,
+                    ],
                 ),
-                &[Param::Name, Param::LeaseId],
-            )),
+                leave: Statement::rows(
+                    format!(
+                        "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
+                                       RETURNING expires_at > now() AS live, waiters), \
+                         left_queue AS (DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $2 RETURNING 1), \
+                         first AS (SELECT lease_id FROM {q} WHERE lock_name = $1 AND expires_at > now() \
+                                   ORDER BY seq LIMIT 1) \
+                         SELECT coalesce((SELECT max(CASE WHEN live THEN 1 ELSE 0 END) FROM gone), 0)::bigint, \
+                           (CASE WHEN EXISTS (SELECT 1 FROM gone WHERE waiters) \
+                                   OR (EXISTS (SELECT 1 FROM gone) AND {queued_others}) \
+                                   OR (EXISTS (SELECT 1 FROM left_queue) \
+                                       AND EXISTS (SELECT 1 FROM first WHERE lease_id = $2) \
+                                       AND NOT EXISTS (SELECT 1 FROM {t} WHERE lock_name = $1 AND expires_at > now())) \
+                                 THEN pg_notify('{chan}', {leave_notify}) END)::text",
+                        leave_notify = head_of("$1::text", " AND w.lease_id <> $2"),
+                        queued_others = queued_of("$1::text", " AND w.lease_id <> $2"),
+                    ),
+                    &[Param::Name, Param::LeaseId],
+                ),
+            }),
         }
     }
 

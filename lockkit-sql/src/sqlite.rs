@@ -179,7 +179,7 @@ impl Dialect for SqliteDialect {
                 format!("DELETE FROM {t} WHERE boot_id <> ?2 OR boot_expires_ms <= ?1"),
                 &[Param::NowMillis, Param::BootId],
             ),
-            leave: None,
+            queue: None,
         }
     }
 
