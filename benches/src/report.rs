@@ -127,7 +127,9 @@ impl BackendReport {
 }
 
 fn ms(us: f64) -> String {
-    if us >= 100_000.0 {
+    if us < 10.0 {
+        format!("{us:.1} µs")
+    } else if us >= 100_000.0 {
         format!("{:.0} ms", us / 1000.0)
     } else if us >= 1000.0 {
         format!("{:.1} ms", us / 1000.0)
