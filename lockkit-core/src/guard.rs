@@ -535,25 +535,41 @@ async fn maintain(shared: Weak<Shared>, signals: Signals) {
                 max_hold_at: guard.max_hold.map(|m| guard.granted_at + m),
             }
         };
+        // One timer for the three instants (each tokio `Sleep` is over
+        // 100 bytes in every idle guard's task); which one came is decided
+        // on waking.
+        let wake_at = [
+            Some(timers.deadline),
+            timers.next_renewal,
+            timers.max_hold_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(timers.deadline);
         tokio::select! {
             biased;
             () = signals.stop.cancelled() => return,
             () = signals.lost.cancelled() => break None,
             reason = backend_lost(signals.backend_loss.as_ref()) => break Some(reason),
-            () = sleep_until(timers.max_hold_at) => break Some(LostReason::MaxHoldExceeded),
             () = signals.lease_changed.notified() => {}
-            () = tokio::time::sleep_until(timers.deadline) => {
+            () = tokio::time::sleep_until(wake_at) => {
+                let now = Instant::now();
+                if timers.max_hold_at.is_some_and(|at| now >= at) {
+                    break Some(LostReason::MaxHoldExceeded);
+                }
                 let Some(guard) = shared.upgrade() else { return };
-                if Instant::now() >= guard.lease().deadline {
+                if now >= guard.lease().deadline {
                     break Some(LostReason::Expired);
                 }
-            }
-            () = sleep_until(timers.next_renewal) => {
-                let Some(guard) = shared.upgrade() else { return };
-                match renew(&guard, &signals.stop).await {
-                    Ok(()) => {}
-                    Err(None) => return,
-                    Err(Some(reason)) => break Some(reason),
+                if timers.next_renewal.is_some_and(|at| now >= at) {
+                    // Boxed: the renewal's state exists only while it
+                    // runs, not in every idle guard's task.
+                    match Box::pin(renew(&guard, &signals.stop)).await {
+                        Ok(()) => {}
+                        Err(None) => return,
+                        Err(Some(reason)) => break Some(reason),
+                    }
                 }
             }
         }
@@ -569,7 +585,7 @@ async fn maintain(shared: Weak<Shared>, signals: Signals) {
     // than after its TTL. The lease id makes this harmless if someone else
     // holds the lock.
     if guard.begin_release() {
-        let outcome = guard.release_now().await;
+        let outcome = Box::pin(guard.release_now()).await;
         tracing::debug!(lock = %guard.name(), ?outcome, "released after the loss");
     }
 }
