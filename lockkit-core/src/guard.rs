@@ -35,7 +35,6 @@ use crate::name::LockName;
 use crate::options::{LockOptions, Renewal};
 use crate::release::release_retrying;
 use crate::renew::{Batcher, align_down};
-use crate::spi::sleep_until;
 use crate::wait::PollPolicy;
 
 /// The set of names a [`Locker`](crate::Locker) currently holds.
