@@ -13,10 +13,13 @@
 //!   name, which re-check.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::lease::LeaseId;
 use crate::name::LockName;
-use crate::wait::{WakeHub, WakeSubscription};
+use crate::wait::{Backoff, WakeHub, WakeSubscription};
 
 /// The wake-up hubs of one backend instance (see the module docs).
 #[derive(Debug)]
@@ -99,6 +102,36 @@ impl TurnSubscription {
             },
             None => self.queued.changed().await,
         }
+    }
+}
+
+/// A queued waiter's wait between two steps (a backend's
+/// [`LockQueue::wait_turn`](crate::spi::LockQueue::wait_turn)): until its
+/// turn hint, the next `backoff` step or `refresh` from now (so the waiter
+/// refreshes its queue entry in time), whichever comes first, and never
+/// past `until`. A hint resets the backoff. Without a subscription it only
+/// sleeps.
+///
+/// # Cancel safety
+/// Cancel safe: nothing is consumed but a hint, which the next step acts
+/// on anyway.
+pub async fn wait_for_turn(
+    wake: Option<&mut TurnSubscription>,
+    backoff: &mut Backoff,
+    refresh: Duration,
+    until: Option<Instant>,
+) {
+    let now = Instant::now();
+    let mut wake_at = (now + backoff.next_delay()).min(now + refresh);
+    if let Some(until) = until {
+        wake_at = wake_at.min(until);
+    }
+    match wake {
+        Some(wake) => tokio::select! {
+            () = wake.changed() => backoff.reset(),
+            () = tokio::time::sleep_until(wake_at) => {}
+        },
+        None => tokio::time::sleep_until(wake_at).await,
     }
 }
 

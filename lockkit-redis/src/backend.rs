@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use lockkit_core::spi::{AcquireRequest, ttl_millis};
-use lockkit_core::spi::{Backoff, PollPolicy, TurnSubscription, WakeSubscription, Wakes};
+use lockkit_core::spi::{
+    Backoff, PollPolicy, TurnSubscription, WakeSubscription, Wakes, wait_for_turn,
+};
 use lockkit_core::spi::{LockQueue, QueuePlace};
 use lockkit_core::{
     Capabilities, Error, FencingToken, Lease, LeaseId, LockBackend, LockInfo, LockName, LostReason,
@@ -317,16 +319,8 @@ impl LockQueue for RedisBackend {
         };
         // A live waiter refreshes its queue entry (by stepping again) well
         // before it expires.
-        let now = Instant::now();
         let refresh = self.inner.options.queue_entry_ttl / 3;
-        let mut wake_at = (now + place.backoff.next_delay()).min(now + refresh);
-        if let Some(until) = until {
-            wake_at = wake_at.min(until);
-        }
-        tokio::select! {
-            () = place.wake.changed() => place.backoff.reset(),
-            () = tokio::time::sleep_until(wake_at) => {}
-        }
+        wait_for_turn(Some(&mut place.wake), &mut place.backoff, refresh, until).await;
         Ok(())
     }
 }

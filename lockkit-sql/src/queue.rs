@@ -10,7 +10,9 @@
 //! notification.
 
 use async_trait::async_trait;
-use lockkit_core::spi::{AcquireRequest, Backoff, LockQueue, QueuePlace, TurnSubscription};
+use lockkit_core::spi::{
+    AcquireRequest, Backoff, LockQueue, QueuePlace, TurnSubscription, wait_for_turn,
+};
 use lockkit_core::{Lease, Result};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
 use tokio::time::Instant;
@@ -67,18 +69,13 @@ where
         let Some(place) = place.get_mut::<Place>() else {
             return Ok(());
         };
-        let now = Instant::now();
-        let mut wake_at = (now + place.backoff.next_delay()).min(now + entry_ttl / 3);
-        if let Some(until) = until {
-            wake_at = wake_at.min(until);
-        }
-        match place.wake.as_mut() {
-            Some(wake) => tokio::select! {
-                () = wake.changed() => place.backoff.reset(),
-                () = tokio::time::sleep_until(wake_at) => {}
-            },
-            None => tokio::time::sleep_until(wake_at).await,
-        }
+        wait_for_turn(
+            place.wake.as_mut(),
+            &mut place.backoff,
+            entry_ttl / 3,
+            until,
+        )
+        .await;
         Ok(())
     }
 }

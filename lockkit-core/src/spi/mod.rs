@@ -36,7 +36,7 @@ pub use crate::loss::LossSignal;
 pub use crate::ttl::{round_up_ttl, ttl_millis};
 pub use crate::url::{BackendUrl, url_params, url_scheme, without_params};
 pub use crate::wait::{Backoff, PollPolicy, WakeHub, WakeSubscription};
-pub use crate::wakes::{TurnSubscription, Wakes};
+pub use crate::wakes::{TurnSubscription, Wakes, wait_for_turn};
 
 use crate::error::{Error, Result};
 use crate::lease::FencingToken;
