@@ -316,6 +316,9 @@ pub fn write(report: &Report, dir: &Path) -> Result<()> {
 /// round trips of an empty request).
 fn backend_limit(id: &str) -> Option<&'static str> {
     Some(match id {
+        "memory" => {
+            "the backend is its own server, in the client's process: its heap per held lock includes the server's record of the lock (holder, fence counter, release hub), which other backends keep on the server."
+        }
         "sqlite" => {
             "one writer at a time per database file; a waiter in another process hears of a release through the wake file (inotify), a few hundred µs after the commit."
         }
@@ -335,7 +338,7 @@ fn backend_limit(id: &str) -> Option<&'static str> {
             "every grant and release is a Raft write (fsynced by the leader); a hand-off is the holder's delete, the watch event to the next waiter and its read."
         }
         "zookeeper" => {
-            "every grant and release is a ZAB write (fsynced); a hand-off is the holder's delete, the watch event to the next waiter and its read of the queue."
+            "every grant and release is a ZAB write (fsynced); a hand-off is the holder's delete, the watch event to the next waiter and its read of the queue. A held lease keeps a child watch on its lock node (so a deletion by someone else is seen at once), which costs a watcher registration in the ZooKeeper client and a small waiting task per lease."
         }
         _ => return None,
     })

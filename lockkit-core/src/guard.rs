@@ -1,5 +1,5 @@
-//! `LockGuard`: a held lease, kept alive in the background, with a loss
-//! signal — as an explicit state machine (`ARCHITECTURE.md` §4).
+//! `LockGuard`: a held lease, kept alive by its locker's keeper, with a
+//! loss signal — as an explicit state machine (`ARCHITECTURE.md` §4).
 //!
 //! ```text
 //!            lose(reason)               begin_release() — first caller wins
@@ -10,16 +10,20 @@
 //!
 //! Exactly one party releases the lease on the backend: whoever moves the
 //! phase to `Releasing` first — an explicit [`LockGuard::release`], the
-//! guard's `Drop`, or the maintenance task after a loss (a lost lease may
-//! still be held by the backend after `MaxHoldExceeded` or a local-deadline
-//! expiry, so it is always released; the lease id makes that harmless).
-//! The maintenance task holds only a `Weak` reference.
+//! guard's `Drop`, or the loss handling (a lost lease may still be held by
+//! the backend after `MaxHoldExceeded` or a local-deadline expiry, so it is
+//! always released; the lease id makes that harmless).
+//!
+//! A guard has no task of its own: the [`Keeper`] of its locker wakes it
+//! when its renewal, deadline or maximum hold comes due (it is a
+//! [`Timed`] item), and backends' loss signals reach it through a
+//! listener. The keeper holds only a `Weak` reference.
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -28,13 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::LockBackend;
 use crate::error::{Error, LostReason, Result};
+use crate::keeper::Keeper;
 use crate::lease::{FencingToken, Lease};
-use crate::loss::LossSignal;
 use crate::metrics;
 use crate::name::LockName;
 use crate::options::{LockOptions, Renewal};
 use crate::release::release_retrying;
-use crate::renew::{Batcher, align_down};
+use crate::renew::align_down;
+use crate::timers::{Timed, TimerQueue, TimerSlot};
 use crate::wait::PollPolicy;
 
 /// The set of names a [`Locker`](crate::Locker) currently holds.
@@ -49,30 +54,32 @@ enum Phase {
     Released,
 }
 
-/// State shared by a guard, its handles and its maintenance task.
+/// State shared by a guard, its handles and its locker's keeper.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     backend: Arc<dyn LockBackend>,
     lease: Mutex<Lease>,
     phase: Mutex<Phase>,
+    /// Woken when the phase leaves `Held` (stops a renewal in flight).
+    left_held: Notify,
     /// Serialises extend calls so the stored deadline is that of the
     /// extension the backend applied last.
     extend_lock: tokio::sync::Mutex<()>,
-    lost: CancellationToken,
+    /// Made on first use by [`LeaseHandle::lost`] or
+    /// [`LeaseHandle::lost_token`]; cancelled on loss.
+    lost: OnceLock<CancellationToken>,
     lost_reason: OnceLock<LostReason>,
-    /// Stops the maintenance task (release or drop).
-    stop: CancellationToken,
-    /// The lease moved (an explicit extend, a renewal): the maintenance
-    /// task recomputes its renewal time from the current TTL.
-    lease_changed: Arc<Notify>,
     held: HeldSet,
     held_cleared: AtomicBool,
     /// When the lock was granted (after any wait): the start of the hold.
     granted_at: Instant,
     renewal: Renewal,
     max_hold: Option<Duration>,
-    /// Where renewals meet other guards' renewals due at the same instant.
-    batcher: Arc<Batcher>,
+    keeper: Arc<Keeper>,
+    /// This guard's live entry in the keeper's queue.
+    timer: TimerSlot,
+    /// A renewal task runs for this guard.
+    renewing: AtomicBool,
 }
 
 impl Shared {
@@ -85,7 +92,6 @@ impl Shared {
 
     fn set_lease(&self, lease: Lease) {
         *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = lease;
-        self.lease_changed.notify_one();
     }
 
     fn name(&self) -> LockName {
@@ -100,21 +106,47 @@ impl Shared {
         self.phase.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// When the renewal of `lease` is due, if renewal is on: rounded down
+    /// to a grid of a quarter interval, so that guards of one TTL renew
+    /// together, in one batch.
+    fn renewal_at(&self, lease: &Lease) -> Option<Instant> {
+        self.renewal
+            .interval(lease.ttl)
+            .map(|every| align_down(lease.sent_at + every, every / 4))
+    }
+
     /// Claims the release of the lease on the backend; `true` for exactly
     /// one caller.
     fn begin_release(&self) -> bool {
-        let mut phase = self.phase();
-        match *phase {
-            Phase::Held | Phase::Lost => {
-                *phase = Phase::Releasing;
-                true
+        let claimed = {
+            let mut phase = self.phase();
+            match *phase {
+                Phase::Held | Phase::Lost => {
+                    *phase = Phase::Releasing;
+                    true
+                }
+                Phase::Releasing | Phase::Released => false,
             }
-            Phase::Releasing | Phase::Released => false,
-        }
+        };
+        self.left_held.notify_waiters();
+        claimed
     }
 
     fn finish_release(&self) {
         *self.phase() = Phase::Released;
+    }
+
+    /// Completes once the phase is no longer `Held`.
+    async fn wait_left_held(&self) {
+        loop {
+            let notified = self.left_held.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if *self.phase() != Phase::Held {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Forgets the name in the locker's held set, once.
@@ -141,15 +173,52 @@ impl Shared {
             *phase = Phase::Lost;
         }
         let _ = self.lost_reason.set(reason.clone());
+        self.left_held.notify_waiters();
+        if let Some(token) = self.lost.get() {
+            token.cancel();
+        }
         let name = self.name();
         tracing::warn!(backend = self.backend.kind(), lock = %name, %reason, "lease lost");
         metrics::lost(self.backend.kind(), &name, &reason);
         self.clear_held();
-        self.lost.cancel();
+    }
+
+    /// [`lose`](Self::lose), then releases the lease in the background
+    /// unless another party already claimed that: a lost lease may still be
+    /// held by the backend (max hold, a local deadline that ran out while
+    /// the backend was slow); free it now rather than after its TTL. The
+    /// lease id makes this harmless if someone else holds the lock.
+    pub(crate) fn lose_and_release(self: &Arc<Self>, reason: LostReason) {
+        self.lose(reason);
+        if !self.begin_release() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let shared = Arc::clone(self);
+                runtime.spawn(async move {
+                    let outcome = shared.release_now().await;
+                    tracing::debug!(lock = %shared.name(), ?outcome, "released after the loss");
+                });
+            }
+            Err(_) => self.finish_release(),
+        }
+    }
+
+    /// The loss token, made on first use (cancelled at once if the lease is
+    /// already lost).
+    fn lost_token(&self) -> &CancellationToken {
+        let token = self.lost.get_or_init(CancellationToken::new);
+        // `lose` records the reason before it looks for the token: one of
+        // the two sides cancels it.
+        if self.is_lost() {
+            token.cancel();
+        }
+        token
     }
 
     fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.lost_reason.get().is_some()
     }
 
     fn lost_error(&self) -> Error {
@@ -164,8 +233,9 @@ impl Shared {
     }
 
     /// One extension, serialised with others: an explicit one straight to
-    /// the backend, a renewal through the batcher.
-    async fn extend(&self, ttl: Duration, renewal: bool) -> Result<Lease> {
+    /// the backend (the keeper then queues the guard for the new TTL), a
+    /// renewal through the batcher.
+    async fn extend(self: &Arc<Self>, ttl: Duration, renewal: bool) -> Result<Lease> {
         let _serial = self.extend_lock.lock().await;
         if self.is_lost() {
             return Err(self.lost_error());
@@ -173,7 +243,7 @@ impl Shared {
         let current = self.lease();
         let kind = self.backend.kind();
         let outcome = if renewal {
-            self.batcher.extend(current.clone(), ttl).await
+            self.keeper.batcher().extend(current.clone(), ttl).await
         } else {
             self.backend.extend(&current, ttl).await
         };
@@ -181,11 +251,14 @@ impl Shared {
             Ok(renewed) => {
                 metrics::extend(kind, &current.name, "ok");
                 self.set_lease(renewed.clone());
+                if !renewal {
+                    self.keeper.schedule(self);
+                }
                 Ok(renewed)
             }
             Err(Error::Lost { name, reason }) => {
                 metrics::extend(kind, &current.name, "lost");
-                self.lose(reason.clone());
+                self.lose_and_release(reason.clone());
                 Err(Error::Lost { name, reason })
             }
             Err(err) => {
@@ -205,6 +278,51 @@ impl Shared {
         self.finish_release();
         tracing::debug!(backend = self.backend.kind(), lock = %lease.name, ?result, "released");
         result
+    }
+}
+
+impl Timed for Shared {
+    /// The next instant the keeper must look at this guard: its renewal,
+    /// its local deadline or its maximum hold, whichever comes first.
+    fn next_due(&self) -> Instant {
+        let lease = self.lease();
+        [
+            Some(lease.deadline),
+            self.renewal_at(&lease),
+            self.max_hold.map(|m| self.granted_at + m),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(lease.deadline)
+    }
+
+    fn timer_slot(&self) -> &TimerSlot {
+        &self.timer
+    }
+
+    /// Called by the keeper when this guard's entry comes up at `now`:
+    /// ends the lease after its maximum hold or local deadline, starts a
+    /// renewal when one is due, and otherwise queues the guard again.
+    fn come_due(self: Arc<Self>, _: &Arc<TimerQueue<Self>>, now: Instant) {
+        if *self.phase() != Phase::Held || self.renewing.load(Ordering::Acquire) {
+            // Released or lost: forgotten. Renewing: the renewal queues
+            // the guard again when it is done.
+            return;
+        }
+        if self.max_hold.is_some_and(|m| now >= self.granted_at + m) {
+            return self.lose_and_release(LostReason::MaxHoldExceeded);
+        }
+        let lease = self.lease();
+        if now >= lease.deadline {
+            return self.lose_and_release(LostReason::Expired);
+        }
+        if self.renewal_at(&lease).is_some_and(|at| now >= at) {
+            self.renewing.store(true, Ordering::Release);
+            tokio::spawn(renewal_task(self));
+            return;
+        }
+        self.keeper.schedule(&self);
     }
 }
 
@@ -266,8 +384,9 @@ impl LeaseHandle {
     /// Cancel safe: dropping it only stops waiting.
     pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
         let shared = Arc::clone(&self.shared);
+        let token = shared.lost_token().clone();
         async move {
-            shared.lost.cancelled().await;
+            token.cancelled().await;
             shared
                 .lost_reason
                 .get()
@@ -279,7 +398,7 @@ impl LeaseHandle {
     /// A cancellation token that is cancelled when the lease is lost.
     /// Cancelling it yourself does not affect the lease.
     pub fn lost_token(&self) -> CancellationToken {
-        self.shared.lost.child_token()
+        self.shared.lost_token().child_token()
     }
 
     /// Fails with [`Error::Lost`] if the lease is lost or its local deadline
@@ -292,7 +411,7 @@ impl LeaseHandle {
             return Err(self.shared.lost_error());
         }
         if self.shared.lease().remaining().is_zero() {
-            self.shared.lose(LostReason::Expired);
+            self.shared.lose_and_release(LostReason::Expired);
             return Err(self.shared.lost_error());
         }
         Ok(())
@@ -319,8 +438,9 @@ impl LeaseHandle {
 
 /// A held lock. Obtained from [`Locker::acquire`](crate::Locker::acquire).
 ///
-/// While the guard lives, a background task renews the lease (unless
-/// renewal is off) and watches for its loss. The guard's
+/// While the guard lives, its locker's keeper renews the lease (unless
+/// renewal is off) and watches for its loss; an idle guard costs no task
+/// of its own. The guard's
 /// [`lost`](LeaseHandle::lost) future completes, and
 /// [`is_lost`](LeaseHandle::is_lost) turns true, when:
 /// - the backend says the lease is no longer held (expired and taken over,
@@ -355,16 +475,16 @@ impl Deref for LockGuard {
 }
 
 impl LockGuard {
-    /// Wraps a granted lease and starts its maintenance task. The lock's
-    /// name must already be in `held`; `granted_at` is when the grant
-    /// reached the caller (the hold starts there, not when waiting began).
+    /// Wraps a granted lease and hands it to the keeper. The lock's name
+    /// must already be in `held`; `granted_at` is when the grant reached
+    /// the caller (the hold starts there, not when waiting began).
     pub(crate) fn start(
         backend: Arc<dyn LockBackend>,
         lease: Lease,
         opts: &LockOptions,
         held: HeldSet,
         granted_at: Instant,
-        batcher: Arc<Batcher>,
+        keeper: Arc<Keeper>,
     ) -> Self {
         let backend_loss = backend.loss_signal(&lease);
         metrics::held(backend.kind(), &lease.name, 1.0);
@@ -372,27 +492,30 @@ impl LockGuard {
             backend,
             lease: Mutex::new(lease),
             phase: Mutex::new(Phase::Held),
+            left_held: Notify::new(),
             extend_lock: tokio::sync::Mutex::new(()),
-            lost: CancellationToken::new(),
+            lost: OnceLock::new(),
             lost_reason: OnceLock::new(),
-            stop: CancellationToken::new(),
-            lease_changed: Arc::new(Notify::new()),
             held,
             held_cleared: AtomicBool::new(false),
             granted_at,
             renewal: opts.renewal,
             max_hold: opts.max_hold,
-            batcher,
+            keeper: Arc::clone(&keeper),
+            timer: TimerSlot::new(),
+            renewing: AtomicBool::new(false),
         });
-        tokio::spawn(maintain(
-            Arc::downgrade(&shared),
-            Signals {
-                stop: shared.stop.clone(),
-                lost: shared.lost.clone(),
-                lease_changed: Arc::clone(&shared.lease_changed),
-                backend_loss,
-            },
-        ));
+        keeper.schedule(&shared);
+        if let Some(signal) = backend_loss {
+            // Handled on the firing thread: the state changes at once and
+            // the release runs in a task of its own.
+            let guard = Arc::downgrade(&shared);
+            signal.on_fire(move |reason| {
+                if let Some(guard) = guard.upgrade() {
+                    guard.lose_and_release(reason.clone());
+                }
+            });
+        }
         Self {
             handle: LeaseHandle { shared },
         }
@@ -423,9 +546,8 @@ impl LockGuard {
     /// so the lock is still freed.
     pub async fn release(self) -> Result<bool> {
         let shared = Arc::clone(&self.handle.shared);
-        shared.stop.cancel();
         if !shared.begin_release() {
-            // The maintenance task is releasing a lost lease, or did.
+            // The loss handling is releasing a lost lease, or did.
             return Ok(false);
         }
         let was_lost = shared.is_lost();
@@ -464,7 +586,6 @@ impl Drop for FinishOnDrop {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         let shared = &self.handle.shared;
-        shared.stop.cancel();
         shared.clear_held();
         if !shared.begin_release() {
             return;
@@ -488,113 +609,22 @@ impl Drop for LockGuard {
     }
 }
 
-/// Waits for an optional backend loss signal.
-async fn backend_lost(signal: Option<&LossSignal>) -> LostReason {
-    match signal {
-        Some(signal) => signal.fired().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What the maintenance task waits on, owned so that it holds no strong
-/// reference to the guard's state while it waits.
-struct Signals {
-    stop: CancellationToken,
-    lost: CancellationToken,
-    lease_changed: Arc<Notify>,
-    backend_loss: Option<LossSignal>,
-}
-
-/// What one turn of the maintenance task waits for.
-struct Timers {
-    deadline: Instant,
-    next_renewal: Option<Instant>,
-    max_hold_at: Option<Instant>,
-}
-
-/// The background task of a guard: renews at the interval for the current
-/// TTL, watches the deadline, the backend's loss signal and the maximum
-/// hold time; after a loss, releases the lease unless another party
-/// already claimed that.
-async fn maintain(shared: Weak<Shared>, signals: Signals) {
-    let reason = loop {
-        let timers = {
-            let Some(guard) = shared.upgrade() else {
-                return;
-            };
-            let lease = guard.lease();
-            Timers {
-                deadline: lease.deadline,
-                // Rounded down to a grid of a quarter interval, so that
-                // guards of one TTL renew together, in one batch.
-                next_renewal: guard
-                    .renewal
-                    .interval(lease.ttl)
-                    .map(|every| align_down(lease.sent_at + every, every / 4)),
-                max_hold_at: guard.max_hold.map(|m| guard.granted_at + m),
-            }
-        };
-        // One timer for the three instants (each tokio `Sleep` is over
-        // 100 bytes in every idle guard's task); which one came is decided
-        // on waking.
-        let wake_at = [
-            Some(timers.deadline),
-            timers.next_renewal,
-            timers.max_hold_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(timers.deadline);
-        tokio::select! {
-            biased;
-            () = signals.stop.cancelled() => return,
-            () = signals.lost.cancelled() => break None,
-            reason = backend_lost(signals.backend_loss.as_ref()) => break Some(reason),
-            () = signals.lease_changed.notified() => {}
-            () = tokio::time::sleep_until(wake_at) => {
-                let now = Instant::now();
-                if timers.max_hold_at.is_some_and(|at| now >= at) {
-                    break Some(LostReason::MaxHoldExceeded);
-                }
-                let Some(guard) = shared.upgrade() else { return };
-                if now >= guard.lease().deadline {
-                    break Some(LostReason::Expired);
-                }
-                if timers.next_renewal.is_some_and(|at| now >= at) {
-                    // Boxed: the renewal's state exists only while it
-                    // runs, not in every idle guard's task.
-                    match Box::pin(renew(&guard, &signals.stop)).await {
-                        Ok(()) => {}
-                        Err(None) => return,
-                        Err(Some(reason)) => break Some(reason),
-                    }
-                }
-            }
-        }
-    };
-    let Some(guard) = shared.upgrade() else {
-        return;
-    };
-    if let Some(reason) = reason {
-        guard.lose(reason);
-    }
-    // A lost lease may still be held by the backend (max hold, a local
-    // deadline that ran out while the backend was slow): free it now rather
-    // than after its TTL. The lease id makes this harmless if someone else
-    // holds the lock.
-    if guard.begin_release() {
-        let outcome = Box::pin(guard.release_now()).await;
-        tracing::debug!(lock = %guard.name(), ?outcome, "released after the loss");
+/// Renews `shared` once (see [`renew`]), then queues it again with the
+/// keeper or ends its lease.
+async fn renewal_task(shared: Arc<Shared>) {
+    // Boxed: only a renewal in flight carries this state.
+    let outcome = Box::pin(renew(&shared)).await;
+    shared.renewing.store(false, Ordering::Release);
+    match outcome {
+        Ok(()) => shared.keeper.schedule(&shared),
+        Err(None) => {}
+        Err(Some(reason)) => shared.lose_and_release(reason),
     }
 }
 
 /// Renews once, retrying transient errors until the local deadline.
 /// `Err(None)` means the guard is being released; `Err(Some(_))` is a loss.
-async fn renew(
-    shared: &Shared,
-    stop: &CancellationToken,
-) -> std::result::Result<(), Option<LostReason>> {
+async fn renew(shared: &Arc<Shared>) -> std::result::Result<(), Option<LostReason>> {
     let ttl = shared.lease().ttl;
     let mut backoff = PollPolicy::new(Duration::from_millis(20), ttl / 6).backoff();
     loop {
@@ -604,7 +634,7 @@ async fn renew(
         }
         let attempt = tokio::select! {
             biased;
-            () = stop.cancelled() => return Err(None),
+            () = shared.wait_left_held() => return Err(None),
             attempt = tokio::time::timeout_at(deadline, shared.extend(ttl, true)) => attempt,
         };
         match attempt {
@@ -616,7 +646,7 @@ async fn renew(
                 let wake = (Instant::now() + backoff.next_delay()).min(deadline);
                 tokio::select! {
                     biased;
-                    () = stop.cancelled() => return Err(None),
+                    () = shared.wait_left_held() => return Err(None),
                     () = tokio::time::sleep_until(wake) => {}
                 }
             }

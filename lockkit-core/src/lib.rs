@@ -46,6 +46,7 @@ mod backend;
 mod cleanup;
 mod error;
 mod guard;
+mod keeper;
 mod lease;
 mod locker;
 mod loss;
@@ -54,6 +55,7 @@ mod options;
 mod redact;
 mod release;
 mod renew;
+mod timers;
 mod ttl;
 mod url;
 

@@ -10,11 +10,11 @@ use tracing::Instrument;
 use crate::backend::LockBackend;
 use crate::error::{Error, LostReason, Result};
 use crate::guard::{HeldSet, LeaseHandle, LockGuard};
+use crate::keeper::Keeper;
 use crate::lease::{AcquireRequest, validate_owner};
 use crate::metrics;
 use crate::name::{IntoLockName, LockName};
 use crate::options::LockOptions;
-use crate::renew::Batcher;
 
 /// Takes locks on one backend for one owner.
 ///
@@ -58,10 +58,10 @@ pub struct Locker {
     owner: String,
     defaults: LockOptions,
     held: HeldSet,
-    /// Renewals of every guard of this locker, its clones and
-    /// [`for_owner`](Self::for_owner) lockers meet here (one backend call
-    /// per renewal tick, however many locks are held).
-    batcher: Arc<Batcher>,
+    /// Keeps the leases of every guard of this locker, its clones and
+    /// [`for_owner`](Self::for_owner) lockers alive: one task and one
+    /// batch of renewals per renewal tick, however many locks are held.
+    keeper: Arc<Keeper>,
 }
 
 impl Locker {
@@ -74,7 +74,7 @@ impl Locker {
         let owner = owner.into();
         validate_owner(&owner)?;
         Ok(Self {
-            batcher: Batcher::new(Arc::clone(&backend)),
+            keeper: Keeper::new(Arc::clone(&backend)),
             backend,
             owner,
             defaults: LockOptions::default(),
@@ -100,7 +100,7 @@ impl Locker {
     pub fn for_owner(&self, owner: impl Into<String>) -> Result<Self> {
         let mut other =
             Self::new(Arc::clone(&self.backend), owner)?.with_defaults(self.defaults.clone());
-        other.batcher = Arc::clone(&self.batcher);
+        other.keeper = Arc::clone(&self.keeper);
         Ok(other)
     }
 
@@ -279,7 +279,7 @@ impl Locker {
                     opts,
                     Arc::clone(&self.held),
                     Instant::now(),
-                    Arc::clone(&self.batcher),
+                    Arc::clone(&self.keeper),
                 )))
             }
             Ok(None) => {

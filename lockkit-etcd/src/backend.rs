@@ -11,13 +11,14 @@ use etcd_client::{
     TxnOpResponse,
 };
 use lockkit_core::spi::LockQueue;
-use lockkit_core::spi::{AcquireRequest, LossSignal};
+use lockkit_core::spi::{AcquireRequest, LossSignal, TimerQueue};
 use lockkit_core::{
     Capabilities, Error, Lease, LockBackend, LockInfo, LockName, LostReason, Result,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::deletions::Deletions;
 use crate::error::{KIND, malformed, retrying};
 use crate::held::{HeldLocks, HeldState};
 use crate::keys::{self, Layout};
@@ -72,6 +73,8 @@ impl EtcdBackend {
                     request_timeout,
                     redacted_url,
                     held: HeldLocks::default(),
+                    deadlines: TimerQueue::new(),
+                    deletions: Deletions::new(),
                     sessions: tokio::sync::Mutex::new(HashMap::new()),
                     shutdown: CancellationToken::new(),
                 }),
@@ -199,9 +202,7 @@ impl LockBackend for EtcdBackend {
     async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
         let shared = self.shared();
         let key = shared.layout.key(&req.name, &req.lease_id);
-        if let Some(lock) = shared.held.remove(&key) {
-            lock.done.cancel();
-        }
+        shared.held.remove(&key);
         shared
             .txn(crate::shared::delete_txn(&key), "abandoning a request")
             .await
@@ -285,7 +286,7 @@ impl LockBackend for EtcdBackend {
 
     /// Renewals due at once, without a request per lock: a lock keeping its
     /// TTL lives on a session lease whose one keep-alive stream already
-    /// proves it to etcd, and its watchdog sees a deletion of its key, so
+    /// proves it to etcd, and the deletion watch sees a deletion of its key, so
     /// its local deadline just moves (capped by what the keep-alive
     /// proves). Locks changing TTL, or whose state is in doubt, take the
     /// full `extend` round trip.
@@ -304,9 +305,6 @@ impl LockBackend for EtcdBackend {
         let shared = self.shared();
         let key = shared.key_of(lease);
         let lock = shared.held.remove(&key);
-        if let Some(lock) = &lock {
-            lock.done.cancel();
-        }
         let revision = i64::try_from(lease.token.get()).map_err(|_| malformed("token"))?;
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -387,7 +385,6 @@ impl LockBackend for EtcdBackend {
         if let Ok(key) = std::str::from_utf8(holder.key())
             && let Some(lock) = shared.held.remove(key)
         {
-            lock.done.cancel();
             lock.lost.fire(LostReason::NotHeld);
         }
         Ok(resp.succeeded())
@@ -436,7 +433,7 @@ async fn try_once(
     match shared.txn(txn, "trying to take the lock").await {
         Ok(resp) if resp.succeeded() => {
             let revision = header_revision(&resp)?;
-            crate::watchdog::grant(shared, req, key, revision, session, sent_at).map(Some)
+            crate::held::grant(shared, req, key, revision, session, sent_at).map(Some)
         }
         Ok(resp) => {
             let holder = resp.op_responses().into_iter().find_map(|op| match op {
@@ -445,7 +442,7 @@ async fn try_once(
             });
             match holder {
                 Some(kv) if kv.key() == key.as_bytes() => {
-                    crate::watchdog::grant(shared, req, key, kv.create_revision(), session, sent_at)
+                    crate::held::grant(shared, req, key, kv.create_revision(), session, sent_at)
                         .map(Some)
                 }
                 _ => Ok(None),

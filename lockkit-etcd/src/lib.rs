@@ -58,9 +58,9 @@
 //!   durable and increasing across clients, restarts and leader changes.
 //! - **Per-lock TTL on a shared lease.** Because the session is kept alive
 //!   in the background, a lock whose holder stops extending it must still
-//!   end after its TTL: a watchdog task per held lock (no I/O while waiting)
-//!   deletes the key when its deadline passes without an `extend`, and
-//!   fires the loss signal. `extend` is one transaction that checks the key
+//!   end after its TTL: the backend's one deadline queue (a core
+//!   `TimerQueue`, no task per lock) deletes the key when its deadline
+//!   passes without an `extend`, and fires the loss signal. `extend` is one transaction that checks the key
 //!   still carries its create revision (so a force-release or an expiry is
 //!   noticed) and moves the local deadline; when the TTL changes it also
 //!   re-attaches the key to the session of the new TTL.
@@ -71,7 +71,8 @@
 //!   [`list`](LockBackend::list) read the oldest key of each name;
 //!   [`force_release`](LockBackend::force_release) deletes it: the next
 //!   waiter is woken by its watch, and the holder's backend, which watches
-//!   each key it holds, fires the loss signal at once (its next `extend`
+//!   each key it holds (one watch per key, all of them multiplexed on one
+//!   gRPC stream per backend), fires the loss signal at once (its next `extend`
 //!   would find out anyway); [`cleanup_expired`](LockBackend::cleanup_expired)
 //!   is a no-op since etcd expires leases itself.
 //!
@@ -82,7 +83,7 @@
 //!   keep-alive etcd answered, counted from before it was sent, plus the
 //!   TTL). A lease is never believed held after etcd may have expired it.
 //! - A live holder that stops extending a lock frees it after the TTL
-//!   (by its own watchdog); a holder that dies or loses etcd frees it when
+//!   (by its own deadline queue); a holder that dies or loses etcd frees it when
 //!   etcd expires its session lease: after the TTL plus etcd's expiry check
 //!   (every 500 ms) — and, if the etcd leader changes meanwhile, up to an
 //!   election timeout more, since a new leader renews all leases.
@@ -108,7 +109,7 @@
 //! - One session *per distinct granted TTL* rather than strictly one per
 //!   client: a key's lease decides how soon it vanishes after a crash, so a
 //!   lock's key sits on a lease of its own TTL.
-//! - A live client's un-extended lock is freed by its own watchdog (its
+//! - A live client's un-extended lock is freed by its own deadline queue (its
 //!   monotonic clock, never earlier than the holder's own deadline); etcd's
 //!   clock decides only when the client dies or is cut off.
 //!
@@ -120,13 +121,13 @@
 
 mod backend;
 mod config;
+mod deletions;
 mod error;
 mod held;
 mod keys;
 mod queue;
 mod session;
 mod shared;
-mod watchdog;
 
 use std::time::Duration;
 

@@ -118,7 +118,7 @@ impl LockQueue for EtcdBackend {
         match step {
             Step::Granted(revision) => {
                 let session = Arc::clone(&p.session);
-                crate::watchdog::grant(shared, req, key, revision, session, sent_at).map(Some)
+                crate::held::grant(shared, req, key, revision, session, sent_at).map(Some)
             }
             Step::Known(revision) => {
                 p.revision = Some(revision);

@@ -1,5 +1,5 @@
-//! `Shared`: what the etcd backend and its background tasks (watchdogs,
-//! keep-alives, queued requests) share — the client, the key layout, the
+//! `Shared`: what the etcd backend and its background tasks (deadlines,
+//! the deletion watch, keep-alives, queued requests) share — the client, the key layout, the
 //! sessions and the held locks — and the helpers they all use.
 
 use std::collections::HashMap;
@@ -10,14 +10,15 @@ use etcd_client::{
     Client, Compare, CompareOp, GetOptions, GetResponse, KeyValue, SortOrder, SortTarget, Txn,
     TxnOp, TxnResponse,
 };
-use lockkit_core::spi::PollPolicy;
 use lockkit_core::spi::round_up_ttl;
+use lockkit_core::spi::{PollPolicy, TimerQueue};
 use lockkit_core::{Error, FencingToken, Lease, LockInfo, LockName, Result};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::deletions::Deletions;
 use crate::error::{KIND, malformed, retrying};
-use crate::held::{HeldLocks, HeldState};
+use crate::held::{HeldLock, HeldLocks, HeldState};
 use crate::keys::{self, Layout};
 use crate::session::Session;
 
@@ -28,6 +29,10 @@ pub(crate) struct Shared {
     pub(crate) request_timeout: Duration,
     pub(crate) redacted_url: String,
     pub(crate) held: HeldLocks,
+    /// The held locks' deadlines.
+    pub(crate) deadlines: Arc<TimerQueue<HeldLock>>,
+    /// The held locks' watch for deletions by someone else.
+    pub(crate) deletions: Deletions,
     pub(crate) sessions: tokio::sync::Mutex<HashMap<u64, Arc<Session>>>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -53,7 +58,7 @@ pub(crate) fn header_revision(resp: &TxnResponse) -> Result<i64> {
 impl Shared {
     /// The live session for locks of `ttl_secs` seconds, granted on first
     /// use and replaced once lost.
-    pub(crate) async fn session_for(&self, ttl_secs: u64) -> Result<Arc<Session>> {
+    pub(crate) async fn session_for(self: &Arc<Self>, ttl_secs: u64) -> Result<Arc<Session>> {
         let mut sessions = self.sessions.lock().await;
         if let Some(session) = sessions.get(&ttl_secs)
             && !session.is_lost()
@@ -75,6 +80,21 @@ impl Shared {
         let session =
             Session::grant(&self.client, secs, self.request_timeout, &self.shutdown).await?;
         sessions.insert(ttl_secs, Arc::clone(&session));
+        // Its loss ends every lock it carries, at once.
+        let (shared, lost, shutdown) = (
+            Arc::downgrade(self),
+            Arc::clone(&session),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                () = lost.lost().cancelled() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Some(shared) = shared.upgrade() {
+                shared.held.lose_session(&lost);
+            }
+        });
         Ok(session)
     }
 

@@ -1,7 +1,7 @@
 //! The leases this backend instance holds, each watched for deletion.
 //!
-//! A held lease's loss token is a child of its session generation's token
-//! (so session expiry or silence fires it) and is also cancelled when its
+//! A held lease's loss signal is in its session generation's group (so
+//! session expiry or silence fires it) and is also cancelled when its
 //! node disappears without this backend releasing it: an admin's
 //! `force_release`, a contender that found it expired, the session's end.
 
@@ -43,11 +43,8 @@ impl Held {
         deadline: Instant,
         granted_ms: i64,
     ) -> Self {
-        let session = Arc::clone(&generation);
         Self {
-            lost: LossSignal::child_of(generation.lost_token(), move || {
-                LostReason::SessionLost(session.reason())
-            }),
+            lost: LossSignal::in_group(generation.leases()),
             generation,
             path,
             owner,
@@ -167,7 +164,12 @@ impl Registry {
 /// itself: a node watch fires on every data change, and renewals rewrite
 /// the node's data, so it would be re-armed — one more request — per held
 /// lock per renewal. A child watch fires only when a node of this lock is
-/// created or deleted.
+/// created or deleted — our own release included, which ends this task.
+///
+/// One task per held lease, kept small: while it waits it holds only the
+/// watcher and the shutdown token (the arming request is boxed, the loss
+/// signal is not awaited: a session's end reaches the watcher as a session
+/// event, and a lost lease is released, which deletes the node).
 async fn watch_node(
     registry: Weak<Registry>,
     lease_id: LeaseId,
@@ -178,14 +180,15 @@ async fn watch_node(
     shutdown: CancellationToken,
 ) {
     let mut retry = Duration::from_millis(20);
-    let (parent, own) = path.rsplit_once('/').unwrap_or(("/", path.as_str()));
-    let parent = if parent.is_empty() { "/" } else { parent };
     loop {
+        if stop.is_cancelled() || lost.is_fired() || shutdown.is_cancelled() {
+            return;
+        }
+        let (parent, own) = path.rsplit_once('/').unwrap_or(("/", path.as_str()));
+        let parent = if parent.is_empty() { "/" } else { parent };
         let watched = tokio::select! {
-            () = stop.cancelled() => return,
-            _ = lost.fired() => break,
             () = shutdown.cancelled() => return,
-            watched = generation.client.get_and_watch_children(parent) => watched,
+            watched = Box::pin(generation.client.get_and_watch_children(parent)) => watched,
         };
         let gone = match watched {
             Ok((children, _, _)) if !children.iter().any(|c| c == own) => true,
@@ -193,37 +196,21 @@ async fn watch_node(
             Ok((_, _, watcher)) => {
                 retry = Duration::from_millis(20);
                 let event = tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = lost.fired() => break,
                     () = shutdown.cancelled() => return,
                     event = watcher.changed() => event,
                 };
                 match event.event_type {
                     EventType::NodeDeleted => true,
-                    // Session events: the generation's monitor decides.
-                    EventType::Session if event.session_state.is_terminated() => {
-                        // Wait for the monitor to end the generation.
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            _ = lost.fired() => break,
-                            () = shutdown.cancelled() => return,
-                        }
-                    }
+                    // A session that ended: the generation's monitor
+                    // decides what that means for the lease.
+                    EventType::Session if event.session_state.is_terminated() => return,
                     _ => false,
                 }
             }
-            Err(ZkError::SessionExpired | ZkError::ClientClosed) => {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = lost.fired() => break,
-                    () = shutdown.cancelled() => return,
-                }
-            }
+            Err(ZkError::SessionExpired | ZkError::ClientClosed) => return,
             Err(err) => {
                 tracing::debug!(%path, error = %err, "watching a held lease node failed; retrying");
                 tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = lost.fired() => break,
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(retry) => {}
                 }
@@ -245,6 +232,4 @@ async fn watch_node(
             return;
         }
     }
-    // The generation ended: the entry stays (marked lost through its
-    // parent token) so that renewing it fails even if the node survived.
 }

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use lockkit_core::{Error, Result};
+use lockkit_core::spi::LossGroup;
+use lockkit_core::{Error, LostReason, Result};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Acl, Acls, Client, CreateMode, Error as ZkError};
@@ -92,6 +93,9 @@ pub(crate) struct Generation {
     pub(crate) number: u64,
     lost: CancellationToken,
     reason: OnceLock<String>,
+    /// The loss signals of the leases granted in this generation: they
+    /// fire together when it ends.
+    leases: LossGroup,
     last_ok: Mutex<Instant>,
     heartbeat_in_flight: AtomicBool,
 }
@@ -103,6 +107,7 @@ impl Generation {
             number,
             lost: CancellationToken::new(),
             reason: OnceLock::new(),
+            leases: LossGroup::new(),
             last_ok: Mutex::new(last_ok),
             heartbeat_in_flight: AtomicBool::new(false),
         }
@@ -138,9 +143,9 @@ impl Generation {
         *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Cancelled when this generation ends.
-    pub(crate) fn lost_token(&self) -> &CancellationToken {
-        &self.lost
+    /// The group the loss signals of this generation's leases join.
+    pub(crate) fn leases(&self) -> &LossGroup {
+        &self.leases
     }
 
     /// Whether this generation has ended.
@@ -161,6 +166,7 @@ impl Generation {
             tracing::warn!(session = %self.client.session_id(), %reason, "leases of this ZooKeeper session are lost");
         }
         self.lost.cancel();
+        self.leases.fire(LostReason::SessionLost(self.reason()));
     }
 
     pub(crate) fn spawn_heartbeat(self: &Arc<Self>) {

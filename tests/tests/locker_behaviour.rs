@@ -207,11 +207,19 @@ async fn a_cancelled_release_still_frees_the_lock() {
     assert!(again.release().await.expect("release"));
 }
 
-/// Renewal does not grow per held lock: a thousand guards of one locker
-/// renew in one backend call per renewal tick, not a thousand.
+/// Upkeep does not grow per held lock: a thousand guards of one locker
+/// renew in one backend call per renewal tick, not a thousand, and have no
+/// task each — the locker's keeper serves them all, and stops once none
+/// is held.
 #[tokio::test(start_paused = true)]
 async fn a_thousand_held_locks_renew_in_one_call_per_tick() {
     const LOCKS: usize = 1000;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let idle_tasks = tasks();
     let counting = CountingBackend::wrap(Arc::new(MemoryBackend::new()));
     let ttl = Duration::from_secs(3);
     let locker = locker_on(counting.clone(), LockOptions::new().ttl(ttl));
@@ -219,6 +227,11 @@ async fn a_thousand_held_locks_renew_in_one_call_per_tick() {
     for i in 0..LOCKS {
         guards.push(locker.acquire(format!("lock-{i}")).await.expect("acquire"));
     }
+    assert!(
+        tasks() <= idle_tasks + 2,
+        "{} tasks for {LOCKS} held locks (the keeper, at most a batch)",
+        tasks() - idle_tasks
+    );
     let batches_before = counting.batch_calls();
     // Three TTLs: nine renewal periods of TTL/3.
     tokio::time::sleep(ttl * 3).await;
@@ -239,4 +252,8 @@ async fn a_thousand_held_locks_renew_in_one_call_per_tick() {
     for guard in guards {
         assert!(guard.release().await.expect("release"));
     }
+    // The keeper's entries of released guards come up within a renewal
+    // interval; then its task ends.
+    tokio::time::sleep(ttl).await;
+    assert_eq!(tasks(), idle_tasks, "the keeper stops when nothing is held");
 }

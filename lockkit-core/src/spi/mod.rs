@@ -2,7 +2,8 @@
 //! (`ARCHITECTURE.md` §3).
 //!
 //! - Requests and leases: [`AcquireRequest`] (what a backend is asked to
-//!   grant; `Lease::granted` builds the answer), [`LossSignal`].
+//!   grant; `Lease::granted` builds the answer), [`LossSignal`] and
+//!   [`LossGroup`] (a session's leases, lost together).
 //! - The queue hooks a FIFO backend gives the core's acquisition driver:
 //!   [`LockQueue`], [`QueuePlace`]. The driver owns the deadline, backoff,
 //!   transient retries and clean-up.
@@ -11,6 +12,8 @@
 //! - Waiting: [`PollPolicy`], [`Backoff`], [`WakeHub`],
 //!   [`WakeSubscription`]; [`Wakes`] and [`TurnSubscription`] route a push
 //!   channel's release messages (to a FIFO queue's new head only); [`until`] and [`sleep_until`] for deadlines.
+//! - Per-lease timers without a task per lease: [`TimerQueue`], [`Timed`],
+//!   [`TimerSlot`].
 //! - URLs: [`BackendUrl`], [`url_scheme`], [`url_params`],
 //!   [`without_params`], [`parse_host_list`].
 //! - Conversions: [`ttl_millis`], [`round_up_ttl`],
@@ -32,7 +35,8 @@ pub use self::hosts::parse_host_list;
 pub use self::queue::{LockQueue, QueuePlace};
 pub use crate::acquire::ABANDON_TIMEOUT;
 pub use crate::lease::{AcquireRequest, system_time_from_millis, validate_owner};
-pub use crate::loss::LossSignal;
+pub use crate::loss::{LossGroup, LossSignal};
+pub use crate::timers::{Timed, TimerQueue, TimerSlot};
 pub use crate::ttl::{round_up_ttl, ttl_millis};
 pub use crate::url::{BackendUrl, url_params, url_scheme, without_params};
 pub use crate::wait::{Backoff, PollPolicy, WakeHub, WakeSubscription};
