@@ -335,10 +335,10 @@ fn backend_limit(id: &str) -> Option<&'static str> {
             "a script may touch one hash slot only, so renewal is one call per lock (names sharing a hash tag could batch)."
         }
         "etcd" => {
-            "every grant and release is a Raft write (fsynced by the leader); a hand-off is the holder's delete, the watch event to the next waiter and its read."
+            "every grant and release is a Raft write (fsynced by the leader); a hand-off is the holder's delete, the watch event to the next waiter and its read. P1: a grant is one transaction like the raw pair's, but a heavier one — its compare ranges over the name's prefix (the holder and its queue), its put attaches the key to the session lease, and a refused try reads the holder in the same transaction."
         }
         "zookeeper" => {
-            "every grant and release is a ZAB write (fsynced); a hand-off is the holder's delete, the watch event to the next waiter and its read of the queue. A held lease keeps a child watch on its lock node (so a deletion by someone else is seen at once), which costs a watcher registration in the ZooKeeper client and a small waiting task per lease."
+            "every grant and release is a ZAB write (fsynced); a hand-off is the holder's delete, the watch event to the next waiter and its read of the queue. P1: the lock recipe needs a read of the lock's children after its sequential create to learn its place — three requests against the raw pair's two. A held lease keeps a child watch on its lock node (so a deletion by someone else is seen at once), which costs a watcher registration in the ZooKeeper client and a small waiting task per lease."
         }
         _ => return None,
     })

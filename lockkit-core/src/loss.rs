@@ -15,12 +15,35 @@ use crate::error::LostReason;
 /// Called once, with the reason, when a signal fires.
 type Listener = Box<dyn FnOnce(&LostReason) + Send>;
 
+/// The listeners of a signal. Almost every signal has one (its guard's),
+/// kept inline: a vector's first allocation would cost more than the
+/// listener itself.
+#[derive(Default)]
+struct Listeners {
+    first: Option<Listener>,
+    more: Vec<Listener>,
+}
+
+impl Listeners {
+    fn push(&mut self, listener: Listener) {
+        if self.first.is_none() {
+            self.first = Some(listener);
+        } else {
+            self.more.push(listener);
+        }
+    }
+
+    fn drain(self) -> impl Iterator<Item = Listener> {
+        self.first.into_iter().chain(self.more)
+    }
+}
+
 /// One signal's state, shared by its clones.
 struct Inner {
     reason: OnceLock<LostReason>,
     /// Wakes [`LossSignal::fired`] futures.
     fired: Notify,
-    listeners: Mutex<Vec<Listener>>,
+    listeners: Mutex<Listeners>,
 }
 
 /// A backend's "this lease is gone" signal for one lease, with the reason.
@@ -76,7 +99,7 @@ impl LossSignal {
             inner: Arc::new(Inner {
                 reason: OnceLock::new(),
                 fired: Notify::new(),
-                listeners: Mutex::new(Vec::new()),
+                listeners: Mutex::new(Listeners::default()),
             }),
         }
     }
@@ -104,7 +127,7 @@ impl LossSignal {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         if let Some(reason) = self.inner.reason.get() {
-            for listener in listeners {
+            for listener in listeners.drain() {
                 listener(reason);
             }
         }

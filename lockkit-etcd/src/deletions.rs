@@ -7,7 +7,8 @@
 //! from the revision after its creation and for deletions only, so no
 //! deletion is missed even if it happened before the watch was created.
 //! A watch costs the client one map entry; a stream per lock cost about
-//! 40 KiB.
+//! 40 KiB. A watch is created [`ARM_DELAY`] after the grant, so that the
+//! many short holds never cost the server a watch at all.
 //!
 //! One task owns the stream. It opens it (with an anchor watch that
 //! never reports anything and is cancelled at once: etcd-client opens a
@@ -18,7 +19,7 @@
 //! replays any deletion that happened meanwhile. A watch cancelled
 //! because history was compacted is answered by reading the key.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use etcd_client::{
 use lockkit_core::LostReason;
 use lockkit_core::spi::PollPolicy;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::held::HeldLock;
@@ -37,6 +39,12 @@ use crate::shared::Shared;
 /// The anchor watch's id; locks' ids start above it.
 const ANCHOR: i64 = 1;
 
+/// How long after the grant a lock's watch is created. A lock released
+/// sooner never costs the server a watch creation and cancellation (most
+/// short holds); a deletion made before the watch exists is still
+/// reported once it does, since the watch starts from the lock's creation.
+pub(crate) const ARM_DELAY: Duration = Duration::from_millis(100);
+
 enum Command {
     /// Watch the lock's key from `from` (its creation + 1, or later after
     /// a compaction).
@@ -44,6 +52,7 @@ enum Command {
         id: i64,
         lock: Weak<HeldLock>,
         from: i64,
+        at: Instant,
     },
     Unwatch(i64),
 }
@@ -115,6 +124,7 @@ impl Deletions {
             id: lock.watch_id,
             lock: Arc::downgrade(lock),
             from: lock.token + 1,
+            at: Instant::now() + ARM_DELAY,
         });
     }
 
@@ -136,6 +146,8 @@ async fn run(
 ) {
     let mut watched: HashMap<i64, Watched> = HashMap::new();
     let mut outbox: VecDeque<Outgoing> = VecDeque::new();
+    // Watches not created yet ([`ARM_DELAY`]), in the order they are due.
+    let mut delayed: VecDeque<(Instant, i64)> = VecDeque::new();
     let mut backoff = PollPolicy::new(Duration::from_millis(50), Duration::from_secs(2)).backoff();
     loop {
         let options = WatchOptions::new()
@@ -155,7 +167,14 @@ async fn run(
             // stream has none of ours: create every live one again.
             outbox.clear();
             outbox.push_back(Outgoing::Cancel(ANCHOR));
-            outbox.extend(watched.keys().copied().map(Outgoing::Create));
+            let waiting: HashSet<i64> = delayed.iter().map(|(_, id)| *id).collect();
+            outbox.extend(
+                watched
+                    .keys()
+                    .filter(|id| !waiting.contains(id))
+                    .copied()
+                    .map(Outgoing::Create),
+            );
             loop {
                 let next = next_request(&mut outbox, &watched);
                 tokio::select! {
@@ -170,9 +189,9 @@ async fn run(
                     },
                     command = commands.recv() => match command {
                         None => return,
-                        Some(Command::Watch { id, lock, from }) => {
+                        Some(Command::Watch { id, lock, from, at }) => {
                             watched.insert(id, Watched { lock, from });
-                            outbox.push_back(Outgoing::Create(id));
+                            delayed.push_back((at, id));
                         }
                         Some(Command::Unwatch(id)) => {
                             if watched.remove(&id).is_some() {
@@ -180,6 +199,16 @@ async fn run(
                             }
                         }
                     },
+                    () = sleep_until_first(&delayed), if !delayed.is_empty() => {
+                        let now = Instant::now();
+                        while delayed.front().is_some_and(|(at, _)| *at <= now) {
+                            if let Some((_, id)) = delayed.pop_front()
+                                && watched.contains_key(&id)
+                            {
+                                outbox.push_back(Outgoing::Create(id));
+                            }
+                        }
+                    }
                     sent = send(&mut sender, next.clone()), if next.is_some() => {
                         if sent.is_err() {
                             break;
@@ -194,6 +223,13 @@ async fn run(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff.next_delay()) => {}
         }
+    }
+}
+
+/// Sleeps until the first delayed watch is due.
+async fn sleep_until_first(delayed: &VecDeque<(Instant, i64)>) {
+    if let Some((at, _)) = delayed.front() {
+        tokio::time::sleep_until(*at).await;
     }
 }
 
@@ -264,7 +300,7 @@ fn handle(
         if let Some(w) = watched.remove(&id)
             && let Some(lock) = w.lock.upgrade()
         {
-            tracing::debug!(lock = %lock.name, "the lock's key was deleted by someone else");
+            tracing::debug!(key = %lock.key, "the lock's key was deleted by someone else");
             if let Some(shared) = shared.upgrade() {
                 shared.held.forget(&lock);
             }
@@ -284,7 +320,7 @@ fn handle(
         return;
     };
     let compacted = resp.compact_revision();
-    tracing::debug!(lock = %lock.name, compacted, reason = resp.cancel_reason(), "etcd cancelled a held lock's watch");
+    tracing::debug!(key = %lock.key, compacted, reason = resp.cancel_reason(), "etcd cancelled a held lock's watch");
     let (shared, commands) = (shared.clone(), commands.clone());
     tokio::spawn(async move {
         let from = if compacted > 0 {
@@ -316,6 +352,7 @@ fn handle(
             id: lock.watch_id,
             lock: Arc::downgrade(&lock),
             from,
+            at: Instant::now(),
         });
     });
 }

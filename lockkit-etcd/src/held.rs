@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use lockkit_core::spi::{AcquireRequest, LossSignal, Timed, TimerQueue, TimerSlot};
-use lockkit_core::{Lease, LockName, LostReason, Result};
+use lockkit_core::{Lease, LostReason, Result};
 use tokio::time::Instant;
 
 use crate::session::Session;
@@ -29,8 +29,7 @@ use crate::shared::{Shared, capped, token_of, ttl_secs};
 /// One lock held through this backend instance.
 #[derive(Debug)]
 pub(crate) struct HeldLock {
-    pub(crate) name: LockName,
-    /// Shared with the map key and the lease's handle.
+    /// Shared with the map key and the lease's handle (it names the lock).
     pub(crate) key: Arc<str>,
     /// The key's create revision: the fencing token.
     pub(crate) token: i64,
@@ -105,7 +104,7 @@ impl Timed for HeldLock {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        tracing::debug!(lock = %self.name, "lease not extended before its TTL; freeing it");
+        tracing::debug!(key = %self.key, "lease not extended before its TTL; freeing it");
         shared.held.forget(&self);
         self.lost.fire(LostReason::Expired);
         tokio::spawn(async move {
@@ -197,7 +196,6 @@ pub(crate) fn grant(
     let ttl = session.ttl();
     let key: Arc<str> = key.into();
     let lock = Arc::new(HeldLock {
-        name: req.name.clone(),
         key: Arc::clone(&key),
         token: revision,
         state: Mutex::new(HeldState {

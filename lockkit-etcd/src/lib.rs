@@ -72,7 +72,9 @@
 //!   [`force_release`](LockBackend::force_release) deletes it: the next
 //!   waiter is woken by its watch, and the holder's backend, which watches
 //!   each key it holds (one watch per key, all of them multiplexed on one
-//!   gRPC stream per backend), fires the loss signal at once (its next `extend`
+//!   gRPC stream per backend, created 100 ms after the grant so that short
+//!   holds cost no watch; it starts from the key's creation, so an earlier
+//!   deletion is still reported), fires the loss signal at once (its next `extend`
 //!   would find out anyway); [`cleanup_expired`](LockBackend::cleanup_expired)
 //!   is a no-op since etcd expires leases itself.
 //!

@@ -157,6 +157,9 @@ impl Registry {
     }
 }
 
+/// How long after the grant a held lease's node starts being watched.
+const ARM_DELAY: Duration = Duration::from_millis(100);
+
 /// Watches a held lease's node until it is released (stop), lost, or the
 /// backend shuts down. A deletion not made by this backend fires the loss.
 ///
@@ -165,6 +168,7 @@ impl Registry {
 /// the node's data, so it would be re-armed — one more request — per held
 /// lock per renewal. A child watch fires only when a node of this lock is
 /// created or deleted — our own release included, which ends this task.
+/// The watch is armed [`ARM_DELAY`] after the grant.
 ///
 /// One task per held lease, kept small: while it waits it holds only the
 /// watcher and the shutdown token (the arming request is boxed, the loss
@@ -180,6 +184,13 @@ async fn watch_node(
     shutdown: CancellationToken,
 ) {
     let mut retry = Duration::from_millis(20);
+    // Most short holds end before this: they never cost the watch request.
+    // A deletion made meanwhile is seen when the watch is armed (the
+    // children it reads lack the node).
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = tokio::time::sleep(ARM_DELAY) => {}
+    }
     loop {
         if stop.is_cancelled() || lost.is_fired() || shutdown.is_cancelled() {
             return;
