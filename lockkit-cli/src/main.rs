@@ -1,24 +1,163 @@
-//! The `lockkit` command line.
-//!
-//! **Status: placeholder.** A later issue adds `run`, `inspect`, `list`,
-//! `force-release`, `cleanup`, the metrics exporter and pipeline commands.
-//! This binary only reports its version so the workspace layout is complete.
+//! The `lockkit` command line: run any command under a lock, see who holds
+//! what, free a stuck lock. See the README for every command with an
+//! example, and [`exit`] for the exit codes.
+
+mod admin;
+mod backend;
+mod cli;
+mod exit;
+mod exporter;
+mod format;
+mod run;
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use lockkit::{Error, LockName, LockOptions};
+
+use crate::cli::{Cli, Command, RunArgs};
+
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("--version" | "-V") => {
-            println!("lockkit {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lockkit: cannot start the runtime: {err}");
+            return ExitCode::from(exit::UNAVAILABLE);
         }
-        _ => {
-            eprintln!(
-                "lockkit {}: the command line is not built yet; use the `lockkit` library (see README.md)",
-                env!("CARGO_PKG_VERSION")
+    };
+    let code = runtime.block_on(dispatch(cli)).unwrap_or_else(|err| {
+        eprintln!("lockkit: {err}");
+        exit::for_error(&err)
+    });
+    // Do not wait for background work (a release that keeps retrying):
+    // the lease ends at its TTL anyway.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Error> {
+    match cli.command {
+        Command::Run(args) => {
+            // Everything is checked before any I/O.
+            let run = validate_run(args)?;
+            let backend = backend::connect(cli.backend).await?;
+            run::run(backend, run).await
+        }
+        Command::Status { prefix, json, soon } => {
+            let backend = backend::connect(cli.backend).await?;
+            admin::status(&*backend, prefix.as_deref(), json, soon).await
+        }
+        Command::Inspect { name, json } => {
+            let name = LockName::new(name)?;
+            let backend = backend::connect(cli.backend).await?;
+            admin::inspect(&*backend, &name, json).await
+        }
+        Command::Release { name, force, yes } => {
+            if !force {
+                return Err(Error::invalid_input(
+                    "a lock is released by its holder; use `lockkit release --force NAME` to free it anyway",
+                ));
+            }
+            let name = LockName::new(name)?;
+            let backend = backend::connect(cli.backend).await?;
+            admin::force_release(&*backend, &name, yes).await
+        }
+        Command::Cleanup { every } => {
+            let backend = backend::connect(cli.backend).await?;
+            admin::cleanup(&*backend, every).await
+        }
+        Command::Exporter {
+            listen,
+            soon,
+            max_lock_series,
+            refresh,
+        } => {
+            let backend = backend::connect(cli.backend).await?;
+            let config = exporter::Config {
+                listen,
+                soon,
+                max_lock_series,
+                refresh,
+            };
+            exporter::serve(backend, config).await
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "lockkit",
+                &mut std::io::stdout(),
             );
-            ExitCode::from(2)
+            Ok(0)
         }
     }
+}
+
+fn validate_run(args: RunArgs) -> Result<run::Run, Error> {
+    let name = LockName::new(args.name)?;
+    let mut options = LockOptions::new().ttl(args.ttl);
+    options = match args.wait {
+        Some(wait) => options.wait_timeout(wait),
+        None => options.wait_forever(),
+    };
+    options.validate()?;
+    let owner = args.owner.unwrap_or_else(run::default_owner);
+    lockkit::spi::validate_owner(&owner)?;
+    Ok(run::Run {
+        name,
+        options,
+        no_wait: args.no_wait,
+        owner,
+        conflict_exit_code: args.conflict_exit_code,
+        grace: args.grace,
+        command: args.command,
+    })
+}
+
+/// Help and version go to stdout as clap prints them; a usage error is one
+/// line on stderr (clap's message and its tip, without the usage block)
+/// and exit code 2.
+fn usage_error(err: &clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = err.render().to_string();
+    let line: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let hint = if args.first().is_some_and(|a| a == "run") && !args.iter().any(|a| a == "--") {
+        "the command goes after `--`: lockkit run NAME [OPTIONS] -- COMMAND [ARGS...]"
+    } else {
+        "see `lockkit --help`"
+    };
+    let mut message = String::new();
+    for part in line {
+        if !message.is_empty() {
+            message.push_str(if message.ends_with(':') { " " } else { "; " });
+        }
+        message.push_str(part);
+    }
+    eprintln!(
+        "lockkit: {} ({hint})",
+        message.trim_start_matches("error: ")
+    );
+    ExitCode::from(exit::USAGE)
 }

@@ -1,0 +1,126 @@
+//! The command line's grammar (`clap`).
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit;
+
+/// Distributed locks for pipelines: run a command under a lock, see and
+/// administer who holds what.
+#[derive(Debug, Parser)]
+#[command(name = "lockkit", version, after_help = exit::TABLE)]
+pub struct Cli {
+    /// Backend URL: sqlite:///path.db, postgres://…, mysql://…, redis://…,
+    /// etcd://…, zk://… [default: an SQLite file at
+    /// $XDG_DATA_HOME/lockkit/locks.db or ~/.local/share/lockkit/locks.db]
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKKIT_BACKEND",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub backend: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command while holding a lock.
+    ///
+    /// Example: lockkit run nightly-load --ttl 1m --wait 5m -- ./load.sh --full
+    Run(RunArgs),
+    /// List held locks.
+    Status {
+        /// Only locks whose name starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Mark locks that expire within this long unless renewed.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        soon: Duration,
+    },
+    /// Show who holds one lock (exit 1 if it is free).
+    Inspect {
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Free a lock whoever holds it; its holder is told it lost the lock.
+    Release {
+        name: String,
+        /// Required: a lock is normally released by its holder.
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation on a terminal.
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// Remove expired lease records (SQL backends; a no-op elsewhere).
+    Cleanup {
+        /// Repeat at this interval until interrupted.
+        #[arg(long, value_parser = duration)]
+        every: Option<Duration>,
+    },
+    /// Serve Prometheus metrics (/metrics), a status page (/) and /healthz.
+    Exporter {
+        /// Address to listen on (port 0 picks a free one; the bound address
+        /// is printed on stderr).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+        /// Locks that expire within this long count as expiring soon.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        soon: Duration,
+        /// At most this many locks get per-lock series; the rest are counted
+        /// in lockkit_lock_series_dropped.
+        #[arg(long, default_value_t = 500)]
+        max_lock_series: usize,
+        /// How often the status page reloads itself.
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        refresh: Duration,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The lock's name.
+    pub name: String,
+    /// Lease TTL; the lease is renewed every third of it while the command
+    /// runs, and another process can take the lock this long after this
+    /// one dies.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub ttl: Duration,
+    /// Wait at most this long for the lock [default: without limit].
+    #[arg(long, value_parser = duration, conflicts_with = "no_wait")]
+    pub wait: Option<Duration>,
+    /// Do not wait: exit with the conflict code if the lock is held.
+    #[arg(short = 'n', long)]
+    pub no_wait: bool,
+    /// The owner label recorded with the lease [default: HOST:PID].
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Exit code when the lock is busy or the wait times out.
+    #[arg(short = 'E', long, default_value_t = exit::CONFLICT, value_name = "CODE")]
+    pub conflict_exit_code: u8,
+    /// After the lease is lost, how long the command has between SIGTERM
+    /// and SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub grace: Duration,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// A duration like `30s`, `10m`, `1h 30m`, `250ms`.
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 30s, 10m, 1h30m, 250ms)"))
+}
