@@ -24,6 +24,11 @@ pub struct Cli {
     )]
     pub backend: Option<String>,
 
+    /// A TOML file of defaults [default: $XDG_CONFIG_HOME/lockkit/config.toml
+    /// or ~/.config/lockkit/config.toml, if it exists]
+    #[arg(long, global = true, env = "LOCKKIT_CONFIG", value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -96,9 +101,9 @@ pub struct RunArgs {
     pub name: String,
     /// Lease TTL; the lease is renewed every third of it while the command
     /// runs, and another process can take the lock this long after this
-    /// one dies.
-    #[arg(long, default_value = "30s", value_parser = duration)]
-    pub ttl: Duration,
+    /// one dies [default: 30s].
+    #[arg(long, value_parser = duration)]
+    pub ttl: Option<Duration>,
     /// Wait at most this long for the lock [default: without limit].
     #[arg(long, value_parser = duration, conflicts_with = "no_wait")]
     pub wait: Option<Duration>,
@@ -108,13 +113,13 @@ pub struct RunArgs {
     /// The owner label recorded with the lease [default: HOST:PID].
     #[arg(long)]
     pub owner: Option<String>,
-    /// Exit code when the lock is busy or the wait times out.
-    #[arg(short = 'E', long, default_value_t = exit::CONFLICT, value_name = "CODE")]
-    pub conflict_exit_code: u8,
+    /// Exit code when the lock is busy or the wait times out [default: 75].
+    #[arg(short = 'E', long, value_name = "CODE")]
+    pub conflict_exit_code: Option<u8>,
     /// After the lease is lost, how long the command has between SIGTERM
-    /// and SIGKILL.
-    #[arg(long, default_value = "10s", value_parser = duration)]
-    pub grace: Duration,
+    /// and SIGKILL [default: 10s].
+    #[arg(long, value_parser = duration)]
+    pub grace: Option<Duration>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_name = "COMMAND")]
     pub command: Vec<OsString>,

@@ -5,12 +5,14 @@
 mod admin;
 mod backend;
 mod cli;
+mod config;
 mod exit;
 mod exporter;
 mod format;
 mod run;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -44,11 +46,15 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn dispatch(cli: Cli) -> Result<u8, Error> {
+async fn dispatch(mut cli: Cli) -> Result<u8, Error> {
+    let config = config::load(cli.config.as_deref())?;
+    if cli.backend.is_none() {
+        cli.backend.clone_from(&config.backend);
+    }
     match cli.command {
         Command::Run(args) => {
             // Everything is checked before any I/O.
-            let run = validate_run(args)?;
+            let run = validate_run(args, &config.run)?;
             let backend = backend::connect(cli.backend).await?;
             run::run(backend, run).await
         }
@@ -102,23 +108,48 @@ async fn dispatch(cli: Cli) -> Result<u8, Error> {
     }
 }
 
-fn validate_run(args: RunArgs) -> Result<run::Run, Error> {
+/// Flags over the config file over the built-in defaults.
+fn validate_run(args: RunArgs, defaults: &config::RunDefaults) -> Result<run::Run, Error> {
     let name = LockName::new(args.name)?;
-    let mut options = LockOptions::new().ttl(args.ttl);
-    options = match args.wait {
+    let from_file = |key: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|text| config::duration(key, text))
+            .transpose()
+    };
+    let ttl = match args.ttl {
+        Some(ttl) => ttl,
+        None => from_file("run.ttl", &defaults.ttl)?.unwrap_or(Duration::from_secs(30)),
+    };
+    let wait = match args.wait {
+        Some(wait) => Some(wait),
+        None => from_file("run.wait", &defaults.wait)?,
+    };
+    let grace = match args.grace {
+        Some(grace) => grace,
+        None => from_file("run.grace", &defaults.grace)?.unwrap_or(Duration::from_secs(10)),
+    };
+    let mut options = LockOptions::new().ttl(ttl);
+    options = match wait {
         Some(wait) => options.wait_timeout(wait),
         None => options.wait_forever(),
     };
     options.validate()?;
-    let owner = args.owner.unwrap_or_else(run::default_owner);
+    let owner = args
+        .owner
+        .or_else(|| defaults.owner.clone())
+        .unwrap_or_else(run::default_owner);
     lockkit::spi::validate_owner(&owner)?;
     Ok(run::Run {
         name,
         options,
         no_wait: args.no_wait,
         owner,
-        conflict_exit_code: args.conflict_exit_code,
-        grace: args.grace,
+        conflict_exit_code: args
+            .conflict_exit_code
+            .or(defaults.conflict_exit_code)
+            .unwrap_or(exit::CONFLICT),
+        grace,
         command: args.command,
     })
 }

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,11 @@ const GIVE_UP: Duration = Duration::from_secs(120);
 
 fn lockkit(backend: &str) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.env("LOCKKIT_BACKEND", backend).stdin(Stdio::null());
+    cmd.env("LOCKKIT_BACKEND", backend)
+        // No user's config file leaks into the tests.
+        .env("XDG_CONFIG_HOME", "/nonexistent/lockkit-tests")
+        .env_remove("LOCKKIT_CONFIG")
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -461,6 +466,178 @@ async fn the_status_page_renders_in_chromium() {
     assert!(guard.release().await.expect("release"));
 }
 
+// ---------------------------------------------------------- dashboards
+
+fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// Every `expr` / `rawSql` of a Grafana dashboard's panels, with the
+/// panel's title.
+fn dashboard_queries(path: &str, field: &str) -> Vec<(String, String)> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file(path)).expect("dashboard JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("title").to_owned();
+        for target in panel["targets"].as_array().expect("targets") {
+            queries.push((
+                title.clone(),
+                target[field].as_str().expect(field).to_owned(),
+            ));
+        }
+    }
+    assert!(!queries.is_empty(), "{path} has no queries");
+    queries
+}
+
+/// The `lockkit_…` metric names a PromQL expression uses.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("lockkit_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every PromQL expression of the exporter dashboard and of the alert rules
+/// uses only metric names that are really emitted: by a live
+/// `lockkit exporter` scrape, or by the lockkit library in a process that
+/// renders its metrics with `metrics-exporter-prometheus` (acquire, renew,
+/// release and a loss are exercised here to make them appear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_and_alert_queries_use_only_emitted_metrics() {
+    let file = sqlite_file();
+    let (_b, held) = hold(&file.url, "dash-held", "team-dash").await;
+    let exporter = start_exporter(&file.url, &[]);
+    let (_, scrape) = get(&exporter.addr, "/metrics");
+    let mut emitted: Vec<String> = samples(&scrape).into_iter().map(|(n, _, _)| n).collect();
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this test binary");
+    let memory: Arc<dyn LockBackend> = Arc::new(lockkit::memory::MemoryBackend::new());
+    let locker = Locker::new(Arc::clone(&memory), "metrics-client").unwrap();
+    let guard = locker.acquire("dash-client").await.expect("acquire");
+    guard.extend(Duration::from_secs(20)).await.expect("extend");
+    assert!(guard.release().await.expect("release"));
+    let doomed = locker.acquire("dash-lost").await.expect("acquire");
+    assert!(memory.force_release(&doomed.name()).await.expect("force"));
+    tokio::time::timeout(GIVE_UP, doomed.lost())
+        .await
+        .expect("lost");
+    emitted.extend(samples(&recorder.render()).into_iter().map(|(n, _, _)| n));
+
+    let mut exprs = dashboard_queries("deploy/grafana/lockkit-exporter.json", "expr");
+    let alerts = repo_file("deploy/prometheus/alerts.yml");
+    exprs.extend(
+        alerts
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .map(|e| ("alert rule".to_owned(), e.trim().to_owned())),
+    );
+    assert!(exprs.len() > 10, "{exprs:?}");
+    for (panel, expr) in &exprs {
+        let names = metric_names(expr);
+        assert!(
+            !names.is_empty() || expr.contains("up{"),
+            "{panel}: no lockkit metric in {expr}"
+        );
+        for name in names {
+            assert!(
+                emitted.contains(&name),
+                "{panel}: `{name}` in {expr} is never emitted; emitted: {emitted:?}"
+            );
+        }
+    }
+    assert!(held.release().await.expect("release"));
+}
+
+/// Every SQL panel of the Postgres dashboard runs against a real lockkit
+/// lock table and returns the columns its panel reads, with the values the
+/// held locks imply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_dashboard_queries_run_on_a_real_lock_table() {
+    use sqlx::{Column, Row};
+    let harness = SqlHarness::start(SqlKind::Postgres).await;
+    let url = harness.lockkit_url();
+    let (_a, first) = hold(&url, "sql-one", "team-x").await;
+    let (_b, second) = hold(&url, "sql-two", "team-x").await;
+    let (_c, third) = hold(&url, "sql-three", "team-y").await;
+    let expected: &[(&str, &[&str])] = &[
+        ("Active locks", &["value"]),
+        ("Locks near expiry", &["value"]),
+        ("Average hold time (current holds, s)", &["value"]),
+        ("Locks per owner", &["owner", "locks"]),
+        (
+            "Held locks",
+            &[
+                "lock",
+                "owner",
+                "token",
+                "acquired_at",
+                "held_seconds",
+                "expires_in_seconds",
+            ],
+        ),
+    ];
+    let queries = dashboard_queries("deploy/grafana/lockkit-postgres.json", "rawSql");
+    assert_eq!(queries.len(), expected.len());
+    for (title, sql) in queries {
+        let columns = expected
+            .iter()
+            .find(|(t, _)| *t == title)
+            .unwrap_or_else(|| panic!("no expectation for panel {title:?}"))
+            .1;
+        let sql = sql
+            .replace("$table", &harness.table().to_string())
+            .replace("$soon", "3600");
+        // The dashboard's own query text, with the test's table name.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_all(harness.pg())
+            .await
+            .unwrap_or_else(|e| panic!("{title}: {sql}: {e}"));
+        let first_row = rows.first().unwrap_or_else(|| panic!("{title}: no rows"));
+        let names: Vec<&str> = first_row.columns().iter().map(|c| c.name()).collect();
+        assert_eq!(names, columns, "{title}");
+        match title.as_str() {
+            "Active locks" | "Locks near expiry" => {
+                assert_eq!(first_row.get::<i64, _>("value"), 3, "{title}");
+            }
+            "Average hold time (current holds, s)" => {
+                assert!(first_row.get::<f64, _>("value") >= 0.0);
+            }
+            "Locks per owner" => {
+                let owners: Vec<(String, i64)> = rows
+                    .iter()
+                    .map(|r| (r.get("owner"), r.get("locks")))
+                    .collect();
+                assert_eq!(owners, [("team-x".to_owned(), 2), ("team-y".to_owned(), 1)]);
+            }
+            _ => {
+                let locks: Vec<String> = rows.iter().map(|r| r.get("lock")).collect();
+                assert_eq!(locks.len(), 3, "{locks:?}");
+                let token: i64 = rows
+                    .iter()
+                    .find(|r| r.get::<String, _>("lock") == "sql-one")
+                    .expect("sql-one")
+                    .get("token");
+                assert_eq!(u64::try_from(token).ok(), Some(first.token().get()));
+            }
+        }
+    }
+    for guard in [first, second, third] {
+        assert!(guard.release().await.expect("release"));
+    }
+}
+
 // ----------------------------------------------------------- bad input
 
 #[test]
@@ -498,6 +675,61 @@ fn bad_input_is_one_line_with_a_documented_code() {
     }
     let out = output(lockkit(&file.url).args(["run", "x", "--", "/nonexistent/command"]));
     assert_eq!(code(&out), 127);
+}
+
+/// The config file gives defaults; flags and the environment win over it;
+/// a bad file is a configuration error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_file_gives_defaults_that_flags_override() {
+    let file = sqlite_file();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("lockkit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "backend = \"{}\"\n[run]\nconflict_exit_code = 42\nowner = \"from-file\"\n",
+            file.url
+        ),
+    )
+    .expect("write config");
+    let (_b, guard) = hold(&file.url, "cfg-busy", "holder").await;
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.env_remove("LOCKKIT_BACKEND")
+            .env("LOCKKIT_CONFIG", &config)
+            .stdin(Stdio::null())
+            .args(extra);
+        output(&mut cmd)
+    };
+    // The backend and the conflict code come from the file.
+    assert_eq!(code(&run(&["run", "-n", "cfg-busy", "--", "true"])), 42);
+    assert_eq!(
+        code(&run(&["run", "-n", "-E", "43", "cfg-busy", "--", "true"])),
+        43
+    );
+    let out = run(&["run", "cfg-free", "--", "sh", "-c", "echo $LOCKKIT_OWNER"]);
+    assert_eq!(stdout(&out).trim(), "from-file", "{}", stderr(&out));
+    // A flag's backend wins over the file's.
+    let other = sqlite_file();
+    let out = run(&[
+        "--backend",
+        &other.url,
+        "run",
+        "-n",
+        "cfg-busy",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&out), 0, "another database: free there");
+    std::fs::write(&config, "[run]\nttll = \"1m\"\n").expect("write");
+    let out = run(&["status"]);
+    assert_eq!(code(&out), 78);
+    assert!(
+        stderr(&out).contains("lockkit.toml") && stderr(&out).contains("ttll"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(guard.release().await.expect("release"));
 }
 
 #[test]
