@@ -6,18 +6,24 @@ use std::sync::Arc;
 
 use lockkit::{Error, LockBackend};
 
-/// The default database when no backend is given:
-/// `$XDG_DATA_HOME/lockkit/locks.db`, else `$HOME/.local/share/lockkit/locks.db`.
-pub fn default_sqlite_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
+/// `$<xdg_var>/lockkit/<file>`, else `$HOME/<home_fallback>/lockkit/<file>`
+/// (the XDG base directory rule).
+pub fn user_file(xdg_var: &str, home_fallback: &str, file: &str) -> Option<PathBuf> {
+    let base = std::env::var_os(xdg_var)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME")
                 .filter(|v| !v.is_empty())
-                .map(|home| PathBuf::from(home).join(".local/share"))
+                .map(|home| PathBuf::from(home).join(home_fallback))
         })?;
-    Some(base.join("lockkit").join("locks.db"))
+    Some(base.join("lockkit").join(file))
+}
+
+/// The default database when no backend is given:
+/// `$XDG_DATA_HOME/lockkit/locks.db`, else `$HOME/.local/share/lockkit/locks.db`.
+pub fn default_sqlite_path() -> Option<PathBuf> {
+    user_file("XDG_DATA_HOME", ".local/share", "locks.db")
 }
 
 /// The URL to connect to (`url` from the flag or the environment, or the

@@ -46,15 +46,7 @@ pub struct RunDefaults {
 
 /// Where the file is looked for when `--config` is not given.
 pub fn default_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|home| PathBuf::from(home).join(".config"))
-        })?;
-    Some(base.join("lockkit").join("config.toml"))
+    crate::backend::user_file("XDG_CONFIG_HOME", ".config", "config.toml")
 }
 
 /// Loads `explicit` (which must exist), else the default file if there is

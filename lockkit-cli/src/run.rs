@@ -73,6 +73,9 @@ pub async fn run(backend: Arc<dyn LockBackend>, args: Run) -> Result<u8, Error> 
             Err(err) => return Err(err),
         }
     };
+    // Handlers first: a signal that arrives once the command runs must be
+    // forwarded, not kill `lockkit` by its default action.
+    let signals = Signals::new();
     let mut child = match spawn(&args, &guard) {
         Ok(child) => child,
         Err((code, message)) => {
@@ -81,7 +84,7 @@ pub async fn run(backend: Arc<dyn LockBackend>, args: Run) -> Result<u8, Error> 
             return Ok(code);
         }
     };
-    let outcome = supervise(&mut child, &guard, args.grace).await;
+    let outcome = supervise(&mut child, &guard, args.grace, signals).await;
     match outcome {
         Outcome::Exited(status) => match guard.release().await {
             Ok(true) => Ok(status_code(status)),
@@ -188,13 +191,17 @@ enum Outcome {
 }
 
 /// Waits for the child, forwarding signals; ends it if the lease is lost.
-async fn supervise(child: &mut Child, guard: &LockGuard, grace: Duration) -> Outcome {
+async fn supervise(
+    child: &mut Child,
+    guard: &LockGuard,
+    grace: Duration,
+    mut streams: Signals,
+) -> Outcome {
     let pid = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
     let forward_sigint = !std::io::stdin().is_terminal();
-    let mut streams = Signals::new();
     let lost = guard.lost();
     tokio::pin!(lost);
     loop {

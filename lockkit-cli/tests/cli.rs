@@ -182,9 +182,9 @@ async fn lost_mid_run(url: &str) {
             "run", "--ttl", "3s", "--grace", "30s", "cli-lost", "--", "sh", "-c", script,
         ],
     );
-    let admin = backend(url).await;
-    let name = lockkit::LockName::new("cli-lost").unwrap();
-    assert!(admin.force_release(&name).await.expect("force"));
+    // A second process force-releases it.
+    let out = output(lockkit(url).args(["release", "--force", "--yes", "cli-lost"]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(wait_exit(&mut child), 79, "the lost code");
     assert!(
         rest(lines).contains("got-term"),
@@ -238,6 +238,10 @@ async fn status_inspect_release(url: &str) {
         table.contains("cli-shown") && table.contains("owner-a"),
         "{table}"
     );
+    let out = output(lockkit(url).args(["status", "--prefix", "cli-sh", "--soon", "1h"]));
+    assert!(stdout(&out).contains("! expires soon"), "{}", stdout(&out));
+    let out = output(lockkit(url).args(["status", "--prefix", "cli-sh", "--soon", "1ms"]));
+    assert!(!stdout(&out).contains("expires soon"), "{}", stdout(&out));
     let out = output(lockkit(url).args(["status", "--prefix", "nothing-"]));
     assert_eq!(stdout(&out).trim(), "no locks held");
 
@@ -655,6 +659,9 @@ fn bad_input_is_one_line_with_a_documented_code() {
             "postgres://user:hunter2@127.0.0.1:1/db?bogus=1",
             78,
         ),
+        // Unreachable (nothing listens on port 1 of loopback).
+        (&["status"], "postgres://user:hunter2@127.0.0.1:1/db", 69),
+        (&["status"], "redis://:hunter2@127.0.0.1:1", 69),
     ];
     for (args, url, expected) in cases {
         let url = if url.is_empty() {
