@@ -190,19 +190,25 @@ impl Shared {
     /// lease id makes this harmless if someone else holds the lock.
     pub(crate) fn lose_and_release(self: &Arc<Self>, reason: LostReason) {
         self.lose(reason);
-        if !self.begin_release() {
-            return;
+        if self.begin_release() {
+            self.release_in_background("released after the loss");
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let shared = Arc::clone(self);
-                runtime.spawn(async move {
-                    let outcome = shared.release_now().await;
-                    tracing::debug!(lock = %shared.name(), ?outcome, "released after the loss");
-                });
-            }
-            Err(_) => self.finish_release(),
-        }
+    }
+
+    /// Runs the release (claimed with `begin_release`) in a task on the
+    /// current runtime; without one, marks it done (the lease expires after
+    /// its TTL) and returns `false`.
+    fn release_in_background(self: &Arc<Self>, what: &'static str) -> bool {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.finish_release();
+            return false;
+        };
+        let shared = Arc::clone(self);
+        runtime.spawn(async move {
+            let outcome = shared.release_now().await;
+            tracing::debug!(lock = %shared.name(), ?outcome, "{what}");
+        });
+        true
     }
 
     /// The loss token, made on first use (cancelled at once if the lease is
@@ -568,17 +574,8 @@ struct FinishOnDrop(Option<Arc<Shared>>);
 
 impl Drop for FinishOnDrop {
     fn drop(&mut self) {
-        let Some(shared) = self.0.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let outcome = shared.release_now().await;
-                    tracing::debug!(lock = %shared.name(), ?outcome, "release finished after its caller left");
-                });
-            }
-            Err(_) => shared.finish_release(),
+        if let Some(shared) = self.0.take() {
+            shared.release_in_background("release finished after its caller left");
         }
     }
 }
@@ -587,24 +584,11 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         let shared = &self.handle.shared;
         shared.clear_held();
-        if !shared.begin_release() {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let shared = Arc::clone(shared);
-                runtime.spawn(async move {
-                    let outcome = shared.release_now().await;
-                    tracing::debug!(lock = %shared.name(), ?outcome, "released on drop");
-                });
-            }
-            Err(_) => {
-                shared.finish_release();
-                tracing::debug!(
-                    lock = %shared.name(),
-                    "guard dropped outside a Tokio runtime; the lease will expire after its TTL"
-                );
-            }
+        if shared.begin_release() && !shared.release_in_background("released on drop") {
+            tracing::debug!(
+                lock = %shared.name(),
+                "guard dropped outside a Tokio runtime; the lease will expire after its TTL"
+            );
         }
     }
 }
