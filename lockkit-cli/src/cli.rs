@@ -1,6 +1,7 @@
 //! The command line's grammar (`clap`).
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -91,8 +92,114 @@ pub enum Command {
         #[arg(long, default_value = "5s", value_parser = duration)]
         refresh: Duration,
     },
+    /// Pipelines: load YAML specs into the catalog, find shared tasks, run
+    /// a pipeline with its locked tasks under leases, draw the timeline.
+    ///
+    /// Example: lockkit dag load pipelines.yaml && lockkit dag run DAG1
+    Dag {
+        /// The catalog database (SQLite or Postgres URL) [default: the
+        /// backend's database if it is SQLite or Postgres, else the
+        /// default SQLite file]
+        #[arg(
+            long,
+            global = true,
+            env = "LOCKKIT_CATALOG",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        catalog: Option<String>,
+        #[command(subcommand)]
+        command: DagCommand,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DagCommand {
+    /// Check spec files without loading them (exit 65 if invalid).
+    Validate {
+        /// YAML files, or directories of them.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Validate spec files and load them into the catalog as one spec,
+    /// replacing the one stored (in one transaction; a spec equal to the
+    /// stored one writes nothing).
+    Load {
+        /// YAML files, or directories of them.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// List tasks used by more than one pipeline, and whether each is locked.
+    Shared {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 1 if a shared task has no lock, or one lock name has several
+    /// durations (for CI). With PATHs, lints those specs instead of the
+    /// catalog.
+    Lint {
+        /// YAML files or directories to lint without loading them.
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Show a pipeline's tasks in dependency order.
+    Show { pipeline: String },
+    /// Run a pipeline: its tasks in dependency order, locked ones under
+    /// their leases; exit 0 if every task succeeded (or was skipped), 79 if
+    /// a lease was lost, else 1.
+    ///
+    /// Example: lockkit dag run DAG1 --parallel 4
+    Run {
+        pipeline: String,
+        /// At most this many tasks at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+        /// The owner label of the leases [default: PIPELINE:run-ID].
+        #[arg(long)]
+        owner: Option<String>,
+        /// After a lease is lost, how long a task's command has between
+        /// SIGTERM and SIGKILL.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        grace: Duration,
+        /// The command that runs a `notebook:` task; {notebook} is replaced
+        /// by the notebook's path.
+        #[arg(
+            long,
+            env = "LOCKKIT_NOTEBOOK_COMMAND",
+            default_value = lockkit_dag::runner::DEFAULT_NOTEBOOK_COMMAND
+        )]
+        notebook_command: String,
+    },
+    /// List recorded runs.
+    Runs {
+        /// How many of the most recent.
+        #[arg(long, default_value_t = 20)]
+        last: u32,
+    },
+    /// Draw recorded runs as a Gantt chart and check that no lock's holds
+    /// overlapped (exit 1 if some did).
+    ///
+    /// Example: lockkit dag timeline --last 2 --svg timeline.svg
+    Timeline {
+        /// Run ids [default: the most recent runs, see --last].
+        #[arg(value_name = "RUN")]
+        runs: Vec<i64>,
+        /// Without RUNs: the most recent this many [default: 2].
+        #[arg(long, conflicts_with = "runs")]
+        last: Option<u32>,
+        /// Also write the chart as SVG.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Also write the chart and a table as HTML.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Columns of the text chart's time axis.
+        #[arg(long, default_value_t = 60)]
+        width: usize,
+    },
 }
 
 #[derive(Debug, Args)]

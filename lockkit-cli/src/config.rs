@@ -7,6 +7,7 @@
 //!
 //! ```toml
 //! backend = "postgres://etl@db.internal/ops"
+//! catalog = "postgres://etl@db.internal/ops"
 //!
 //! [run]
 //! ttl = "2m"
@@ -28,6 +29,8 @@ use serde::Deserialize;
 pub struct Config {
     /// The backend URL.
     pub backend: Option<String>,
+    /// The pipeline catalog's URL (`lockkit dag`).
+    pub catalog: Option<String>,
     /// Defaults of `lockkit run`.
     #[serde(default)]
     pub run: RunDefaults,

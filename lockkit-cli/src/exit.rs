@@ -12,6 +12,20 @@
 //! | 79 | `run`: the lease was lost while the command ran; the command was terminated |
 //! | 126 | `run`: the command could not be started (not executable) |
 //! | 127 | `run`: the command was not found |
+//!
+//! `lockkit dag` adds:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success; `run`: every task succeeded or was skipped; `timeline`: no lock's holds overlapped |
+//! | 1 | `lint`: problems found; `run`: a task failed or was not run; `timeline`: holds overlapped |
+//! | 2 | usage, an unknown pipeline or run id |
+//! | 65 | the spec is invalid (every problem is printed: file, line, task, reason); nothing was loaded (`EX_DATAERR`) |
+//! | 66 | a spec file cannot be read (`EX_NOINPUT`) |
+//! | 69 | the catalog or the lock backend is unreachable |
+//! | 73 | `timeline`: the SVG/HTML file cannot be written (`EX_CANTCREAT`) |
+//! | 78 | configuration: a bad catalog URL |
+//! | 79 | `run`: a task's lease was lost; the task was stopped and the run failed |
 
 use lockkit::Error;
 
@@ -27,10 +41,6 @@ pub const CONFLICT: u8 = 75;
 pub const CONFIG: u8 = 78;
 /// The lease was lost while the command ran.
 pub const LOST: u8 = 79;
-/// The command could not be started.
-pub const CANNOT_EXECUTE: u8 = 126;
-/// The command was not found.
-pub const NOT_FOUND: u8 = 127;
 
 /// The exit code for a library error.
 pub fn for_error(err: &Error) -> u8 {
@@ -54,4 +64,10 @@ Exit codes:
   75       run: busy (-n) or the wait timed out (change with -E)
   78       configuration: bad URL, unknown scheme or parameter, refused credentials
   79       run: the lease was lost; the command was terminated
-  126/127  run: the command could not be started / was not found";
+  126/127  run: the command could not be started / was not found
+lockkit dag:
+  1        lint found problems; run: a task failed; timeline: holds overlapped
+  65       the spec is invalid (nothing was loaded)
+  66       a spec file cannot be read
+  73       timeline: the output file cannot be written
+  79       run: a lease was lost; the task was stopped";

@@ -6,6 +6,7 @@ mod admin;
 mod backend;
 mod cli;
 mod config;
+mod dag;
 mod exit;
 mod exporter;
 mod format;
@@ -95,6 +96,12 @@ async fn dispatch(mut cli: Cli) -> Result<u8, Error> {
                 refresh,
             };
             exporter::serve(backend, config).await
+        }
+        Command::Dag { catalog, command } => {
+            let catalog = catalog.or_else(|| config.catalog.clone());
+            Ok(dag::dispatch(command, catalog, cli.backend)
+                .await
+                .unwrap_or_else(|err| dag::report_error(&err)))
         }
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -11,17 +11,13 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use lockkit::{Error, LockBackend, LockGuard, LockName, LockOptions, Locker};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use lockkit_dag::process::{self, Ended, Signals, Target, status_code};
 use tokio::process::{Child, Command};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use crate::exit;
@@ -75,7 +71,7 @@ pub async fn run(backend: Arc<dyn LockBackend>, args: Run) -> Result<u8, Error> 
     };
     // Handlers first: a signal that arrives once the command runs must be
     // forwarded, not kill `lockkit` by its default action.
-    let signals = Signals::new();
+    let mut signals = Signals::new();
     let mut child = match spawn(&args, &guard) {
         Ok(child) => child,
         Err((code, message)) => {
@@ -84,9 +80,16 @@ pub async fn run(backend: Arc<dyn LockBackend>, args: Run) -> Result<u8, Error> 
             return Ok(code);
         }
     };
-    let outcome = supervise(&mut child, &guard, args.grace, signals).await;
+    let outcome = process::supervise(
+        &mut child,
+        Target::Process,
+        Some(&guard),
+        args.grace,
+        &mut signals,
+    )
+    .await;
     match outcome {
-        Outcome::Exited(status) => match guard.release().await {
+        Ended::Exited { status, .. } => match guard.release().await {
             Ok(true) => Ok(status_code(status)),
             Ok(false) => {
                 eprintln!(
@@ -105,7 +108,13 @@ pub async fn run(backend: Arc<dyn LockBackend>, args: Run) -> Result<u8, Error> 
                 Ok(status_code(status))
             }
         },
-        Outcome::Lost => Ok(exit::LOST),
+        Ended::Lost(reason) => {
+            eprintln!(
+                "lockkit: the lease on {} was lost ({reason}); the command was stopped",
+                args.name
+            );
+            Ok(exit::LOST)
+        }
     }
 }
 
@@ -166,128 +175,8 @@ fn spawn(args: &Run, guard: &LockGuard) -> Result<Child, (u8, String)> {
     let Some((program, rest)) = args.command.split_first() else {
         return Err((exit::USAGE, "no command given after `--`".to_owned()));
     };
-    let lease = guard.lease();
-    Command::new(program)
-        .args(rest)
-        .env("LOCKKIT_LOCK_NAME", lease.name.as_str())
-        .env("LOCKKIT_FENCING_TOKEN", lease.token.to_string())
-        .env("LOCKKIT_LEASE_ID", lease.lease_id.as_str())
-        .env("LOCKKIT_OWNER", &lease.owner)
-        .spawn()
-        .map_err(|err| {
-            let shown = program.to_string_lossy();
-            match err.kind() {
-                std::io::ErrorKind::NotFound => {
-                    (exit::NOT_FOUND, format!("{shown}: command not found"))
-                }
-                _ => (exit::CANNOT_EXECUTE, format!("{shown}: cannot run: {err}")),
-            }
-        })
-}
-
-enum Outcome {
-    Exited(ExitStatus),
-    Lost,
-}
-
-/// Waits for the child, forwarding signals; ends it if the lease is lost.
-async fn supervise(
-    child: &mut Child,
-    guard: &LockGuard,
-    grace: Duration,
-    mut streams: Signals,
-) -> Outcome {
-    let pid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw);
-    let forward_sigint = !std::io::stdin().is_terminal();
-    let lost = guard.lost();
-    tokio::pin!(lost);
-    loop {
-        tokio::select! {
-            status = child.wait() => {
-                return match status {
-                    Ok(status) => Outcome::Exited(status),
-                    // The child cannot be waited for: treat it as gone.
-                    Err(_) => Outcome::Exited(ExitStatus::from_raw(1 << 8)),
-                };
-            }
-            reason = &mut lost => {
-                eprintln!(
-                    "lockkit: the lease on {} was lost ({reason}); stopping the command",
-                    guard.name()
-                );
-                terminate(child, pid, grace).await;
-                return Outcome::Lost;
-            }
-            signal = streams.next() => {
-                if let Some(pid) = pid
-                    && (signal != Signal::SIGINT || forward_sigint)
-                {
-                    let _ = kill(pid, signal);
-                }
-            }
-        }
-    }
-}
-
-/// `SIGTERM`, then `SIGKILL` after `grace`.
-async fn terminate(child: &mut Child, pid: Option<Pid>, grace: Duration) {
-    if let Some(pid) = pid {
-        let _ = kill(pid, Signal::SIGTERM);
-    }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-    }
-}
-
-/// The signals `lockkit` forwards.
-struct Signals {
-    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
-}
-
-impl Signals {
-    fn new() -> Self {
-        let kinds = [
-            (Signal::SIGTERM, SignalKind::terminate()),
-            (Signal::SIGINT, SignalKind::interrupt()),
-            (Signal::SIGHUP, SignalKind::hangup()),
-            (Signal::SIGQUIT, SignalKind::quit()),
-        ];
-        Self {
-            streams: kinds
-                .into_iter()
-                .filter_map(|(sig, kind)| signal(kind).ok().map(|s| (sig, s)))
-                .collect(),
-        }
-    }
-
-    /// The next signal received (pends forever if none can be).
-    async fn next(&mut self) -> Signal {
-        if self.streams.is_empty() {
-            return std::future::pending().await;
-        }
-        let futures = self
-            .streams
-            .iter_mut()
-            .map(|(sig, stream)| Box::pin(async move { stream.recv().await.map(|_| *sig) }));
-        match futures::future::select_all(futures).await {
-            (Some(sig), _, _) => sig,
-            (None, _, _) => std::future::pending().await,
-        }
-    }
-}
-
-/// The shell's convention: the exit code, or 128 + the signal that killed
-/// the child.
-fn status_code(status: ExitStatus) -> u8 {
-    if let Some(code) = status.code() {
-        return u8::try_from(code & 0xff).unwrap_or(1);
-    }
-    status
-        .signal()
-        .and_then(|s| u8::try_from(128 + s).ok())
-        .unwrap_or(1)
+    let mut command = Command::new(program);
+    command.args(rest);
+    process::lease_env(&mut command, &guard.lease());
+    process::spawn(&mut command, program)
 }

@@ -7,71 +7,18 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lockkit::{LockBackend, LockOptions, Locker};
+use lockkit::{LockBackend, Locker};
 use lockkit_tests::sql_harness::{SqlHarness, SqlKind};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lockkit");
-
-/// Far above anything these steps take; only a hang reaches it.
-const GIVE_UP: Duration = Duration::from_secs(120);
-
-fn lockkit(backend: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.env("LOCKKIT_BACKEND", backend)
-        // No user's config file leaks into the tests.
-        .env("XDG_CONFIG_HOME", "/nonexistent/lockkit-tests")
-        .env_remove("LOCKKIT_CONFIG")
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn output(cmd: &mut Command) -> Output {
-    cmd.output().expect("run lockkit")
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited, not killed")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A fresh SQLite database file for one test.
-struct SqliteFile {
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-fn sqlite_file() -> SqliteFile {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("locks.db").display());
-    SqliteFile { _dir: dir, url }
-}
-
-async fn backend(url: &str) -> Arc<dyn LockBackend> {
-    lockkit::connect(url).await.expect("connect")
-}
-
-async fn hold(url: &str, name: &str, owner: &str) -> (Arc<dyn LockBackend>, lockkit::LockGuard) {
-    let backend = backend(url).await;
-    let guard = Locker::new(Arc::clone(&backend), owner)
-        .expect("locker")
-        .acquire_with(name, &LockOptions::new().ttl(Duration::from_secs(3)))
-        .await
-        .expect("hold the lock");
-    (backend, guard)
-}
+use common::*;
 
 /// Starts `lockkit run` with a piped stdout and waits for the child's first
 /// line (`started`).
@@ -87,17 +34,6 @@ fn start_run(backend: &str, args: &[&str]) -> (Child, BufReader<std::process::Ch
     lines.read_line(&mut first).expect("read");
     assert_eq!(first.trim(), "started", "the child runs under the lock");
     (child, lines)
-}
-
-fn wait_exit(child: &mut Child) -> i32 {
-    let give_up = Instant::now() + GIVE_UP;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status.code().expect("lockkit exits, it is not killed");
-        }
-        assert!(Instant::now() < give_up, "lockkit did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn rest(mut lines: BufReader<std::process::ChildStdout>) -> String {
@@ -445,21 +381,7 @@ async fn the_status_page_renders_in_chromium() {
     let file = sqlite_file();
     let (_a, guard) = hold(&file.url, "page-nightly", "team-page").await;
     let exporter = start_exporter(&file.url, &["--soon", "1h"]);
-    let profile = tempfile::tempdir().expect("profile dir");
-    let out = output(
-        Command::new(chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--dump-dom",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(format!("http://{}/", exporter.addr)),
-    );
-    let dom = stdout(&out);
+    let (out, dom) = chromium_dom(&chromium, &format!("http://{}/", exporter.addr));
     assert!(out.status.success(), "chromium failed: {}", stderr(&out));
     assert!(dom.contains("<table id=\"locks\">"), "no table in {dom}");
     assert!(

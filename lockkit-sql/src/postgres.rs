@@ -101,7 +101,7 @@ use std::time::Duration;
 
 use lockkit_core::spi::ttl_millis;
 use lockkit_core::spi::{PollPolicy, Wakes};
-use lockkit_core::{Capabilities, Lease, Result};
+use lockkit_core::{Capabilities, Error, Lease, Result};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgListener, PgQueryResult};
 use sqlx::{AssertSqlSafe, Postgres};
@@ -114,8 +114,6 @@ use crate::dialect::{
 };
 use crate::error::classify;
 use crate::table::TableName;
-#[cfg(doc)]
-use lockkit_core::Error;
 
 /// The URL schemes of the Postgres dialect.
 pub const URL_SCHEMES: &[&str] = &["postgres", "postgresql"];
@@ -575,4 +573,32 @@ pub async fn connect_with(url: &str, options: SqlOptions) -> Result<PostgresBack
     let url = server_url::<PostgresDialect>(url, "postgres")?;
     let pool = server_pool::<PostgresDialect>(&url, 8).await?;
     PostgresBackend::from_pool(pool, url.apply(options)).await
+}
+
+/// Connects to the Postgres database at `url` the way the lock backend
+/// does (URL checks before any I/O, one probe connection whose failure
+/// keeps its cause) and returns the pool, for tables of other components
+/// (`lockkit-dag`'s catalog).
+///
+/// `url` must not carry lockkit's `table` parameter: it names a lock
+/// table, which this pool does not use.
+///
+/// # Errors
+/// As [`connect`]; [`Error::Configuration`] for a `table` parameter.
+pub async fn open_pool(url: &str, max_connections: u32) -> Result<sqlx::PgPool> {
+    let url = server_url::<PostgresDialect>(url, "postgres")?;
+    if url.table.is_some() {
+        return Err(Error::configuration(format!(
+            "unknown URL parameter \"table\" in {:?}: it names a lock table, and this database holds none",
+            url.redacted
+        )));
+    }
+    server_pool::<PostgresDialect>(&url, max_connections).await
+}
+
+/// The lock library's error for a failed Postgres statement of another
+/// component: transient (retry), configuration or backend, by the same
+/// rules as the lock statements.
+pub fn classify_error(err: sqlx::Error, doing: &str) -> Error {
+    classify::<PostgresDialect>(err, doing)
 }

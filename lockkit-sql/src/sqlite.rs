@@ -295,6 +295,33 @@ pub async fn connect_with(url: &str, options: SqlOptions) -> Result<SqliteBacken
     options.validate()?;
     let checked = sqlite_url(url)?;
     let options = checked.apply(options);
+    let pool = open_checked(&checked).await?;
+    SqliteBackend::from_pool(pool, options).await
+}
+
+/// Opens the SQLite database at `url` the way the lock backend does (WAL,
+/// a busy timeout of [`BUSY_TIMEOUT`], created if missing, a retried open
+/// while another process creates the same file) and returns the pool, for
+/// tables of other components in the same file (`lockkit-dag`'s catalog).
+///
+/// `url` must not carry lockkit's `table` parameter: it names the lock
+/// table, which this pool does not use.
+///
+/// # Errors
+/// [`Error::Configuration`] for a malformed URL, a `table` parameter, or a
+/// file that cannot be opened.
+pub async fn open_pool(url: &str) -> Result<sqlx::SqlitePool> {
+    let checked = sqlite_url(url)?;
+    if checked.table.is_some() {
+        return Err(Error::configuration(format!(
+            "unknown URL parameter \"table\" in {:?}: it names a lock table, and this database holds none",
+            checked.redacted
+        )));
+    }
+    open_checked(&checked).await
+}
+
+async fn open_checked(checked: &crate::connect::SqlUrl) -> Result<sqlx::SqlitePool> {
     let url = checked.driver.as_str();
     let parsed = SqliteConnectOptions::from_str(url).map_err(|e| Error::Configuration {
         message: format!("invalid SQLite URL {:?}: {e}", checked.redacted),
@@ -339,7 +366,14 @@ pub async fn connect_with(url: &str, options: SqlOptions) -> Result<SqliteBacken
             }
         }
     };
-    SqliteBackend::from_pool(pool, options).await
+    Ok(pool)
+}
+
+/// The lock library's error for a failed SQLite statement of another
+/// component: transient (busy, retry), configuration or backend, by the
+/// same rules as the lock statements.
+pub fn classify_error(err: sqlx::Error, doing: &str) -> Error {
+    crate::error::classify::<SqliteDialect>(err, doing)
 }
 
 /// Whether opening failed because another process was creating or
