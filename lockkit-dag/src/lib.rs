@@ -1,6 +1,6 @@
 //! # lockkit-dag
 //!
-//! Pipelines for lockkit (`ARCHITECTURE.md` §9): a team describes its
+//! Pipelines for lockkit (`ARCHITECTURE.md` §11): a team describes its
 //! tasks and pipelines in YAML ([`spec`]), loads them into a relational
 //! catalog ([`catalog`]) that finds the sub-tasks shared by several
 //! pipelines, and runs a pipeline ([`runner`]) with each locked task under

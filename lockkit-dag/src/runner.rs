@@ -295,12 +295,11 @@ pub async fn run_pipeline(
         }
     }
     drop(running);
-    for (i, record) in records.iter_mut().enumerate() {
+    for record in &mut records {
         if matches!(record.outcome, Outcome::Pending | Outcome::Running) {
             record.outcome = Outcome::Cancelled;
             record.detail = Some("the run was interrupted before it started".to_owned());
             cx.record(record, &mut failures).await;
-            let _ = i;
         }
     }
     let run_outcome = if interrupted.is_some() {

@@ -202,7 +202,9 @@ impl Spec {
     /// only names the text in messages).
     ///
     /// # Errors
-    /// [`DagError::InvalidSpec`] with every problem found.
+    /// [`DagError::InvalidSpec`] with every problem found; a spec with no
+    /// tasks and no pipelines is refused (loading it would empty the
+    /// catalog).
     ///
     /// # Example
     /// ```
@@ -238,6 +240,18 @@ impl Spec {
             return Err(DagError::InvalidSpec(SpecProblems(problems.0)));
         }
         let spec = validate(&raw_files, &mut problems);
+        if problems.0.is_empty() && spec.tasks.is_empty() && spec.pipelines.is_empty() {
+            // Loading it would empty the catalog: almost surely a mistake.
+            problems.push(SpecProblem {
+                file: raw_files
+                    .first()
+                    .map(|(f, _)| f.clone())
+                    .unwrap_or_default(),
+                line: None,
+                context: String::new(),
+                reason: "the spec defines no tasks and no pipelines".to_owned(),
+            });
+        }
         if problems.0.is_empty() {
             Ok(spec)
         } else {
@@ -993,7 +1007,14 @@ pipelines:
     }
 
     #[test]
-    fn an_empty_file_is_an_empty_spec() {
-        assert_eq!(parse("").unwrap(), Spec::default());
+    fn an_empty_spec_is_refused() {
+        assert_eq!(
+            problems(""),
+            ["spec.yaml: the spec defines no tasks and no pipelines"]
+        );
+        assert_eq!(
+            problems("tasks: []\n"),
+            ["spec.yaml: the spec defines no tasks and no pipelines"]
+        );
     }
 }

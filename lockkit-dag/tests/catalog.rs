@@ -274,3 +274,16 @@ mod postgres {
         }
     }
 }
+
+/// The README shows the very queries the commands run.
+#[test]
+fn the_readme_shows_the_queries_the_commands_run() {
+    let readme = include_str!("../../README.md");
+    for query in [
+        lockkit_dag::catalog::SHARED_TASKS,
+        lockkit_dag::catalog::LOCK_DURATION_CONFLICTS,
+        lockkit_dag::catalog::SHARED_OUTPUTS,
+    ] {
+        assert!(readme.contains(query), "README.md lacks:\n{query}");
+    }
+}

@@ -2,7 +2,8 @@
 //! runs and task runs, in an SQLite file (the default) or a Postgres
 //! database, reached by the same URLs as the locks (`sqlite:///path.db`,
 //! `postgres://…`). The tables are in [`schema`]; the queries the CLI runs
-//! are public constants in [`queries`], so they can be read and reused.
+//! are public constants ([`SHARED_TASKS`], [`LOCK_DURATION_CONFLICTS`],
+//! [`SHARED_OUTPUTS`]), so they can be read and reused.
 //!
 //! One spec set lives in the catalog at a time: [`Catalog::load`] compares
 //! the new spec with the stored one and, if they differ, replaces the
@@ -15,7 +16,9 @@ mod spec_tables;
 
 use crate::error::{DagError, Result};
 
-pub use self::queries::{LOCK_DURATION_CONFLICTS, LintProblem, SHARED_TASKS, SharedTask};
+pub use self::queries::{
+    LOCK_DURATION_CONFLICTS, LintProblem, SHARED_OUTPUTS, SHARED_TASKS, SharedTask,
+};
 pub use self::spec_tables::LoadReport;
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
@@ -65,6 +68,10 @@ impl Catalog {
     /// for a bad URL (checked before any I/O), or an unknown scheme;
     /// `Transient` when the database cannot be reached. Passwords are
     /// never in the message.
+    ///
+    /// # Cancel safety
+    /// Dropping it closes what was opened; a migration interrupted before
+    /// it committed is run again by the next `open`.
     pub async fn open(url: &str) -> Result<Self> {
         let redacted = lockkit_core::redact_url(url);
         let scheme = lockkit_core::spi::url_scheme(url).unwrap_or_default();

@@ -112,6 +112,9 @@ impl Catalog {
     ///
     /// # Errors
     /// [`DagError::Catalog`] when the database fails.
+    ///
+    /// # Cancel safety
+    /// Read-only; dropping it has no effect.
     pub async fn latest_runs(&self, count: u32) -> Result<Vec<i64>> {
         let mut ids: Vec<i64> = on_db!(self, "listing runs", |pool| {
             sqlx::query_scalar("SELECT run_id FROM lockkit_runs ORDER BY run_id DESC LIMIT $1")

@@ -206,6 +206,9 @@ impl Catalog {
     /// # Errors
     /// [`DagError::UnknownPipeline`] (naming the known ones), or
     /// [`DagError::Catalog`] when the database fails.
+    ///
+    /// # Cancel safety
+    /// Read-only; dropping it has no effect.
     pub async fn pipeline(&self, name: &str) -> Result<(Pipeline, Vec<Task>)> {
         let spec = self.spec().await?;
         let Some(pipeline) = spec.pipelines.get(name) else {
