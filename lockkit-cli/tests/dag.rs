@@ -327,14 +327,16 @@ pipelines:
 
 /// Another process force-releases NodeB while it runs: the command gets
 /// SIGTERM, the run fails with the lost code, NodeC never runs, and the
-/// record says why.
+/// record says why. (The runner learns of it at its next renewal, within
+/// a third of the 9 s TTL; the TTL leaves a loaded machine room to renew
+/// until then.)
 async fn a_lost_lease_stops_the_task(env: &Env) {
     env.load(
         "
 tasks:
   - name: NodeB
     command: trap 'echo got-term; exit 0' TERM; echo started; while :; do sleep 0.05; done
-    lock: {lock_status: enable, lock_duration: 3s}
+    lock: {lock_status: enable, lock_duration: 9s}
   - {name: NodeC, command: echo ran-c}
 pipelines:
   - {name: P, flow: Start -> NodeB -> NodeC -> End}
