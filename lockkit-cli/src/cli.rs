@@ -157,7 +157,8 @@ pub enum DagCommand {
         /// At most this many tasks at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
-        /// The owner label of the leases [default: PIPELINE:run-ID].
+        /// The owner label of the leases and the run [default:
+        /// PIPELINE@HOST:PID].
         #[arg(long)]
         owner: Option<String>,
         /// After a lease is lost, how long a task's command has between
@@ -169,6 +170,7 @@ pub enum DagCommand {
         #[arg(
             long,
             env = "LOCKKIT_NOTEBOOK_COMMAND",
+            hide_env_values = true,
             default_value = lockkit_dag::runner::DEFAULT_NOTEBOOK_COMMAND
         )]
         notebook_command: String,

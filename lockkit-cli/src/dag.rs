@@ -46,14 +46,19 @@ fn catalog_url(explicit: Option<String>, backend: Option<&str>) -> Result<String
 pub fn report_error(err: &DagError) -> u8 {
     match err {
         DagError::InvalidSpec(problems) => {
-            for problem in &problems.0 {
-                eprintln!("lockkit: {problem}");
+            // One line per problem; one line in all for a single problem.
+            match problems.0.as_slice() {
+                [one] => eprintln!("lockkit: {one} (the spec is invalid; nothing was loaded)"),
+                many => {
+                    for problem in many {
+                        eprintln!("lockkit: {problem}");
+                    }
+                    eprintln!(
+                        "lockkit: the spec is invalid ({} problems); nothing was loaded",
+                        many.len()
+                    );
+                }
             }
-            eprintln!(
-                "lockkit: the spec is invalid ({} problem{}); nothing was loaded",
-                problems.0.len(),
-                if problems.0.len() == 1 { "" } else { "s" }
-            );
             INVALID_SPEC
         }
         DagError::Read { .. } => {

@@ -10,7 +10,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -393,30 +392,6 @@ async fn the_status_page_renders_in_chromium() {
 }
 
 // ---------------------------------------------------------- dashboards
-
-fn repo_file(path: &str) -> String {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
-}
-
-/// Every `expr` / `rawSql` of a Grafana dashboard's panels, with the
-/// panel's title.
-fn dashboard_queries(path: &str, field: &str) -> Vec<(String, String)> {
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&repo_file(path)).expect("dashboard JSON");
-    let mut queries = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
-        let title = panel["title"].as_str().expect("title").to_owned();
-        for target in panel["targets"].as_array().expect("targets") {
-            queries.push((
-                title.clone(),
-                target[field].as_str().expect(field).to_owned(),
-            ));
-        }
-    }
-    assert!(!queries.is_empty(), "{path} has no queries");
-    queries
-}
 
 /// The `lockkit_…` metric names a PromQL expression uses.
 fn metric_names(expr: &str) -> Vec<String> {

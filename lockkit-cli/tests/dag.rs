@@ -527,10 +527,13 @@ pipelines:
     );
     let out = output(env.dag().arg("load").arg(&cycle));
     assert_eq!(code(&out), 65);
-    assert!(
-        stderr(&out).contains(":3: pipeline L: cycle A -> B -> A"),
-        "{}",
-        stderr(&out)
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "lockkit: {}:3: pipeline L: cycle A -> B -> A (the spec is invalid; nothing was loaded)",
+            cycle.display()
+        ),
+        "one line for one problem"
     );
     let out = output(env.dag().args(["show", "DAG1"]));
     assert_eq!(
@@ -575,4 +578,99 @@ pipelines:
     assert_eq!(code(&out), 78, "{}", stderr(&out));
     let out = output(env.dag().args(["run", "DAG1", "--parallel", "0"]));
     assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
+
+/// Every SQL panel of `deploy/grafana/lockkit-pipelines.json` runs on a
+/// real Postgres catalog after real runs, and returns the columns its panel
+/// reads with the values those runs imply.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipelines_dashboard_queries_run_on_a_real_catalog() {
+    use sqlx::{Column, Row};
+    let env = Env::postgres().await;
+    a_failed_task_stops_its_dependants(&env).await;
+    two_runs_never_overlap_the_shared_task(&env).await;
+    let pool = sqlx::PgPool::connect(&env.catalog_url()).await.unwrap();
+    let expected: &[(&str, &[&str])] = &[
+        (
+            "Shared tasks",
+            &["task", "pipelines", "locked", "lock_name"],
+        ),
+        ("Runs by outcome", &["outcome", "runs"]),
+        ("Lock wait per lock (ms)", &["time", "metric", "value"]),
+        ("Task run time (s)", &["time", "metric", "value"]),
+        (
+            "Recent runs",
+            &[
+                "run_id",
+                "pipeline",
+                "owner",
+                "started_at",
+                "seconds",
+                "outcome",
+                "detail",
+            ],
+        ),
+        (
+            "Failed tasks and lost leases",
+            &[
+                "run_id",
+                "pipeline",
+                "task",
+                "outcome",
+                "exit_code",
+                "token",
+                "detail",
+                "ended_at",
+            ],
+        ),
+    ];
+    let queries = dashboard_queries("deploy/grafana/lockkit-pipelines.json", "rawSql");
+    assert_eq!(queries.len(), expected.len());
+    for (title, sql) in queries {
+        let columns = expected
+            .iter()
+            .find(|(t, _)| *t == title)
+            .unwrap_or_else(|| panic!("no expectation for panel {title:?}"))
+            .1;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{title}: {sql}: {e}"));
+        let first = rows.first().unwrap_or_else(|| panic!("{title}: no rows"));
+        let names: Vec<&str> = first.columns().iter().map(|c| c.name()).collect();
+        assert_eq!(names, columns, "{title}");
+        match title.as_str() {
+            "Shared tasks" => {
+                assert_eq!(rows.len(), 1);
+                assert_eq!(first.get::<String, _>("task"), "NodeB");
+                assert_eq!(first.get::<String, _>("pipelines"), "DAG1, DAG2");
+                assert!(first.get::<bool, _>("locked"));
+            }
+            "Runs by outcome" => {
+                let counts: Vec<(String, i64)> = rows
+                    .iter()
+                    .map(|r| (r.get("outcome"), r.get("runs")))
+                    .collect();
+                assert_eq!(
+                    counts,
+                    [("failed".to_owned(), 1), ("succeeded".to_owned(), 2)]
+                );
+            }
+            "Lock wait per lock (ms)" => {
+                assert_eq!(rows.len(), 2);
+                assert!(rows.iter().all(|r| r.get::<String, _>("metric") == "NodeB"));
+                assert!(
+                    rows.iter().any(|r| r.get::<i64, _>("value") > 0),
+                    "one waited"
+                );
+            }
+            "Task run time (s)" => assert_eq!(rows.len(), 2 + 6, "A and X, then six"),
+            "Recent runs" => assert_eq!(rows.len(), 3),
+            _ => {
+                assert_eq!(rows.len(), 1);
+                assert_eq!(first.get::<String, _>("task"), "A");
+                assert_eq!(first.get::<i64, _>("exit_code"), 3);
+            }
+        }
+    }
 }

@@ -223,43 +223,38 @@ pub async fn run_pipeline(
     let mut records = records;
     let mut started = vec![false; tasks.len()];
     let mut failures: Vec<String> = Vec::new();
-    let mut running = FuturesUnordered::new();
+    // Every await of the run is one of these futures, polled together, so
+    // that recording one task never holds up watching another.
+    let mut pending: FuturesUnordered<Step<'_>> = FuturesUnordered::new();
+    let mut active = 0;
     let mut interrupted = None;
     loop {
-        // Settle what can be settled without running: dependants of tasks
-        // that did not succeed.
         if !cx.cancel.is_cancelled() {
+            // Settle what can be settled without running: dependants of
+            // tasks that did not succeed (in dependency order, so a chain
+            // settles in one pass).
             for i in 0..tasks.len() {
                 if started[i] {
                     continue;
                 }
-                let outcomes: Vec<(usize, Outcome)> =
-                    deps[i].iter().map(|&d| (d, records[d].outcome)).collect();
-                let blocker = outcomes.iter().find(|(_, o)| {
-                    matches!(
-                        o,
-                        Outcome::Failed | Outcome::Lost | Outcome::NotRun | Outcome::Cancelled
-                    )
-                });
-                let skipper = outcomes.iter().find(|(_, o)| *o == Outcome::Skipped);
-                let settled = match (blocker, skipper) {
-                    (Some(&(d, o)), _) => Some((Outcome::NotRun, format!("{} {o}", tasks[d].name))),
-                    (None, Some(&(d, _))) => {
-                        Some((Outcome::Skipped, format!("{} was skipped", tasks[d].name)))
-                    }
-                    _ => None,
+                let Some((outcome, why)) = settle(&tasks, &deps[i], &records) else {
+                    continue;
                 };
-                if let Some((outcome, why)) = settled {
-                    started[i] = true;
-                    records[i].outcome = outcome;
-                    records[i].detail = Some(why.clone());
-                    cx.log(&tasks[i].name, &format!("{outcome}: {why}"));
-                    cx.record(&records[i], &mut failures).await;
-                }
+                started[i] = true;
+                records[i].outcome = outcome;
+                records[i].detail = Some(why.clone());
+                cx.log(&tasks[i].name, &format!("{outcome}: {why}"));
+                let record = records[i].clone();
+                let cx = &cx;
+                pending.push(Box::pin(async move {
+                    let mut failures = Vec::new();
+                    cx.record(&record, &mut failures).await;
+                    (record, failures, false)
+                }));
             }
             // Start what is ready, up to the bound.
             for i in 0..tasks.len() {
-                if running.len() >= options.parallel {
+                if active >= options.parallel {
                     break;
                 }
                 if started[i]
@@ -270,17 +265,25 @@ pub async fn run_pipeline(
                     continue;
                 }
                 started[i] = true;
+                active += 1;
                 let record = records[i].clone();
-                running.push(run_task(&cx, &tasks[i], record));
+                let (cx, task) = (&cx, &tasks[i]);
+                pending.push(Box::pin(async move {
+                    let (record, failures) = run_task(cx, task, record).await;
+                    (record, failures, true)
+                }));
             }
         }
-        if running.is_empty() {
+        if pending.is_empty() {
             break;
         }
         tokio::select! {
-            done = running.next() => {
-                if let Some((record, task_failures)) = done {
-                    failures.extend(task_failures);
+            done = pending.next() => {
+                if let Some((record, step_failures, was_task)) = done {
+                    failures.extend(step_failures);
+                    if was_task {
+                        active -= 1;
+                    }
                     if let Some(&i) = index.get(record.task.as_str()) {
                         records[i] = record;
                     }
@@ -294,7 +297,7 @@ pub async fn run_pipeline(
             }
         }
     }
-    drop(running);
+    drop(pending);
     for record in &mut records {
         if matches!(record.outcome, Outcome::Pending | Outcome::Running) {
             record.outcome = Outcome::Cancelled;
@@ -359,6 +362,33 @@ fn host_name() -> String {
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// One awaited step of a run: a task's whole life, or recording a task
+/// that was settled without running; its final record, the records that
+/// could not be stored, and whether it was a task's life.
+type Step<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (TaskRunRecord, Vec<String>, bool)> + Send + 'a>,
+>;
+
+/// Whether a task that has not started is settled by its dependencies: not
+/// run after one that did not succeed, skipped after a skipped one.
+fn settle(tasks: &[Task], deps: &[usize], records: &[TaskRunRecord]) -> Option<(Outcome, String)> {
+    let blocker = deps.iter().find(|&&d| {
+        matches!(
+            records[d].outcome,
+            Outcome::Failed | Outcome::Lost | Outcome::NotRun | Outcome::Cancelled
+        )
+    });
+    if let Some(&d) = blocker {
+        return Some((
+            Outcome::NotRun,
+            format!("{} {}", tasks[d].name, records[d].outcome),
+        ));
+    }
+    deps.iter()
+        .find(|&&d| records[d].outcome == Outcome::Skipped)
+        .map(|&d| (Outcome::Skipped, format!("{} was skipped", tasks[d].name)))
 }
 
 /// The run's failure in one sentence.

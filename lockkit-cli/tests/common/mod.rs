@@ -102,3 +102,28 @@ pub fn chromium_dom(chromium: &Path, url: &str) -> (Output, String) {
     let dom = stdout(&out);
     (out, dom)
 }
+
+/// A file of the repository, by its path from the root.
+pub fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// `(panel title, query)` of every target of a Grafana dashboard, the query
+/// from the target's `field` (`expr`, `rawSql`).
+pub fn dashboard_queries(path: &str, field: &str) -> Vec<(String, String)> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file(path)).expect("dashboard JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("title").to_owned();
+        for target in panel["targets"].as_array().expect("targets") {
+            queries.push((
+                title.clone(),
+                target[field].as_str().expect(field).to_owned(),
+            ));
+        }
+    }
+    assert!(!queries.is_empty(), "{path} has no queries");
+    queries
+}

@@ -77,6 +77,8 @@ CREATE TABLE IF NOT EXISTS lockkit_task_runs (
 CREATE INDEX IF NOT EXISTS lockkit_task_runs_lock ON lockkit_task_runs (lock_name, started_at_ms);
 ";
 
+/// Migration 1. Never edit it once released: `sqlx` checks the checksum
+/// of every applied migration; a change is a new migration.
 fn migrator(runs: &'static str) -> Migrator {
     let sql = format!("{SPEC_TABLES}{runs}{TASK_RUNS}");
     let mut migrator = Migrator::with_migrations(vec![Migration::new(
