@@ -466,7 +466,7 @@ async fn dashboard_and_alert_queries_use_only_emitted_metrics() {
 /// held locks imply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_dashboard_queries_run_on_a_real_lock_table() {
-    use sqlx::{Column, Row};
+    use sqlx::Row;
     let harness = SqlHarness::start(SqlKind::Postgres).await;
     let url = harness.lockkit_url();
     let (_a, first) = hold(&url, "sql-one", "team-x").await;
@@ -489,25 +489,16 @@ async fn the_postgres_dashboard_queries_run_on_a_real_lock_table() {
             ],
         ),
     ];
-    let queries = dashboard_queries("deploy/grafana/lockkit-postgres.json", "rawSql");
-    assert_eq!(queries.len(), expected.len());
-    for (title, sql) in queries {
-        let columns = expected
-            .iter()
-            .find(|(t, _)| *t == title)
-            .unwrap_or_else(|| panic!("no expectation for panel {title:?}"))
-            .1;
-        let sql = sql
-            .replace("$table", &harness.table().to_string())
-            .replace("$soon", "3600");
-        // The dashboard's own query text, with the test's table name.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .fetch_all(harness.pg())
-            .await
-            .unwrap_or_else(|e| panic!("{title}: {sql}: {e}"));
-        let first_row = rows.first().unwrap_or_else(|| panic!("{title}: no rows"));
-        let names: Vec<&str> = first_row.columns().iter().map(|c| c.name()).collect();
-        assert_eq!(names, columns, "{title}");
+    let table = harness.table().to_string();
+    let panels = run_sql_panels(
+        "deploy/grafana/lockkit-postgres.json",
+        harness.pg(),
+        &[("$table", &table), ("$soon", "3600")],
+        expected,
+    )
+    .await;
+    for (title, rows) in panels {
+        let first_row = &rows[0];
         match title.as_str() {
             "Active locks" | "Locks near expiry" => {
                 assert_eq!(first_row.get::<i64, _>("value"), 3, "{title}");

@@ -585,7 +585,7 @@ pipelines:
 /// reads with the values those runs imply.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pipelines_dashboard_queries_run_on_a_real_catalog() {
-    use sqlx::{Column, Row};
+    use sqlx::Row;
     let env = Env::postgres().await;
     a_failed_task_stops_its_dependants(&env).await;
     two_runs_never_overlap_the_shared_task(&env).await;
@@ -624,21 +624,15 @@ async fn the_pipelines_dashboard_queries_run_on_a_real_catalog() {
             ],
         ),
     ];
-    let queries = dashboard_queries("deploy/grafana/lockkit-pipelines.json", "rawSql");
-    assert_eq!(queries.len(), expected.len());
-    for (title, sql) in queries {
-        let columns = expected
-            .iter()
-            .find(|(t, _)| *t == title)
-            .unwrap_or_else(|| panic!("no expectation for panel {title:?}"))
-            .1;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_else(|e| panic!("{title}: {sql}: {e}"));
-        let first = rows.first().unwrap_or_else(|| panic!("{title}: no rows"));
-        let names: Vec<&str> = first.columns().iter().map(|c| c.name()).collect();
-        assert_eq!(names, columns, "{title}");
+    let panels = run_sql_panels(
+        "deploy/grafana/lockkit-pipelines.json",
+        &pool,
+        &[],
+        expected,
+    )
+    .await;
+    for (title, rows) in panels {
+        let first = &rows[0];
         match title.as_str() {
             "Shared tasks" => {
                 assert_eq!(rows.len(), 1);

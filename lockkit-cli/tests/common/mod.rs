@@ -127,3 +127,43 @@ pub fn dashboard_queries(path: &str, field: &str) -> Vec<(String, String)> {
     assert!(!queries.is_empty(), "{path} has no queries");
     queries
 }
+
+/// Runs every SQL panel of the Postgres dashboard at `path` on `pool`
+/// (`vars` replaces the dashboard's `$variables`) and checks that each
+/// returns rows with the columns `expected` lists for its title; the
+/// panels' titles and rows.
+pub async fn run_sql_panels(
+    path: &str,
+    pool: &sqlx::PgPool,
+    vars: &[(&str, &str)],
+    expected: &[(&str, &[&str])],
+) -> Vec<(String, Vec<sqlx::postgres::PgRow>)> {
+    use sqlx::{Column, Row};
+    let queries = dashboard_queries(path, "rawSql");
+    assert_eq!(
+        queries.len(),
+        expected.len(),
+        "{path}: one expectation per panel"
+    );
+    let mut results = Vec::new();
+    for (title, sql) in queries {
+        let columns = expected
+            .iter()
+            .find(|(t, _)| *t == title)
+            .unwrap_or_else(|| panic!("no expectation for panel {title:?}"))
+            .1;
+        // The dashboard's own query text, with the test's values.
+        let sql = vars
+            .iter()
+            .fold(sql, |sql, (var, value)| sql.replace(var, value));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_all(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{title}: {sql}: {e}"));
+        let first = rows.first().unwrap_or_else(|| panic!("{title}: no rows"));
+        let names: Vec<&str> = first.columns().iter().map(|c| c.name()).collect();
+        assert_eq!(names, columns, "{title}");
+        results.push((title, rows));
+    }
+    results
+}
