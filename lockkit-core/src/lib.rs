@@ -10,6 +10,8 @@
 //!   renewal at about TTL/3, a loss signal, `run_exclusive`, metrics and
 //!   tracing.
 //! - [`memory::MemoryBackend`]: the reference implementation of the contract.
+//! - [`fence::Fence`]: the fencing-token check for the store the lock
+//!   protects (and the SQL statement that does it in a database).
 //! - [`spi`]: what backend authors need beyond this user API (requests,
 //!   queue hooks, URL checks, conversions).
 //! - `conformance` (feature `conformance`): the public test kit every
@@ -59,6 +61,7 @@ mod timers;
 mod ttl;
 mod url;
 
+pub mod fence;
 pub mod memory;
 pub mod metrics;
 pub mod spi;

@@ -43,7 +43,7 @@ pub use lockkit_core::{
     MAX_NAME_BYTES, MAX_TTL, MIN_TTL, PollPolicy, RELEASE_RETRY_FOR, Renewal, Result, redact_url,
     spawn_cleanup, validate_ttl,
 };
-pub use lockkit_core::{memory, metrics, spi};
+pub use lockkit_core::{fence, memory, metrics, spi};
 
 /// The SQL backends (`lockkit-sql`): SQLite, Postgres, MySQL/MariaDB.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]

@@ -8,19 +8,29 @@
 //! - [`sqlite::SqliteHarness`]: a fresh SQLite database file in a temporary
 //!   directory per test; clients are separate connection pools on that
 //!   file, as separate processes would have.
+//! - [`proxy::FaultProxy`]: a TCP fault-injection proxy to put between a
+//!   client and a server (delay, refuse, blackhole, cut, lost replies).
 //!
 //! - `postgres` / `mysql` + `sql_harness::SqlHarness` (features
 //!   `postgres`, `mysql`): private servers started once per test binary,
 //!   a fresh lock table per harness.
 //! - `redis`, `etcd`, `zk` (features `redis`, `etcd`, `zookeeper`): private
 //!   servers and clusters/ensembles for those backends.
+//! - [`netns::NetLab`]: network namespaces on a private L2 segment, for
+//!   partitions between cluster members (iptables DROP rules; needs root).
+//!
+//! - [`faults`]: the fault suite's taker processes, fenced store, history
+//!   check, scenarios and reliability report.
 //!
 //! Server backends (Postgres, MariaDB, Redis, etcd, ZooKeeper) get fixtures
 //! that start private servers on free ports from the binaries on `PATH`, or
 //! use `LOCKKIT_TEST_<BACKEND>_URL`; a missing server is a test failure
 //! that says how to get it, never a silent skip.
 
+pub mod faults;
 pub mod memory;
+pub mod netns;
+pub mod proxy;
 pub mod server;
 pub mod sqlite;
 

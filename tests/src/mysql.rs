@@ -21,7 +21,14 @@ pub const PASSWORD: &str = "lockkit-test-pw";
 #[derive(Debug)]
 pub struct MySqlServer {
     url: String,
-    _process: Option<ServerProcess>,
+    port: Option<u16>,
+    process: Option<ServerProcess>,
+    /// The program and arguments the private server was started with.
+    respawn: Option<(
+        std::ffi::OsString,
+        Vec<std::ffi::OsString>,
+        std::path::PathBuf,
+    )>,
     _dir: Option<TempDir>,
 }
 
@@ -29,6 +36,54 @@ impl MySqlServer {
     /// `mysql://root:<password>@127.0.0.1:<port>/lockkit`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The port of the private server (`None` with an external URL).
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// A private server for one test alone, which the test may stop, kill
+    /// and restart (the fault suite); always started from the binaries on
+    /// `PATH`, whatever `LOCKKIT_TEST_MYSQL_URL` says.
+    ///
+    /// # Panics
+    /// As [`server`].
+    pub fn start_private() -> Self {
+        start()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server process.
+    ///
+    /// # Panics
+    /// For a server this fixture did not start.
+    pub fn signal(&self, signal: &str) {
+        self.process
+            .as_ref()
+            .expect("a private server")
+            .signal(signal);
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data
+    /// directory and port; returns once it accepts connections (after
+    /// InnoDB crash recovery).
+    ///
+    /// # Panics
+    /// For a server this fixture did not start, or when it does not come
+    /// back within 60 s.
+    pub fn kill_and_restart(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+        let (program, args, log) = self.respawn.as_ref().expect("a private server");
+        let mut command = Command::new(program);
+        command.args(args);
+        let mut process = ServerProcess::spawn("mariadbd", command, log);
+        process.wait_for_port(
+            self.port.expect("a private server"),
+            Duration::from_secs(60),
+        );
+        self.process = Some(process);
     }
 }
 
@@ -42,7 +97,9 @@ pub fn server() -> &'static MySqlServer {
     SERVER.get_or_init(|| match env_url("LOCKKIT_TEST_MYSQL_URL") {
         Some(url) => MySqlServer {
             url,
-            _process: None,
+            port: None,
+            process: None,
+            respawn: None,
             _dir: None,
         },
         None => start(),
@@ -95,7 +152,13 @@ fn start() -> MySqlServer {
         ])
         .arg(format!("--ssl-cert={}", crt.display()))
         .arg(format!("--ssl-key={}", key.display()));
-    let mut process = ServerProcess::spawn("mariadbd", command, &dir.path().join("mariadbd.log"));
+    let log = dir.path().join("mariadbd.log");
+    let respawn = (
+        command.get_program().to_owned(),
+        command.get_args().map(|a| a.to_owned()).collect(),
+        log.clone(),
+    );
+    let mut process = ServerProcess::spawn("mariadbd", command, &log);
     process.wait_for_port(port, Duration::from_secs(60));
     let setup = format!(
         "ALTER USER root@localhost IDENTIFIED BY '{PASSWORD}'; CREATE DATABASE IF NOT EXISTS lockkit;"
@@ -116,7 +179,9 @@ fn start() -> MySqlServer {
     });
     MySqlServer {
         url: format!("mysql://root:{PASSWORD}@127.0.0.1:{port}/lockkit"),
-        _process: Some(process),
+        port: Some(port),
+        process: Some(process),
+        respawn: Some(respawn),
         _dir: Some(dir),
     }
 }

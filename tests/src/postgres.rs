@@ -22,8 +22,19 @@ pub const PASSWORD: &str = "lockkit-test-pw";
 pub struct PostgresServer {
     url: String,
     port: Option<u16>,
-    _process: Option<ServerProcess>,
+    process: Option<ServerProcess>,
+    /// How the private server was started (program, arguments, readiness
+    /// probe), to start it again.
+    respawn: Option<Respawn>,
     _dir: Option<TempDir>,
+}
+
+#[derive(Debug)]
+struct Respawn {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    log: PathBuf,
+    pg_isready: PathBuf,
 }
 
 impl PostgresServer {
@@ -36,6 +47,61 @@ impl PostgresServer {
     pub fn port(&self) -> Option<u16> {
         self.port
     }
+
+    /// A private server for one test alone, which the test may stop, kill
+    /// and restart (the fault suite); always started from the binaries on
+    /// `PATH`, whatever `LOCKKIT_TEST_POSTGRES_URL` says.
+    ///
+    /// # Panics
+    /// As [`server`].
+    pub fn start_private() -> Self {
+        start()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`) to the postmaster and every
+    /// backend process it forked: stopping the postmaster alone would
+    /// leave open connections served.
+    ///
+    /// # Panics
+    /// For a server this fixture did not start.
+    pub fn signal_all(&self, signal: &str) {
+        let process = self.process.as_ref().expect("a private server");
+        let pid = process.pid().to_string();
+        let _ = Command::new("pkill")
+            .args([format!("-{signal}"), "-P".into(), pid])
+            .status();
+        process.signal(signal);
+    }
+
+    /// Kills the server and its backends (SIGKILL) and starts it again on
+    /// the same data directory and port; returns once it accepts
+    /// connections (after crash recovery).
+    ///
+    /// # Panics
+    /// For a server this fixture did not start, or when it does not come
+    /// back within 60 s.
+    pub fn kill_and_restart(&mut self) {
+        self.signal_all("KILL");
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+        let respawn = self.respawn.as_ref().expect("a private server");
+        let port = self.port.expect("a private server");
+        let mut command = Command::new(&respawn.program);
+        command.args(&respawn.args);
+        let mut process = ServerProcess::spawn("postgres", command, &respawn.log);
+        wait_ready(&mut process, &respawn.pg_isready, port);
+        self.process = Some(process);
+    }
+}
+
+fn wait_ready(process: &mut ServerProcess, pg_isready: &PathBuf, port: u16) {
+    process.wait_until(Duration::from_secs(60), || {
+        Command::new(pg_isready)
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
 }
 
 /// The server shared by every test of this binary, started on first use.
@@ -49,7 +115,8 @@ pub fn server() -> &'static PostgresServer {
         Some(url) => PostgresServer {
             url,
             port: None,
-            _process: None,
+            process: None,
+            respawn: None,
             _dir: None,
         },
         None => start(),
@@ -149,17 +216,20 @@ fn start() -> PostgresServer {
         .arg(format!("ssl_cert_file={}", crt.display()))
         .arg("-c")
         .arg(format!("ssl_key_file={}", key.display()));
-    let mut process = ServerProcess::spawn("postgres", command, &dir.path().join("postgres.log"));
-    process.wait_until(Duration::from_secs(60), || {
-        Command::new(&pg_isready)
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
+    let log = dir.path().join("postgres.log");
+    let respawn = Respawn {
+        program: command.get_program().to_owned(),
+        args: command.get_args().map(|a| a.to_owned()).collect(),
+        log: log.clone(),
+        pg_isready,
+    };
+    let mut process = ServerProcess::spawn("postgres", command, &log);
+    wait_ready(&mut process, &respawn.pg_isready, port);
     PostgresServer {
         url: format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"),
         port: Some(port),
-        _process: Some(process),
+        process: Some(process),
+        respawn: Some(respawn),
         _dir: Some(dir),
     }
 }

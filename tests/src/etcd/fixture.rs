@@ -1,5 +1,9 @@
 //! Private etcd servers: one member or a cluster of several, each on free
 //! ports with its data directory in a temporary directory.
+//!
+//! [`EtcdCluster::start_in`] places the members in the namespaces of a
+//! [`NetLab`] instead (member `i` in namespace `i`, on the lab's address
+//! for it), so tests can partition them.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -10,6 +14,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::netns::NetLab;
 use crate::server::{ServerProcess, env_url, free_port, require_binary};
 
 /// The environment variable naming an existing etcd to use instead of a
@@ -21,6 +26,12 @@ const INSTALL_HINT: &str = "apt-get install -y etcd-server";
 
 /// How long a member may take to become healthy.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client port of members in a [`NetLab`] (each has its own address).
+const LAB_CLIENT_PORT: u16 = 2379;
+
+/// The peer port of members in a [`NetLab`].
+const LAB_PEER_PORT: u16 = 2380;
 
 /// Where data directories go: a RAM disk when there is one (fsync there is
 /// cheap), else the system temporary directory.
@@ -41,19 +52,26 @@ fn scratch_dir(prefix: &str) -> TempDir {
 pub struct EtcdMember {
     /// The member's name (`m0`, `m1`, …).
     pub name: String,
-    /// Its client port on 127.0.0.1.
+    /// Its client port (on 127.0.0.1, or on its lab address).
     pub client_port: u16,
-    /// Its peer port on 127.0.0.1.
+    /// Its peer port (on 127.0.0.1, or on its lab address).
     pub peer_port: u16,
+    ip: Ipv4Addr,
     data_dir: PathBuf,
     log: PathBuf,
     process: Option<ServerProcess>,
 }
 
 impl EtcdMember {
-    /// `127.0.0.1:<client port>`.
+    /// `127.0.0.1:<client port>` (`<lab address>:<client port>` for a
+    /// member in a [`NetLab`]).
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.ip, self.client_port)
+    }
+
+    /// The address it listens on: 127.0.0.1, or its lab address.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
     }
 
     /// Whether its process runs.
@@ -70,8 +88,9 @@ impl EtcdMember {
     }
 }
 
-/// A private etcd cluster of one or more members on 127.0.0.1. Members are
-/// killed when it is dropped, and its directory is removed.
+/// A private etcd cluster of one or more members on 127.0.0.1 (or in the
+/// namespaces of a [`NetLab`], see [`start_in`](Self::start_in)). Members
+/// are killed when it is dropped, and its directory is removed.
 #[derive(Debug)]
 pub struct EtcdCluster {
     members: Vec<EtcdMember>,
@@ -81,6 +100,9 @@ pub struct EtcdCluster {
     election_timeout_ms: u32,
     binary: PathBuf,
     dir: TempDir,
+    /// The lab the members run in; dropped after them (field order), so
+    /// its namespaces outlive the servers.
+    lab: Option<NetLab>,
 }
 
 impl EtcdCluster {
@@ -92,7 +114,26 @@ impl EtcdCluster {
     /// When `etcd` is not installed (with the install hint) or a member
     /// does not become healthy.
     pub fn start(size: usize, election_timeout_ms: u32) -> Self {
-        Self::start_with(size, election_timeout_ms, None)
+        Self::start_with(size, election_timeout_ms, None, None)
+    }
+
+    /// Starts one member per namespace of `lab` (member `i` in namespace
+    /// `i`, via [`NetLab::command`]), listening for clients on
+    /// `lab.member_ip(i):2379` and for peers on `lab.member_ip(i):2380`, and
+    /// waits until every member is healthy (health is asked from the root
+    /// namespace, at the member's lab address). `election_timeout_ms` as in
+    /// [`start`](Self::start).
+    ///
+    /// The cluster keeps a handle to the lab: the namespaces stay until the
+    /// cluster is dropped too, even if the test's own `NetLab` goes first.
+    /// Partitions are made on the lab ([`NetLab::isolate`], …); every
+    /// method here (`url`, `leader`, `kill`, `restart`, …) works with the
+    /// lab addresses.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_in(lab: &NetLab, election_timeout_ms: u32) -> Self {
+        Self::start_with(lab.len(), election_timeout_ms, None, Some(lab))
     }
 
     /// One member serving clients over TLS with `tls` (peers stay plain).
@@ -100,29 +141,39 @@ impl EtcdCluster {
     /// # Panics
     /// As [`start`](Self::start).
     pub fn start_tls(tls: ServerTls) -> Self {
-        Self::start_with(1, 500, Some(tls))
+        Self::start_with(1, 500, Some(tls), None)
     }
 
-    fn start_with(size: usize, election_timeout_ms: u32, tls: Option<ServerTls>) -> Self {
+    fn start_with(
+        size: usize,
+        election_timeout_ms: u32,
+        tls: Option<ServerTls>,
+        lab: Option<&NetLab>,
+    ) -> Self {
         let binary = require_binary("etcd", &["/usr/local/bin"], INSTALL_HINT);
         let dir = scratch_dir("lockkit-etcd-");
         let token = format!("lockkit-{}", crate::server::random_suffix());
         let members: Vec<EtcdMember> = (0..size)
             .map(|i| {
                 let name = format!("m{i}");
+                let (ip, client_port, peer_port) = match lab {
+                    Some(lab) => (lab.member_ip(i), LAB_CLIENT_PORT, LAB_PEER_PORT),
+                    None => (Ipv4Addr::LOCALHOST, free_port(), free_port()),
+                };
                 EtcdMember {
                     data_dir: dir.path().join(&name),
                     log: dir.path().join(format!("{name}.log")),
                     name,
-                    client_port: free_port(),
-                    peer_port: free_port(),
+                    client_port,
+                    peer_port,
+                    ip,
                     process: None,
                 }
             })
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{}:{}", m.name, m.ip, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = Self {
@@ -133,6 +184,7 @@ impl EtcdCluster {
             election_timeout_ms,
             binary,
             dir,
+            lab: lab.map(NetLab::share),
         };
         for i in 0..size {
             cluster.spawn(i);
@@ -146,9 +198,12 @@ impl EtcdCluster {
     fn spawn(&mut self, i: usize) {
         let m = &self.members[i];
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let mut command = Command::new(&self.binary);
+        let client = format!("{scheme}://{}:{}", m.ip, m.client_port);
+        let peer = format!("http://{}:{}", m.ip, m.peer_port);
+        let mut command = match &self.lab {
+            Some(lab) => lab.command(i, &self.binary),
+            None => Command::new(&self.binary),
+        };
         command
             .arg("--name")
             .arg(&m.name)
@@ -181,6 +236,7 @@ impl EtcdCluster {
     /// When it exits or is not healthy within 30 s.
     pub fn wait_healthy(&mut self, i: usize) {
         let port = self.members[i].client_port;
+        let ip = self.members[i].ip;
         let tls = self.tls.is_some();
         let process = self.members[i]
             .process
@@ -190,14 +246,24 @@ impl EtcdCluster {
             // /health needs TLS too; the client's connect retries until ready.
             process.wait_for_port(port, START_TIMEOUT);
         } else {
-            process.wait_until(START_TIMEOUT, || healthy(port));
+            process.wait_until(START_TIMEOUT, || healthy(ip, port));
         }
     }
 
-    /// The URL for lockkit: every member, `etcd://127.0.0.1:p0,127.0.0.1:p1,…`.
+    /// The URL for lockkit: every member, `etcd://127.0.0.1:p0,127.0.0.1:p1,…`
+    /// (the lab addresses for a cluster in a [`NetLab`]).
     pub fn url(&self) -> String {
         let addresses: Vec<String> = self.members.iter().map(EtcdMember::address).collect();
         format!("etcd://{}", addresses.join(","))
+    }
+
+    /// The URL of member `i` alone, `etcd://<ip>:<port>`: a client that
+    /// talks to one side of a partition only.
+    ///
+    /// # Panics
+    /// When there is no member `i`.
+    pub fn member_url(&self, i: usize) -> String {
+        format!("etcd://{}", self.members[i].address())
     }
 
     /// The members.
@@ -215,6 +281,18 @@ impl EtcdCluster {
         if let Some(mut process) = self.members[i].process.take() {
             process.kill();
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to member `i`.
+    ///
+    /// # Panics
+    /// When the member is not running.
+    pub fn signal(&self, i: usize, signal: &str) {
+        self.members[i]
+            .process
+            .as_ref()
+            .expect("the member runs")
+            .signal(signal);
     }
 
     /// Restarts a killed member on its data directory and waits until it is
@@ -260,6 +338,31 @@ impl EtcdCluster {
         }
         let leader = leader?;
         ids.iter().position(|id| *id == Some(leader))
+    }
+
+    /// The index of the leader as member `i` itself sees it (its own
+    /// `Status`, mapped to an index through its own member list; both are
+    /// answered locally, so this works on the minority side of a
+    /// partition). `None` when `i` is not running, does not answer within
+    /// 2 s, or knows no leader.
+    pub async fn leader_seen_by(&mut self, i: usize) -> Option<usize> {
+        use etcd_client::{Client, ConnectOptions};
+        if !self.members[i].is_running() {
+            return None;
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2));
+        let mut client = Client::connect([self.members[i].address()], Some(options))
+            .await
+            .ok()?;
+        let leader = client.status().await.ok()?.leader();
+        if leader == 0 {
+            return None;
+        }
+        let list = client.member_list().await.ok()?;
+        let name = list.members().iter().find(|m| m.id() == leader)?.name();
+        self.members.iter().position(|m| m.name == name)
     }
 
     /// Waits (up to 30 s) until a running member is leader.
@@ -322,7 +425,8 @@ pub fn make_test_certificates(dir: &Path) -> (PathBuf, ServerTls) {
 /// # Panics
 /// When the member does not answer or has no such metric.
 pub fn metric(port: u16, name: &str) -> f64 {
-    let body = http_get(port, "/metrics").unwrap_or_else(|| panic!("GET /metrics on port {port}"));
+    let body = http_get(Ipv4Addr::LOCALHOST, port, "/metrics")
+        .unwrap_or_else(|| panic!("GET /metrics on port {port}"));
     body.lines()
         .find_map(|line| {
             let (key, value) = line.split_once(' ')?;
@@ -331,15 +435,12 @@ pub fn metric(port: u16, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} on port {port}"))
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(
-        &(Ipv4Addr::LOCALHOST, port).into(),
-        Duration::from_millis(300),
-    )
-    .ok()?;
+fn http_get(ip: Ipv4Addr, port: u16, path: &str) -> Option<String> {
+    let mut stream =
+        TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(300)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
         .ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
@@ -347,8 +448,8 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 /// Asks `/health` on a client port (plain HTTP on the same port as gRPC).
-fn healthy(port: u16) -> bool {
-    http_get(port, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
+fn healthy(ip: Ipv4Addr, port: u16) -> bool {
+    http_get(ip, port, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
 }
 
 /// The etcd every suite of this test binary shares: `LOCKKIT_TEST_ETCD_URL`

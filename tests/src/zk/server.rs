@@ -1,6 +1,10 @@
 //! Private ZooKeeper servers: a standalone server and a 3-server ensemble,
 //! each from the Debian `zookeeper` package's `zkServer.sh start-foreground`
 //! with a generated configuration in a temporary directory and free ports.
+//!
+//! [`ZkEnsemble::start_in`] places the servers in the namespaces of a
+//! [`NetLab`] instead (server `i` in namespace `i`, on the lab's address for
+//! it), so tests can partition them.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
@@ -10,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::netns::NetLab;
 use crate::server::{ServerProcess, free_port, require_binary};
 
 /// Where the Debian package puts the start script.
@@ -22,6 +27,21 @@ const TICK_MS: u64 = 200;
 /// How long a server (a JVM on a loaded 2-core machine) may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Ports of servers in a [`NetLab`] (each server has its own address).
+const LAB_PORTS: Ports = Ports {
+    client: 2181,
+    peer: 2888,
+    election: 3888,
+};
+
+/// Extra JVM flags for servers in a [`NetLab`], where peers vanish without
+/// a reset: connecting to a cut-off peer gives up after 2 s (default 5 s),
+/// and a server looking for a leader re-sends its vote at least every 2 s
+/// (the default backs off to 60 s, which would delay rejoining after a
+/// partition heals by up to a minute).
+const LAB_JVM_FLAGS: &str =
+    "-Dzookeeper.cnxTimeout=2000 -Dzookeeper.fastleader.maxNotificationInterval=2000";
+
 fn zk_server_script() -> PathBuf {
     require_binary(
         "zkServer.sh",
@@ -30,13 +50,16 @@ fn zk_server_script() -> PathBuf {
     )
 }
 
-/// Sends a four-letter command (`srvr`, `ruok`) and returns the reply.
+/// Sends a four-letter command (`srvr`, `ruok`) to 127.0.0.1 and returns
+/// the reply.
 pub fn four_letter(port: u16, command: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(
-        &(Ipv4Addr::LOCALHOST, port).into(),
-        Duration::from_millis(500),
-    )
-    .ok()?;
+    four_letter_at(Ipv4Addr::LOCALHOST, port, command)
+}
+
+/// Sends a four-letter command to `ip:port` and returns the reply.
+pub fn four_letter_at(ip: Ipv4Addr, port: u16, command: &str) -> Option<String> {
+    let mut stream =
+        TcpStream::connect_timeout(&(ip, port).into(), Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream.write_all(command.as_bytes()).ok()?;
     let mut reply = String::new();
@@ -45,9 +68,14 @@ pub fn four_letter(port: u16, command: &str) -> Option<String> {
 }
 
 /// The `Mode:` line of `srvr` (`standalone`, `leader`, `follower`), if the
-/// server is serving.
+/// server on 127.0.0.1 is serving.
 pub fn mode(port: u16) -> Option<String> {
-    let reply = four_letter(port, "srvr")?;
+    mode_at(Ipv4Addr::LOCALHOST, port)
+}
+
+/// The `Mode:` line of `srvr` of the server at `ip:port`, if it serves.
+pub fn mode_at(ip: Ipv4Addr, port: u16) -> Option<String> {
+    let reply = four_letter_at(ip, port, "srvr")?;
     reply
         .lines()
         .find_map(|l| l.strip_prefix("Mode: "))
@@ -62,7 +90,10 @@ struct Ports {
     election: u16,
 }
 
-fn write_config(dir: &Path, id: usize, ports: Ports, peers: &[Ports]) -> PathBuf {
+/// Writes `zoo<id>.cfg` for server `id` (1-based) of `peers` (address and
+/// ports of every server, this one included).
+fn write_config(dir: &Path, id: usize, peers: &[(Ipv4Addr, Ports)]) -> PathBuf {
+    let (address, ports) = peers[id - 1];
     let data = dir.join(format!("data{id}"));
     std::fs::create_dir_all(&data).expect("create a ZooKeeper data dir");
     let mut cfg = format!(
@@ -71,7 +102,7 @@ fn write_config(dir: &Path, id: usize, ports: Ports, peers: &[Ports]) -> PathBuf
          syncLimit=5\n\
          dataDir={}\n\
          clientPort={}\n\
-         clientPortAddress=127.0.0.1\n\
+         clientPortAddress={address}\n\
          admin.enableServer=false\n\
          4lw.commands.whitelist=srvr,ruok,mntr\n\
          minSessionTimeout=400\n\
@@ -82,9 +113,9 @@ fn write_config(dir: &Path, id: usize, ports: Ports, peers: &[Ports]) -> PathBuf
     );
     if peers.len() > 1 {
         std::fs::write(data.join("myid"), format!("{id}\n")).expect("write myid");
-        for (i, p) in peers.iter().enumerate() {
+        for (i, (ip, p)) in peers.iter().enumerate() {
             cfg.push_str(&format!(
-                "server.{}=127.0.0.1:{}:{}\n",
+                "server.{}={ip}:{}:{}\n",
                 i + 1,
                 p.peer,
                 p.election
@@ -96,19 +127,31 @@ fn write_config(dir: &Path, id: usize, ports: Ports, peers: &[Ports]) -> PathBuf
     path
 }
 
-fn spawn(dir: &Path, id: usize, config: &Path) -> ServerProcess {
+/// Starts server `id` (1-based) with `config`; in namespace `id - 1` of
+/// `lab` when there is one. `zkServer.sh start-foreground` execs java
+/// (unless `ZOO_NOEXEC` is set, which is removed here), and `ip netns exec`
+/// execs the script, so the process is the JVM and killing it kills the
+/// server.
+fn spawn(dir: &Path, id: usize, config: &Path, lab: Option<&NetLab>) -> ServerProcess {
     let script = zk_server_script();
     // The Debian scripts fix CLASSPATH and log locations; add a logging
     // binding and send logs to the console (our log file).
     let classpath = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:\
                      /usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar";
-    let jvm = format!(
+    let mut jvm = format!(
         "-Xmx160m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
          -Dzookeeper.root.logger=INFO,CONSOLE -Dzookeeper.log.dir={} -cp {classpath}",
         dir.display()
     );
-    let mut command = Command::new(script);
+    let mut command = match lab {
+        Some(lab) => {
+            jvm = format!("{LAB_JVM_FLAGS} {jvm}");
+            lab.command(id - 1, script)
+        }
+        None => Command::new(script),
+    };
     command
+        .env_remove("ZOO_NOEXEC")
         .arg("start-foreground")
         .arg(config)
         .env("SERVER_JVMFLAGS", jvm)
@@ -143,13 +186,24 @@ impl ZkServer {
             peer: 0,
             election: 0,
         };
-        let config = write_config(dir.path(), 1, ports, &[ports]);
-        let mut process = spawn(dir.path(), 1, &config);
+        let config = write_config(dir.path(), 1, &[(Ipv4Addr::LOCALHOST, ports)]);
+        let mut process = spawn(dir.path(), 1, &config, None);
         let port = ports.client;
-        process.wait_until(START_TIMEOUT, || {
-            mode(port).is_some_and(|m| m == "standalone")
-        });
+        wait_standalone(&mut process, port);
         Self { dir, port, process }
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data
+    /// directory and port; returns once it serves (sessions and nodes
+    /// restored from its transaction log).
+    ///
+    /// # Panics
+    /// When it does not come back in time.
+    pub fn kill_and_restart(&mut self) {
+        self.process.kill();
+        let config = self.dir.path().join("zoo1.cfg");
+        self.process = spawn(self.dir.path(), 1, &config, None);
+        wait_standalone(&mut self.process, self.port);
     }
 
     /// The client port.
@@ -178,19 +232,30 @@ impl ZkServer {
     }
 }
 
+fn wait_standalone(process: &mut ServerProcess, port: u16) {
+    process.wait_until(START_TIMEOUT, || {
+        mode(port).is_some_and(|m| m == "standalone")
+    });
+}
+
 /// One member of an ensemble.
 #[derive(Debug)]
 struct Member {
+    ip: Ipv4Addr,
     ports: Ports,
     config: PathBuf,
     process: Option<ServerProcess>,
 }
 
-/// A private ensemble of ZooKeeper servers on 127.0.0.1.
+/// A private ensemble of ZooKeeper servers on 127.0.0.1 (or in the
+/// namespaces of a [`NetLab`], see [`start_in`](Self::start_in)).
 #[derive(Debug)]
 pub struct ZkEnsemble {
     dir: TempDir,
     members: Vec<Member>,
+    /// The lab the servers run in; dropped after them (field order), so its
+    /// namespaces outlive the servers.
+    lab: Option<NetLab>,
 }
 
 impl ZkEnsemble {
@@ -200,27 +265,61 @@ impl ZkEnsemble {
     /// # Panics
     /// When `zkServer.sh` is missing or no quorum forms in time.
     pub fn start(size: usize) -> Self {
-        let dir = tempfile::tempdir().expect("create a temporary directory");
-        let ports: Vec<Ports> = (0..size)
-            .map(|_| Ports {
-                client: free_port(),
-                peer: free_port(),
-                election: free_port(),
+        let peers: Vec<(Ipv4Addr, Ports)> = (0..size)
+            .map(|_| {
+                let ports = Ports {
+                    client: free_port(),
+                    peer: free_port(),
+                    election: free_port(),
+                };
+                (Ipv4Addr::LOCALHOST, ports)
             })
             .collect();
-        let members = ports
+        Self::start_on(&peers, None)
+    }
+
+    /// Starts one server per namespace of `lab` (server `i` in namespace
+    /// `i`, via [`NetLab::command`]) on `lab.member_ip(i)` (client port
+    /// 2181, quorum 2888, election 3888), and waits until one leads and the
+    /// others follow. The servers give up on silent peers sooner than by
+    /// default (see `LAB_JVM_FLAGS` in the source), so partitions and heals
+    /// settle within seconds.
+    ///
+    /// The ensemble keeps a handle to the lab: the namespaces stay until
+    /// the ensemble is dropped too, even if the test's own `NetLab` goes
+    /// first. Every method here (`hosts`, `mode`, `leader`, `kill`,
+    /// `restart`, …) works with the lab addresses, from the root namespace.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_in(lab: &NetLab) -> Self {
+        let peers: Vec<(Ipv4Addr, Ports)> = (0..lab.len())
+            .map(|i| (lab.member_ip(i), LAB_PORTS))
+            .collect();
+        Self::start_on(&peers, Some(lab))
+    }
+
+    fn start_on(peers: &[(Ipv4Addr, Ports)], lab: Option<&NetLab>) -> Self {
+        let size = peers.len();
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let members = peers
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                let config = write_config(dir.path(), i + 1, *p, &ports);
+            .map(|(i, (ip, ports))| {
+                let config = write_config(dir.path(), i + 1, peers);
                 Member {
-                    ports: *p,
+                    ip: *ip,
+                    ports: *ports,
                     config,
                     process: None,
                 }
             })
             .collect();
-        let mut ensemble = Self { dir, members };
+        let mut ensemble = Self {
+            dir,
+            members,
+            lab: lab.map(NetLab::share),
+        };
         for i in 0..size {
             ensemble.restart(i);
         }
@@ -228,11 +327,12 @@ impl ZkEnsemble {
         ensemble
     }
 
-    /// `127.0.0.1:<port>,…` of every member.
+    /// `127.0.0.1:<port>,…` of every member (`<lab address>:2181,…` in a
+    /// [`NetLab`]).
     pub fn hosts(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.ports.client))
+            .map(|m| format!("{}:{}", m.ip, m.ports.client))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -242,12 +342,22 @@ impl ZkEnsemble {
         format!("zk://{}", self.hosts())
     }
 
+    /// `zk://<ip>:<port>` of member `i` alone: a client that talks to one
+    /// side of a partition only.
+    ///
+    /// # Panics
+    /// When there is no member `i`.
+    pub fn member_url(&self, i: usize) -> String {
+        let m = &self.members[i];
+        format!("zk://{}:{}", m.ip, m.ports.client)
+    }
+
     /// The `srvr` mode of member `i`, if it serves.
     pub fn mode(&self, i: usize) -> Option<String> {
-        self.members[i]
-            .process
+        let m = &self.members[i];
+        m.process
             .as_ref()
-            .and_then(|_| mode(self.members[i].ports.client))
+            .and_then(|_| mode_at(m.ip, m.ports.client))
     }
 
     /// The index of the current leader, if one serves.
@@ -301,7 +411,12 @@ impl ZkEnsemble {
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         let member = &mut self.members[i];
-        member.process = Some(spawn(self.dir.path(), i + 1, &member.config));
+        member.process = Some(spawn(
+            self.dir.path(),
+            i + 1,
+            &member.config,
+            self.lab.as_ref(),
+        ));
     }
 
     /// The ensemble's temporary directory.
