@@ -534,23 +534,12 @@ impl Lab {
 
     /// A shell that deletes the lab once this test process is gone.
     fn watch_parent(&self) {
-        let parent = std::process::id();
         let ip = self.ip.display();
-        let mut script = format!(
-            "while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; \
-             '{ip}' link del '{}' 2>/dev/null;",
-            self.host_link
-        );
+        let mut script = format!("'{ip}' link del '{}' 2>/dev/null;", self.host_link);
         for ns in std::iter::once(&self.switch).chain(&self.members) {
             let _ = write!(script, " '{ip}' netns del '{ns}' 2>/dev/null;");
         }
-        script.push_str(" true");
-        let _ = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        crate::server::after_this_process(&script);
     }
 }
 

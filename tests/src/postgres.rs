@@ -64,7 +64,7 @@ impl PostgresServer {
     ///
     /// # Panics
     /// For a server this fixture did not start.
-    pub fn signal_all(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let process = self.process.as_ref().expect("a private server");
         let pid = process.pid().to_string();
         let _ = Command::new("pkill")
@@ -81,7 +81,7 @@ impl PostgresServer {
     /// For a server this fixture did not start, or when it does not come
     /// back within 60 s.
     pub fn kill_and_restart(&mut self) {
-        self.signal_all("KILL");
+        self.signal("KILL");
         if let Some(mut process) = self.process.take() {
             process.kill();
         }

@@ -175,11 +175,17 @@ impl Drop for ServerProcess {
 /// Starts a tiny shell loop that kills `pid` once this test process is
 /// gone, so servers kept in statics do not outlive the test binary.
 fn watch_parent(pid: u32) {
+    after_this_process(&format!(
+        "kill -9 {pid} 2>/dev/null; pkill -9 -P {pid} 2>/dev/null"
+    ));
+}
+
+/// Runs the shell commands `script` once this test process has exited
+/// (a watchdog `sh` polling every 0.5 s), for clean-ups of what statics
+/// and crashed tests leave: servers, directories, network namespaces.
+pub fn after_this_process(script: &str) {
     let parent = std::process::id();
-    let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; kill -9 {pid} 2>/dev/null; \
-         pkill -9 -P {pid} 2>/dev/null; true"
-    );
+    let script = format!("while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; {script}; true");
     let _ = Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())

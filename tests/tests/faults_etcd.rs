@@ -6,8 +6,10 @@
 #![cfg(feature = "etcd")]
 
 use lockkit_tests::etcd::{EtcdCluster, shared_url};
-use lockkit_tests::faults::report::record;
-use lockkit_tests::faults::scenario::{self, ClusterControl, ServerControl, Target};
+use std::sync::Arc;
+
+use lockkit_core::LockBackend;
+use lockkit_tests::faults::scenario::{self, ClusterControl, Proxied, ServerControl, Target};
 use lockkit_tests::netns::NetLab;
 
 const TAKER: &str = env!("CARGO_BIN_EXE_taker");
@@ -100,74 +102,24 @@ async fn cluster(in_lab: bool) -> (Target, Cluster) {
     (target, cluster)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_paused() {
-    record(&scenario::holder_paused(&shared().await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_killed() {
-    record(&scenario::holder_killed(&shared().await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clock_jump() {
-    record(&scenario::clock_jump(&shared().await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contended_counter() {
-    record(&scenario::contended_counter(&shared().await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_delayed() {
-    let t = shared().await;
-    let port = port_of(&t.url);
-    record(&scenario::replies_delayed(&t.proxied(port).await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_mid_hold() {
-    let t = shared().await;
-    let port = port_of(&t.url);
-    record(&scenario::cut_mid_hold(&t.proxied(port).await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_mid_acquire() {
+async fn proxied() -> (Proxied, Arc<dyn LockBackend>) {
     let t = shared().await;
     let port = port_of(&t.url);
     let inspector = t.inspector().await;
-    record(&scenario::cut_mid_acquire(&t.proxied(port).await, inspector).await);
+    (t.proxied(port).await, inspector)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_paused() {
-    let (t, mut control) = private().await;
-    record(&scenario::server_paused(&t, &mut control).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_restarted() {
-    let (t, mut control) = private().await;
-    record(&scenario::server_restarted(&t, &mut control).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_leader_killed() {
-    let (t, mut c) = cluster(false).await;
-    record(&scenario::leader_killed(&t, &mut c).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_leader_partitioned() {
-    let (t, mut c) = cluster(true).await;
-    record(&scenario::leader_partitioned(&t, &mut c).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_contended_counter() {
-    let (t, _c) = cluster(false).await;
-    record(&scenario::contended_counter(&t).await);
+lockkit_tests::fault_tests! {
+    holder_paused: shared().await => |t| scenario::holder_paused(&t);
+    holder_killed: shared().await => |t| scenario::holder_killed(&t);
+    clock_jump: shared().await => |t| scenario::clock_jump(&t);
+    contended_counter: shared().await => |t| scenario::contended_counter(&t);
+    replies_delayed: proxied().await => |(p, _)| scenario::replies_delayed(&p);
+    cut_mid_hold: proxied().await => |(p, _)| scenario::cut_mid_hold(&p);
+    cut_mid_acquire: proxied().await => |(p, inspector)| scenario::cut_mid_acquire(&p, inspector);
+    server_paused: private().await => |(t, mut c)| scenario::server_paused(&t, &mut c);
+    server_restarted: private().await => |(t, mut c)| scenario::server_restarted(&t, &mut c);
+    cluster_leader_killed: cluster(false).await => |(t, mut c)| scenario::leader_killed(&t, &mut c);
+    cluster_leader_partitioned: cluster(true).await => |(t, mut c)| scenario::leader_partitioned(&t, &mut c);
+    cluster_contended_counter: cluster(false).await => |(t, _c)| scenario::contended_counter(&t);
 }

@@ -7,11 +7,13 @@
 #![cfg(feature = "redis")]
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use lockkit_core::LockBackend;
 use lockkit_tests::faults::event::Kind;
 use lockkit_tests::faults::report::{Outcome, record};
-use lockkit_tests::faults::scenario::{self, STEP, ServerControl, TTL, Target, lock_name};
+use lockkit_tests::faults::scenario::{self, Proxied, STEP, ServerControl, TTL, Target, lock_name};
 use lockkit_tests::faults::store::FencedStore;
 use lockkit_tests::faults::taker::{History, Taker, granted};
 use lockkit_tests::proxy::FaultProxy;
@@ -55,115 +57,6 @@ async fn fifo() -> (Target, Control) {
 async fn cluster() -> Target {
     let url = format!("{}&fifo=false", shared_cluster_url());
     Target::new("redis-cluster", url, TAKER).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_paused() {
-    let (t, _server) = plain().await;
-    record(&scenario::holder_paused(&t).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_killed() {
-    let (t, _server) = plain().await;
-    record(&scenario::holder_killed(&t).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clock_jump() {
-    let (t, _server) = plain().await;
-    record(&scenario::clock_jump(&t).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contended_counter() {
-    let (t, _server) = plain().await;
-    record(&scenario::contended_counter(&t).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_delayed() {
-    let (t, server) = plain().await;
-    let port = server.0.port();
-    record(&scenario::replies_delayed(&t.proxied(port).await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_mid_hold() {
-    let (t, server) = plain().await;
-    let port = server.0.port();
-    record(&scenario::cut_mid_hold(&t.proxied(port).await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_mid_acquire() {
-    let (t, server) = plain().await;
-    let port = server.0.port();
-    let inspector = t.inspector().await;
-    record(&scenario::cut_mid_acquire(&t.proxied(port).await, inspector).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_paused() {
-    let (t, mut server) = plain().await;
-    record(&scenario::server_paused(&t, &mut server).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_restarted_without_persistence() {
-    let (t, mut server) = plain().await;
-    record(&scenario::server_restarted(&t, &mut server).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_restarted_with_aof_always() {
-    let config = RedisConfig {
-        aof_always: true,
-        ..RedisConfig::default()
-    };
-    let (t, mut server) = private("redis-aof", false, config).await;
-    record(&scenario::server_restarted(&t, &mut server).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_holder_paused() {
-    let (t, _server) = fifo().await;
-    record(&scenario::holder_paused(&t).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_holder_killed() {
-    let (t, _server) = fifo().await;
-    record(&scenario::holder_killed(&t).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_contended_counter() {
-    let (t, _server) = fifo().await;
-    record(&scenario::contended_counter(&t).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifo_cut_mid_acquire() {
-    let (t, server) = fifo().await;
-    let port = server.0.port();
-    let inspector = t.inspector().await;
-    record(&scenario::cut_mid_acquire(&t.proxied(port).await, inspector).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_holder_paused() {
-    record(&scenario::holder_paused(&cluster().await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_holder_killed() {
-    record(&scenario::holder_killed(&cluster().await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_contended_counter() {
-    record(&scenario::contended_counter(&cluster().await).await);
 }
 
 /// Waits until `replica` reports its link to the primary up.
@@ -279,4 +172,42 @@ async fn replica_promoted() {
         "the store's value changed under the second holder"
     );
     record(&outcome);
+}
+
+async fn aof() -> (Target, Control) {
+    let config = RedisConfig {
+        aof_always: true,
+        ..RedisConfig::default()
+    };
+    private("redis-aof", false, config).await
+}
+
+/// A target behind a proxy, an inspector on it, and the server.
+async fn proxied(
+    target: impl std::future::Future<Output = (Target, Control)>,
+) -> (Proxied, Arc<dyn LockBackend>, Control) {
+    let (t, server) = target.await;
+    let port = server.0.port();
+    let inspector = t.inspector().await;
+    (t.proxied(port).await, inspector, server)
+}
+
+lockkit_tests::fault_tests! {
+    holder_paused: plain().await => |(t, _server)| scenario::holder_paused(&t);
+    holder_killed: plain().await => |(t, _server)| scenario::holder_killed(&t);
+    clock_jump: plain().await => |(t, _server)| scenario::clock_jump(&t);
+    contended_counter: plain().await => |(t, _server)| scenario::contended_counter(&t);
+    replies_delayed: proxied(plain()).await => |(p, _, _server)| scenario::replies_delayed(&p);
+    cut_mid_hold: proxied(plain()).await => |(p, _, _server)| scenario::cut_mid_hold(&p);
+    cut_mid_acquire: proxied(plain()).await => |(p, inspector, _server)| scenario::cut_mid_acquire(&p, inspector);
+    server_paused: plain().await => |(t, mut server)| scenario::server_paused(&t, &mut server);
+    server_restarted_without_persistence: plain().await => |(t, mut server)| scenario::server_restarted(&t, &mut server);
+    server_restarted_with_aof_always: aof().await => |(t, mut server)| scenario::server_restarted(&t, &mut server);
+    fifo_holder_paused: fifo().await => |(t, _server)| scenario::holder_paused(&t);
+    fifo_holder_killed: fifo().await => |(t, _server)| scenario::holder_killed(&t);
+    fifo_contended_counter: fifo().await => |(t, _server)| scenario::contended_counter(&t);
+    fifo_cut_mid_acquire: proxied(fifo()).await => |(p, inspector, _server)| scenario::cut_mid_acquire(&p, inspector);
+    cluster_holder_paused: cluster().await => |t| scenario::holder_paused(&t);
+    cluster_holder_killed: cluster().await => |t| scenario::holder_killed(&t);
+    cluster_contended_counter: cluster().await => |t| scenario::contended_counter(&t);
 }

@@ -5,10 +5,11 @@
 //! for `docs/RELIABILITY.md` (`lockkit_tests::faults::report`).
 #![cfg(feature = "zookeeper")]
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lockkit_tests::faults::report::record;
-use lockkit_tests::faults::scenario::{self, ClusterControl, ServerControl, Target};
+use lockkit_core::LockBackend;
+use lockkit_tests::faults::scenario::{self, ClusterControl, Proxied, ServerControl, Target};
 use lockkit_tests::netns::NetLab;
 use lockkit_tests::server::random_suffix;
 use lockkit_tests::zk::server::{ZkEnsemble, ZkServer};
@@ -125,71 +126,23 @@ async fn ensemble(in_lab: bool) -> (Target, Ensemble) {
     (Target::new("zookeeper-3", url, TAKER).await, ensemble)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_paused() {
-    record(&scenario::holder_paused(&shared().await.0).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_killed() {
-    record(&scenario::holder_killed(&shared().await.0).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clock_jump() {
-    record(&scenario::clock_jump(&shared().await.0).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contended_counter() {
-    record(&scenario::contended_counter(&shared().await.0).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_delayed() {
-    let (t, port) = shared().await;
-    record(&scenario::replies_delayed(&t.proxied(port).await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_mid_hold() {
-    let (t, port) = shared().await;
-    record(&scenario::cut_mid_hold(&t.proxied(port).await).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cut_mid_acquire() {
+async fn proxied() -> (Proxied, Arc<dyn LockBackend>) {
     let (t, port) = shared().await;
     let inspector = t.inspector().await;
-    record(&scenario::cut_mid_acquire(&t.proxied(port).await, inspector).await);
+    (t.proxied(port).await, inspector)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_paused() {
-    let (t, mut control) = private().await;
-    record(&scenario::server_paused(&t, &mut control).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_restarted() {
-    let (t, mut control) = private().await;
-    record(&scenario::server_restarted(&t, &mut control).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ensemble_leader_killed() {
-    let (t, mut e) = ensemble(false).await;
-    record(&scenario::leader_killed(&t, &mut e).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ensemble_leader_partitioned() {
-    let (t, mut e) = ensemble(true).await;
-    record(&scenario::leader_partitioned(&t, &mut e).await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ensemble_contended_counter() {
-    let (t, _e) = ensemble(false).await;
-    record(&scenario::contended_counter(&t).await);
+lockkit_tests::fault_tests! {
+    holder_paused: shared().await => |(t, _)| scenario::holder_paused(&t);
+    holder_killed: shared().await => |(t, _)| scenario::holder_killed(&t);
+    clock_jump: shared().await => |(t, _)| scenario::clock_jump(&t);
+    contended_counter: shared().await => |(t, _)| scenario::contended_counter(&t);
+    replies_delayed: proxied().await => |(p, _)| scenario::replies_delayed(&p);
+    cut_mid_hold: proxied().await => |(p, _)| scenario::cut_mid_hold(&p);
+    cut_mid_acquire: proxied().await => |(p, inspector)| scenario::cut_mid_acquire(&p, inspector);
+    server_paused: private().await => |(t, mut c)| scenario::server_paused(&t, &mut c);
+    server_restarted: private().await => |(t, mut c)| scenario::server_restarted(&t, &mut c);
+    ensemble_leader_killed: ensemble(false).await => |(t, mut e)| scenario::leader_killed(&t, &mut e);
+    ensemble_leader_partitioned: ensemble(true).await => |(t, mut e)| scenario::leader_partitioned(&t, &mut e);
+    ensemble_contended_counter: ensemble(false).await => |(t, _e)| scenario::contended_counter(&t);
 }

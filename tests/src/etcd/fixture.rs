@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -478,15 +478,5 @@ pub fn shared_url() -> String {
 /// this test process has exited (the server itself is killed by the
 /// watchdog of [`ServerProcess`]).
 fn remove_when_process_exits(dir: &Path) {
-    let parent = std::process::id();
-    let script = format!(
-        "while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; sleep 2; rm -rf '{}'",
-        dir.display()
-    );
-    let _ = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
+    crate::server::after_this_process(&format!("sleep 2; rm -rf '{}'", dir.display()));
 }
