@@ -5,8 +5,8 @@
 //! `docs/RELIABILITY.md` (`lockkit_tests::faults::report`).
 #![cfg(feature = "etcd")]
 
-use lockkit_tests::etcd::{EtcdCluster, shared_url};
-use std::sync::Arc;
+use lockkit_tests::etcd::EtcdCluster;
+use std::sync::{Arc, OnceLock};
 
 use lockkit_core::LockBackend;
 use lockkit_tests::faults::scenario::{self, ClusterControl, Proxied, ServerControl, Target};
@@ -17,8 +17,18 @@ const TAKER: &str = env!("CARGO_BIN_EXE_taker");
 /// The minimum lease TTL is `ceil(1.5 × election timeout)`: 1 s.
 const ELECTION_MS: u32 = 500;
 
+/// A private member shared by the tests that do not stop it (never one
+/// named by `LOCKKIT_TEST_ETCD_URL`: the proxy needs it on 127.0.0.1).
 async fn shared() -> Target {
-    Target::new("etcd", shared_url(), TAKER).await
+    static SERVER: OnceLock<EtcdCluster> = OnceLock::new();
+    let url = tokio::task::spawn_blocking(|| {
+        SERVER
+            .get_or_init(|| EtcdCluster::start(1, ELECTION_MS))
+            .url()
+    })
+    .await
+    .expect("start the shared etcd");
+    Target::new("etcd", url, TAKER).await
 }
 
 fn port_of(url: &str) -> u16 {

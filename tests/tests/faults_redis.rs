@@ -136,8 +136,9 @@ async fn replica_promoted() {
         .figure(
             "tokens",
             format!(
-                "a {:?} on the primary, b {:?} on the promoted replica",
-                ga.token, gb.token
+                "a {} on the primary, b {} on the promoted replica",
+                ga.token_text(),
+                gb.token_text()
             ),
         )
         .figure(
@@ -150,14 +151,16 @@ async fn replica_promoted() {
         );
     if a_believes.held == Some(true) {
         outcome.violated(format!(
-            "two holders at once: a still held token {:?} when b was granted token {:?}",
-            ga.token, gb.token
+            "two holders at once: a still held token {} when b was granted token {}",
+            ga.token_text(),
+            gb.token_text()
         ));
     }
     if gb.token <= ga.token {
         outcome.violated(format!(
-            "the promoted replica granted token {:?} again (a held {:?})",
-            gb.token, ga.token
+            "the promoted replica granted token {} again (a held {})",
+            gb.token_text(),
+            ga.token_text()
         ));
     }
     // Whatever Redis did, the fence must not let both holders write.

@@ -23,16 +23,16 @@ lockkit_tests::fault_tests! {
 }
 
 /// One module of fault tests for a SQL server fixture: `$server` has
-/// `server()` (shared), `start_private()`, `url()`, `port()`, `signal()` and
+/// `start_private()`, `url()`, `port()`, `signal()` and
 /// `kill_and_restart()`.
 macro_rules! sql_server_faults {
     ($module:ident, $feature:literal, $backend:literal, $fixture:ident, $server:ident) => {
         #[cfg(feature = $feature)]
         mod $module {
-            use std::sync::Arc;
+            use std::sync::{Arc, OnceLock};
 
             use lockkit_core::LockBackend;
-            use lockkit_tests::$fixture::{$server, server};
+            use lockkit_tests::$fixture::$server;
             use lockkit_tests::faults::scenario::{self, Proxied, ServerControl, Target};
             use lockkit_tests::sql_harness::fresh_table;
 
@@ -42,9 +42,19 @@ macro_rules! sql_server_faults {
                 format!("{}?table={}", server.url(), fresh_table("fault"))
             }
 
+            /// A private server shared by this module's tests that do not
+            /// stop it (never one named by `LOCKKIT_TEST_*_URL`: the proxy
+            /// needs it on 127.0.0.1).
+            fn server() -> &'static $server {
+                static SERVER: OnceLock<$server> = OnceLock::new();
+                SERVER.get_or_init($server::start_private)
+            }
+
             async fn shared() -> (Target, u16) {
-                let s = server();
-                let port = s.port().expect("the fault suite starts its own server");
+                let s = tokio::task::spawn_blocking(server)
+                    .await
+                    .expect("start the shared server");
+                let port = s.port().expect("a private server has a port");
                 (Target::new($backend, url(s), TAKER).await, port)
             }
 

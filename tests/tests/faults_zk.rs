@@ -5,7 +5,7 @@
 //! for `docs/RELIABILITY.md` (`lockkit_tests::faults::report`).
 #![cfg(feature = "zookeeper")]
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lockkit_core::LockBackend;
@@ -13,7 +13,6 @@ use lockkit_tests::faults::scenario::{self, ClusterControl, Proxied, ServerContr
 use lockkit_tests::netns::NetLab;
 use lockkit_tests::server::random_suffix;
 use lockkit_tests::zk::server::{ZkEnsemble, ZkServer};
-use lockkit_tests::zk::shared_url;
 
 const TAKER: &str = env!("CARGO_BIN_EXE_taker");
 
@@ -33,8 +32,13 @@ fn port_of(base: &str) -> u16 {
         .expect("zk://127.0.0.1:<port>")
 }
 
+/// A private server shared by the tests that do not stop it (never one
+/// named by `LOCKKIT_TEST_ZK_URL`: the proxy needs it on 127.0.0.1).
 async fn shared() -> (Target, u16) {
-    let base = shared_url();
+    static SERVER: OnceLock<ZkServer> = OnceLock::new();
+    let base = tokio::task::spawn_blocking(|| SERVER.get_or_init(ZkServer::start).url())
+        .await
+        .expect("start the shared ZooKeeper");
     let port = port_of(&base);
     (Target::new("zookeeper", url(&base), TAKER).await, port)
 }

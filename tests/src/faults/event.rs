@@ -99,6 +99,11 @@ impl Event {
         self
     }
 
+    /// The token as text (`-` when there is none), for messages.
+    pub fn token_text(&self) -> String {
+        self.token.map_or_else(|| "-".to_owned(), |t| t.to_string())
+    }
+
     /// Whether this is `ev` of operation `op`.
     pub fn is(&self, ev: Kind, op: &str) -> bool {
         self.ev == ev && self.op.as_deref() == Some(op)

@@ -30,6 +30,20 @@ pub struct Claim {
     pub end: u64,
 }
 
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (token {}, lease {}…) from {} ms to {} ms",
+            self.proc,
+            self.token,
+            self.lease.get(..8).unwrap_or(&self.lease),
+            self.start / 1_000_000,
+            self.end / 1_000_000
+        )
+    }
+}
+
 impl Claim {
     fn overlaps(&self, other: &Claim) -> bool {
         self.lock == other.lock
@@ -61,18 +75,16 @@ impl HistoryCheck {
         self.claims.iter().filter(|c| c.lock == lock).collect()
     }
 
-    /// A readable account of the violations.
+    /// A readable account of the violations, on one line.
     pub fn describe(&self) -> String {
-        let mut out = String::new();
+        let mut lines = Vec::new();
         for (a, b) in &self.overlaps {
-            out.push_str(&format!("overlap: {a:?}\n     and {b:?}\n"));
+            lines.push(format!("{a} overlaps {b}"));
         }
         for (a, b) in &self.token_regressions {
-            out.push_str(&format!(
-                "token did not rise: {a:?}\n              then {b:?}\n"
-            ));
+            lines.push(format!("{a}, then {b}"));
         }
-        out
+        lines.join("; ")
     }
 }
 

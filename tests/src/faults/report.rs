@@ -202,6 +202,22 @@ pub const NOT_APPLICABLE: &[&str] = &[
      conformance suite is its contract test.",
 ];
 
+/// How the suite's servers are configured, which decides what a restart
+/// may forget; for the report.
+pub const CONFIGURATION: &[&str] = &[
+    "Postgres: durable (`fsync`, `synchronous_commit`, `full_page_writes` on). With \
+     `synchronous_commit=off` a killed server forgets commits it has acknowledged: during \
+     development the suite saw a grant vanish and its token handed out again after a restart \
+     (the fenced store refused the second use). Keep `synchronous_commit` on for the lock table.",
+    "MariaDB: `innodb_flush_log_at_trx_commit=2`: a killed server keeps every commit (the log \
+     is in the OS cache); a machine crash could lose the last second. Use 1 where machines crash.",
+    "Redis: no persistence (`appendonly no`, `save \"\"`), and the Redis (AOF always) row with \
+     `appendonly yes` + `appendfsync always`.",
+    "etcd and ZooKeeper: their defaults (every write fsynced before it is acknowledged); etcd's data \
+     directory on tmpfs where available, which survives a process kill but not a reboot.",
+    "SQLite: the default journal; a killed holder process cannot lose a committed grant.",
+];
+
 /// Notes on the limitations, for the report.
 pub const LIMITATION_NOTES: &[(&str, &str, &str)] = &[
     (
@@ -209,8 +225,9 @@ pub const LIMITATION_NOTES: &[(&str, &str, &str)] = &[
         "server-restarted",
         "Without persistence (`appendonly no`, the default here), a restarted Redis has forgotten \
          every lease and fence counter: the next grant comes at once and its token starts again \
-         below the old holder's. The old holder learns of the loss at its next renewal; a fenced \
-         store refuses the new holder's smaller token until the counter passes it. With \
+         at or below the old holder's. The old holder learns of the loss at its next renewal; a fenced \
+         store refuses the new holder's token (stale, or reused) until the counter passes the old \
+         one. With \
          `appendonly yes` + `appendfsync always` (row Redis (AOF always)) tokens survive.",
     ),
     (
@@ -446,6 +463,10 @@ pub fn render(results: &[Outcome]) -> String {
             }
         }
     }
+    md.push_str("\n## Server configuration\n\n");
+    for line in CONFIGURATION {
+        let _ = writeln!(md, "- {line}");
+    }
     md.push_str("\n## Not applicable\n\n");
     for why in NOT_APPLICABLE {
         let _ = writeln!(md, "- {why}");
@@ -457,8 +478,9 @@ pub fn render(results: &[Outcome]) -> String {
          cargo run -p lockkit-tests --bin reliability_report\n\
          ```\n\n\
          The first command writes one outcome per cell to `target/reliability/`; the second \
-         merges them into `docs/reliability/results.json` and renders this page. Soak variants \
-         (more rounds, longer pauses) run with `LOCKKIT_FAULT_SOAK=1`.\n",
+         merges them into `docs/reliability/results.json` and renders this page. \
+         `LOCKKIT_FAULT_SOAK=1` runs the soak variant of the lost-update counter (six \
+         processes × 40 rounds instead of three × 6).\n",
     );
     md
 }

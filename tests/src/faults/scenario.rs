@@ -407,8 +407,8 @@ pub async fn contended_counter(t: &Target) -> Outcome {
     outcome.require(
         refused_after_resume >= 1,
         format!(
-            "c0's write after the pause (token {:?}) was not refused",
-            stop.token
+            "c0's write after the pause (token {}) was not refused",
+            stop.token_text()
         ),
     );
     let accepted = store.accepted_writes();
@@ -802,7 +802,10 @@ pub async fn server_restarted(t: &Target, server: &mut dyn ServerControl) -> Out
         format!("b was never granted after the restart: {gb:?}"),
     );
     if granted(&gb) {
-        outcome.figure("tokens", format!("{:?} then {:?}", g.token, gb.token));
+        outcome.figure(
+            "tokens",
+            format!("{} then {}", g.token_text(), gb.token_text()),
+        );
         let wb = b
             .call(&format!("write {} 2", store.addr()), "write", STEP)
             .await;

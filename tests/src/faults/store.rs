@@ -1,6 +1,6 @@
 //! The fenced store: a tiny TCP service in the test process that holds one
 //! counter and admits a read or write only through a
-//! [`Fence`](lockkit_core::fence::Fence) — a token at least the largest it
+//! [`lockkit_core::fence::Fence`] — a token at least the largest it
 //! has seen (equal only from the same lease). It records every request, so
 //! a test can count accepted writes and check them against the holders'
 //! claims.
