@@ -660,6 +660,12 @@ pub async fn cut_mid_acquire(p: &Proxied, inspector: Arc<dyn LockBackend>) -> Ou
     );
     outcome.figure("reply_bytes_lost", dropped);
     let done = a.completion(mark, "acquire", STEP * 2).await;
+    assert!(
+        done.t > cut,
+        "the grant's reply reached the client before the cut: the inspector saw the grant more \
+         than {} ms after it was applied, so the acquire was not ambiguous",
+        AMBIGUITY_WINDOW.as_millis()
+    );
     outcome.require(
         granted(&done),
         format!("the retried acquire failed: {done:?}"),
