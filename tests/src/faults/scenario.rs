@@ -940,7 +940,12 @@ pub async fn leader_killed(t: &Target, cluster: &mut dyn ClusterControl) -> Outc
     if next.ev == Kind::Renewed {
         outcome.ms("holder_renewed_after_kill_ms", ms_between(killed, next.t));
         let r = a.call("release", "release", STEP).await;
-        outcome.figure("holder", format!("kept the lease, released: {:?}", r.held));
+        let released = if r.held == Some(true) {
+            "released it"
+        } else {
+            "found it gone at release"
+        };
+        outcome.figure("holder", format!("kept the lease, {released}"));
     } else {
         outcome.ms(
             "holder_loss_reported_after_kill_ms",
