@@ -71,6 +71,7 @@ pub(crate) async fn drive<B: LockBackend + ?Sized>(
     req: &AcquireRequest,
     deadline: Option<Instant>,
 ) -> Result<Lease> {
+    crate::permits::check_supported(backend, req)?;
     let started = Instant::now();
     let mut cleanup = Cleanup {
         backend,

@@ -30,6 +30,10 @@ pub struct Capabilities {
     /// How late, beyond the TTL, the backend may free an abandoned lock
     /// (clock granularity, session timeouts).
     pub expiry_slack: Duration,
+    /// The largest permit count the backend admits natively (semaphores);
+    /// 1 means locks only. [`Locker`](crate::Locker) and the acquisition
+    /// driver refuse larger counts before any I/O.
+    pub max_permits: u32,
 }
 
 impl Default for Capabilities {
@@ -40,6 +44,7 @@ impl Default for Capabilities {
             durable_tokens: false,
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: Duration::from_millis(50),
+            max_permits: 1,
         }
     }
 }
@@ -161,20 +166,32 @@ pub trait LockBackend: Send + Sync + Debug {
     /// Backend errors only.
     async fn release(&self, lease: &Lease) -> Result<bool>;
 
-    /// The current, unexpired holder of `name`, if any.
+    /// Every current, unexpired holder of `name` — one per held permit,
+    /// at most its permit count — sorted by token.
     ///
     /// # Errors
     /// Backend errors only.
-    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>>;
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>>;
 
-    /// Every currently held lock, sorted by name.
+    /// The current, unexpired holder of `name`, if any: for a semaphore,
+    /// the holder with the lowest token. Provided from
+    /// [`holders`](Self::holders).
+    ///
+    /// # Errors
+    /// Backend errors only.
+    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+        Ok(self.holders(name).await?.into_iter().next())
+    }
+
+    /// Every current holder of every lock — one record per held permit —
+    /// sorted by name, then token.
     ///
     /// # Errors
     /// Backend errors only.
     async fn list(&self) -> Result<Vec<LockInfo>>;
 
-    /// Admin: frees `name` whoever holds it. Returns `true` if a live lease
-    /// was removed. The holder's guard finds out at its next renewal (or at
+    /// Admin: frees `name` whoever holds it — every permit of a semaphore.
+    /// Returns `true` if a live lease was removed. The holder's guard finds out at its next renewal (or at
     /// once, for backends with loss notifications).
     ///
     /// # Errors

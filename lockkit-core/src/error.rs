@@ -86,6 +86,19 @@ pub enum Error {
         name: LockName,
     },
 
+    /// The request's permit count differs from the count the name's live
+    /// holders asked with. Holders of one name must agree on N; a new count
+    /// takes effect once every lease of the old one is gone.
+    #[error("lock {name:?} is held with {held} permit(s); a request for {asked} permit(s) disagrees")]
+    PermitsMismatch {
+        /// The lock (semaphore).
+        name: LockName,
+        /// The count its live holders asked with.
+        held: u32,
+        /// The count this request asked with.
+        asked: u32,
+    },
+
     /// A backend failure that may go away by itself (connection reset,
     /// timeout, busy database). Safe to retry.
     #[error("transient {backend} failure: {message}")]
@@ -176,6 +189,16 @@ impl Error {
         }
     }
 
+    /// [`Error::PermitsMismatch`]: `name`'s holders asked with `held`
+    /// permits, the request with `asked`.
+    pub fn permits_mismatch(name: &LockName, held: u32, asked: u32) -> Self {
+        Self::PermitsMismatch {
+            name: name.clone(),
+            held,
+            asked,
+        }
+    }
+
     /// A [`Error::Configuration`] error without a source.
     pub fn configuration(message: impl Into<String>) -> Self {
         Self::Configuration {
@@ -204,6 +227,7 @@ impl Error {
             Self::Timeout { .. } => "timeout",
             Self::Lost { .. } => "lost",
             Self::WouldDeadlock { .. } => "would_deadlock",
+            Self::PermitsMismatch { .. } => "permits_mismatch",
             Self::Transient { .. } => "transient",
             Self::Backend { .. } => "backend",
             Self::Configuration { .. } => "configuration",

@@ -362,6 +362,15 @@ impl LeaseHandle {
         self.shared.lease()
     }
 
+    /// The permit count the lease was granted under (1 for a lock).
+    pub fn permits(&self) -> u32 {
+        self.shared
+            .lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .permits
+    }
+
     /// How long the holder may still assume it holds the lock, counted from
     /// the instant before the last granting or renewing request was sent.
     /// Zero once the lease is lost.

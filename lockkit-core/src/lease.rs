@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::name::{LockName, validate_label};
+use crate::permits::validate_permits;
 use crate::ttl::validate_ttl;
 
 /// A fencing token: a number the backend attaches to every grant of a lock.
@@ -102,6 +103,9 @@ pub struct AcquireRequest {
     pub lease_id: LeaseId,
     /// How long the lease lasts without renewal.
     pub ttl: Duration,
+    /// How many holders the name admits at once: 1 for a lock, N for a
+    /// semaphore (see [`with_permits`](Self::with_permits)).
+    pub permits: u32,
 }
 
 impl AcquireRequest {
@@ -128,7 +132,32 @@ impl AcquireRequest {
             owner,
             lease_id: LeaseId::random(),
             ttl: validate_ttl(ttl)?,
+            permits: 1,
         })
+    }
+
+    /// The same request for one of `permits` permits (a semaphore; 1 is a
+    /// lock). Every holder of a name must ask with the same count: a
+    /// request whose count differs from a live holder's fails with
+    /// [`Error::PermitsMismatch`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for 0 or more than
+    /// [`MAX_PERMITS`](crate::MAX_PERMITS).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockkit_core::LockName;
+    /// use lockkit_core::spi::AcquireRequest;
+    ///
+    /// let req = AcquireRequest::new(LockName::new("warehouse")?, "load_7", Duration::from_secs(60))?
+    ///     .with_permits(2)?;
+    /// assert_eq!(req.permits, 2);
+    /// # Ok::<(), lockkit_core::Error>(())
+    /// ```
+    pub fn with_permits(mut self, permits: u32) -> Result<Self> {
+        self.permits = validate_permits(permits)?;
+        Ok(self)
     }
 }
 
@@ -152,6 +181,8 @@ pub struct Lease {
     pub lease_id: LeaseId,
     /// The fencing token of this grant.
     pub token: FencingToken,
+    /// The permit count the lease was granted under (1 for a lock).
+    pub permits: u32,
     /// The TTL in effect (after any rounding the backend does, e.g. etcd's
     /// whole seconds).
     pub ttl: Duration,
@@ -178,6 +209,7 @@ impl Lease {
             owner: req.owner.clone(),
             lease_id: req.lease_id.clone(),
             token,
+            permits: req.permits,
             ttl: req.ttl,
             deadline: sent_at + req.ttl,
             sent_at,
@@ -217,8 +249,9 @@ impl Lease {
     }
 }
 
-/// What a backend reports about the current holder of a lock (`current`,
-/// `list`). Times are by the backend's clock.
+/// What a backend reports about one current holder of a lock (`holders`,
+/// `current`, `list`): one record per held permit. Times are by the
+/// backend's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LockInfo {
@@ -230,6 +263,8 @@ pub struct LockInfo {
     pub lease_id: LeaseId,
     /// The holder's fencing token.
     pub token: FencingToken,
+    /// The permit count the holder asked with (1 for a lock).
+    pub permits: u32,
     /// When the lease was granted, by the backend's clock.
     pub acquired_at: SystemTime,
     /// When it expires unless renewed, by the backend's clock; `None` for
@@ -252,9 +287,16 @@ impl LockInfo {
             owner: owner.into(),
             lease_id,
             token,
+            permits: 1,
             acquired_at,
             expires_at,
         }
+    }
+
+    /// The same record with the permit count its holder asked with.
+    pub fn with_permits(mut self, permits: u32) -> Self {
+        self.permits = permits;
+        self
     }
 }
 

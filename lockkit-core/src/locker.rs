@@ -248,7 +248,9 @@ impl Locker {
     ) -> Result<Option<LockGuard>> {
         let name = name.into_lock_name()?;
         opts.validate()?;
-        let req = AcquireRequest::new(name.clone(), self.owner.clone(), opts.ttl)?;
+        let req = AcquireRequest::new(name.clone(), self.owner.clone(), opts.ttl)?
+            .with_permits(opts.permits)?;
+        crate::permits::check_supported(&*self.backend, &req)?;
         let kind = self.backend.kind();
         let started = Instant::now();
         let Some(reservation) = Reservation::new(&self.held, &name) else {

@@ -59,6 +59,10 @@ pub struct LockOptions {
     /// [`LostReason::MaxHoldExceeded`](crate::LostReason::MaxHoldExceeded).
     /// Default: no limit.
     pub max_hold: Option<Duration>,
+    /// How many holders the name admits at once: 1 (the default) is a
+    /// lock, N a semaphore of N permits. Every holder of a name must use
+    /// the same count ([`Error::PermitsMismatch`] otherwise).
+    pub permits: u32,
 }
 
 impl Default for LockOptions {
@@ -68,6 +72,7 @@ impl Default for LockOptions {
             wait: Some(Duration::from_secs(60)),
             renewal: Renewal::default(),
             max_hold: None,
+            permits: 1,
         }
     }
 }
@@ -113,13 +118,33 @@ impl LockOptions {
         self
     }
 
+    /// Makes the name a semaphore of `permits` permits: at most that many
+    /// holders at once (1 is a lock). Validated by
+    /// [`validate`](Self::validate).
+    ///
+    /// ```
+    /// use lockkit_core::LockOptions;
+    ///
+    /// // "at most two loads into the warehouse at once"
+    /// let opts = LockOptions::new().permits(2);
+    /// assert!(opts.validate().is_ok());
+    /// assert!(LockOptions::new().permits(0).validate().is_err());
+    /// ```
+    #[must_use]
+    pub fn permits(mut self, permits: u32) -> Self {
+        self.permits = permits;
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
     /// [`Error::InvalidTtl`] for a TTL out of bounds, [`Error::InvalidInput`]
-    /// for a renewal interval not shorter than the TTL or a zero max hold.
+    /// for a renewal interval not shorter than the TTL, a zero max hold or
+    /// a permit count outside `1..=`[`MAX_PERMITS`](crate::MAX_PERMITS).
     pub fn validate(&self) -> Result<()> {
         validate_ttl(self.ttl)?;
+        crate::permits::validate_permits(self.permits)?;
         if let Renewal::Every(every) = self.renewal
             && (every.is_zero() || every >= self.ttl)
         {

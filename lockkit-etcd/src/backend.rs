@@ -174,6 +174,7 @@ impl LockBackend for EtcdBackend {
             // etcd checks for expired leases every 500 ms, then revokes
             // them through Raft.
             expiry_slack: Duration::from_secs(1),
+            max_permits: 1,
         }
     }
 
@@ -328,13 +329,17 @@ impl LockBackend for EtcdBackend {
         }
     }
 
-    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
+        let one: Result<Option<LockInfo>> = async {
         let shared = self.shared();
         let Some(kv) = shared.holder_kv(name).await? else {
             return Ok(None);
         };
         let expires_at = shared.lease_expiry(kv.lease()).await?;
         Ok(shared.info(&kv, expires_at))
+    }
+        .await;
+        Ok(one?.into_iter().collect())
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {

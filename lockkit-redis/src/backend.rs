@@ -361,6 +361,7 @@ impl LockBackend for RedisBackend {
             durable_tokens: self.inner.options.durable_tokens,
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: Duration::from_millis(50),
+            max_permits: 1,
         }
     }
 
@@ -490,7 +491,8 @@ impl LockBackend for RedisBackend {
         self.release_id(&lease.name, &lease.lease_id).await
     }
 
-    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
+        let one: Result<Option<LockInfo>> = async {
         let keys = self.keys(name);
         let found: Option<(Vec<u8>, i64, i64)> = SCRIPTS
             .inspect
@@ -504,6 +506,9 @@ impl LockBackend for RedisBackend {
             Some((_, -2, _)) | None => Ok(None),
             Some((value, pttl, now)) => record::decode(name.clone(), &value, pttl, now).map(Some),
         }
+    }
+        .await;
+        Ok(one?.into_iter().collect())
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {

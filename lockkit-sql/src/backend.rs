@@ -809,7 +809,8 @@ where
         Ok(deleted)
     }
 
-    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
+        let one: Result<Option<LockInfo>> = async {
         self.fetch_optional(
             &self.statements.current,
             &self.values(name.as_str(), "", "", Duration::ZERO),
@@ -818,6 +819,9 @@ where
         .await?
         .map(|row| Self::decode_info(&row))
         .transpose()
+    }
+        .await;
+        Ok(one?.into_iter().collect())
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {

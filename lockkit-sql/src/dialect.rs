@@ -341,6 +341,7 @@ pub trait Dialect: Send + Sync + 'static {
             durable_tokens: true,
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: Duration::from_millis(20),
+            max_permits: 1,
         }
     }
 

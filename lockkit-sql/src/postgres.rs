@@ -512,6 +512,7 @@ impl Dialect for PostgresDialect {
             durable_tokens: true,
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: Duration::from_millis(20),
+            max_permits: 1,
         }
     }
 

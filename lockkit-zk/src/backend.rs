@@ -356,6 +356,7 @@ impl LockBackend for ZkBackend {
             durable_tokens: true,
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: self.inner.nodes.margin + Duration::from_millis(200),
+            max_permits: 1,
         }
     }
 
@@ -525,8 +526,12 @@ impl LockBackend for ZkBackend {
         }
     }
 
-    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
+        let one: Result<Option<LockInfo>> = async {
         self.current_holder(name).await
+    }
+        .await;
+        Ok(one?.into_iter().collect())
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {

@@ -48,8 +48,8 @@ impl LockBackend for PollingOnly {
     async fn release(&self, lease: &Lease) -> Result<bool> {
         self.0.release(lease).await
     }
-    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
-        self.0.current(name).await
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
+        self.0.holders(name).await
     }
     async fn list(&self) -> Result<Vec<LockInfo>> {
         self.0.list().await

@@ -309,9 +309,9 @@ impl LockBackend for CountingBackend {
         self.inner.release(lease).await
     }
 
-    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
         self.count();
-        self.inner.current(name).await
+        self.inner.holders(name).await
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {

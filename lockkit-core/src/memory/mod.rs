@@ -10,6 +10,10 @@
 //!   `try_acquire` fails while anyone is queued, so nobody jumps the queue.
 //! - **Push wake-up**: a release or a waiter leaving the queue wakes the
 //!   queue at once; a holder's expiry wakes it at the expiry instant.
+//! - **Semaphores**: a name holds up to its permit count of leases; a
+//!   request is admitted while fewer are live and fewer waiters than free
+//!   permits are queued ahead of it (FIFO for N permits too). Holders and
+//!   waiters of a name must agree on the count.
 //! - **Fencing**: a per-name counter, kept after the lock is released (one
 //!   `u64` per name ever used, like Redis's fence keys).
 //! - **Clock**: real time by default; [`MemoryBackend::with_manual_clock`]
@@ -79,9 +83,11 @@ struct State {
 
 #[derive(Debug, Default)]
 struct Slot {
-    holder: Option<Holder>,
-    /// Waiters by lease id, in arrival order.
-    queue: VecDeque<LeaseId>,
+    /// The live holders, at most their permit count, in grant order.
+    holders: Vec<Holder>,
+    /// Waiters by lease id with the permit count they asked with, in
+    /// arrival order.
+    queue: VecDeque<(LeaseId, u32)>,
 }
 
 #[derive(Debug)]
@@ -89,9 +95,57 @@ struct Holder {
     owner: String,
     lease_id: LeaseId,
     token: u64,
+    permits: u32,
     acquired_at: Duration,
     expires_at: Duration,
     lost: LossSignal,
+}
+
+impl Slot {
+    /// The permit count the name's live holders and waiters use, if any.
+    fn agreed_permits(&self) -> Option<u32> {
+        self.holders
+            .first()
+            .map(|h| h.permits)
+            .or_else(|| self.queue.front().map(|(_, n)| *n))
+    }
+
+    /// Fails when `req` asks with a different permit count than the
+    /// name's holders and waiters.
+    fn check_permits(&self, req: &AcquireRequest) -> Result<()> {
+        match self.agreed_permits() {
+            Some(held) if held != req.permits => {
+                Err(Error::permits_mismatch(&req.name, held, req.permits))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `req` may be admitted now: a permit is free and, in the
+    /// queue, fewer waiters than free permits come before it.
+    fn admits(&self, req: &AcquireRequest) -> bool {
+        let free = (req.permits as usize).saturating_sub(self.holders.len());
+        let ahead = self
+            .queue
+            .iter()
+            .position(|(id, _)| *id == req.lease_id)
+            .unwrap_or(self.queue.len());
+        ahead < free
+    }
+
+    fn holder_mut(&mut self, lease_id: &LeaseId) -> Option<&mut Holder> {
+        self.holders.iter_mut().find(|h| h.lease_id == *lease_id)
+    }
+
+    fn take_holder(&mut self, lease_id: &LeaseId) -> Option<Holder> {
+        let at = self.holders.iter().position(|h| h.lease_id == *lease_id)?;
+        Some(self.holders.remove(at))
+    }
+
+    /// The earliest expiry among the holders.
+    fn next_expiry(&self) -> Option<Duration> {
+        self.holders.iter().map(|h| h.expires_at).min()
+    }
 }
 
 impl Default for MemoryBackend {
@@ -170,6 +224,7 @@ impl MemoryBackend {
             self.inner.clock.wall(holder.acquired_at),
             Some(self.inner.clock.wall(holder.expires_at)),
         )
+        .with_permits(holder.permits)
     }
 
     fn lease_for(&self, req: &AcquireRequest, token: u64, sent_at: Instant) -> Lease {
@@ -178,15 +233,17 @@ impl MemoryBackend {
 }
 
 impl State {
-    /// Drops the holder of `name` if it has expired by `now`, firing its
-    /// loss signal; returns the slot.
+    /// Drops the holders of `name` that have expired by `now`, firing
+    /// their loss signals; returns the slot.
     fn slot(&mut self, name: &LockName, now: Duration) -> &mut Slot {
         let slot = self.slots.entry(name.clone()).or_default();
-        if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now)
-            && let Some(expired) = slot.holder.take()
-        {
-            expired.lost.fire(LostReason::Expired);
-        }
+        slot.holders.retain(|h| {
+            let live = h.expires_at > now;
+            if !live {
+                h.lost.fire(LostReason::Expired);
+            }
+            live
+        });
         slot
     }
 
@@ -195,22 +252,25 @@ impl State {
         if self
             .slots
             .get(name)
-            .is_some_and(|s| s.holder.is_none() && s.queue.is_empty())
+            .is_some_and(|s| s.holders.is_empty() && s.queue.is_empty())
         {
             self.slots.remove(name);
         }
     }
 
-    /// Grants `name` to `req` (the caller has checked it is free).
+    /// Grants one permit of `name` to `req` (the caller has checked one is
+    /// free).
     fn grant(&mut self, req: &AcquireRequest, now: Duration) -> u64 {
         let fence = self.fences.entry(req.name.clone()).or_insert(0);
         *fence += 1;
         let token = *fence;
         let slot = self.slots.entry(req.name.clone()).or_default();
-        slot.holder = Some(Holder {
+        slot.queue.retain(|(id, _)| *id != req.lease_id);
+        slot.holders.push(Holder {
             owner: req.owner.clone(),
             lease_id: req.lease_id.clone(),
             token,
+            permits: req.permits,
             acquired_at: now,
             expires_at: now + req.ttl,
             lost: LossSignal::new(),
@@ -220,14 +280,12 @@ impl State {
 }
 
 impl MemoryBackend {
-    /// The grant for `req` if it already holds `name` (a retry after a lost
-    /// reply): same token, TTL restarted.
+    /// The grant for `req` if it already holds a permit of `name` (a retry
+    /// after a lost reply): same token, TTL restarted.
     fn regrant(state: &mut State, req: &AcquireRequest, now: Duration) -> Option<u64> {
-        let holder = state.slot(&req.name, now).holder.as_mut()?;
-        (holder.lease_id == req.lease_id).then(|| {
-            holder.expires_at = now + req.ttl;
-            holder.token
-        })
+        let holder = state.slot(&req.name, now).holder_mut(&req.lease_id)?;
+        holder.expires_at = now + req.ttl;
+        Some(holder.token)
     }
 
     /// Removes every trace of `req` (its queue entry, a lease granted to
@@ -237,14 +295,8 @@ impl MemoryBackend {
         let Some(slot) = state.slots.get_mut(&req.name) else {
             return;
         };
-        slot.queue.retain(|id| *id != req.lease_id);
-        if slot
-            .holder
-            .as_ref()
-            .is_some_and(|h| h.lease_id == req.lease_id)
-        {
-            slot.holder = None;
-        }
+        slot.queue.retain(|(id, _)| *id != req.lease_id);
+        slot.take_holder(&req.lease_id);
         state.prune(&req.name);
         drop(state);
         self.inner.hub.notify(&req.name);
@@ -269,15 +321,14 @@ impl LockQueue for MemoryBackend {
             return Ok(Some(self.lease_for(req, token, sent_at)));
         }
         let slot = state.slot(&req.name, now);
-        let first = slot.queue.front().is_none_or(|id| *id == req.lease_id);
-        if slot.holder.is_none() && first {
-            slot.queue.retain(|id| *id != req.lease_id);
+        slot.check_permits(req)?;
+        if slot.admits(req) {
             let token = state.grant(req, now);
             *place = None;
             return Ok(Some(self.lease_for(req, token, sent_at)));
         }
-        if !slot.queue.contains(&req.lease_id) {
-            slot.queue.push_back(req.lease_id.clone());
+        if !slot.queue.iter().any(|(id, _)| *id == req.lease_id) {
+            slot.queue.push_back((req.lease_id.clone(), req.permits));
         }
         *place = Some(QueuePlace::new(Queued));
         Ok(None)
@@ -295,10 +346,10 @@ impl LockQueue for MemoryBackend {
             let now = self.inner.clock.now();
             let mut state = self.state();
             let slot = state.slot(&req.name, now);
-            if slot.holder.is_none() && slot.queue.front() == Some(&req.lease_id) {
+            if slot.admits(req) {
                 return Ok(());
             }
-            slot.holder.as_ref().map(|h| h.expires_at)
+            slot.next_expiry()
         };
         tokio::select! {
             () = wake.changed() => {}
@@ -322,6 +373,7 @@ impl LockBackend for MemoryBackend {
             durable_tokens: false,
             ttl_granularity: Duration::from_nanos(1),
             expiry_slack: Duration::from_millis(5),
+            max_permits: crate::MAX_PERMITS,
         }
     }
 
@@ -333,7 +385,10 @@ impl LockBackend for MemoryBackend {
             return Ok(Some(self.lease_for(req, token, sent_at)));
         }
         let slot = state.slot(&req.name, now);
-        if slot.holder.is_some() || !slot.queue.is_empty() {
+        slot.check_permits(req)?;
+        // Nobody jumps the queue: with waiters, a free permit is theirs.
+        if !slot.queue.is_empty() || !slot.admits(req) {
+            state.prune(&req.name);
             return Ok(None);
         }
         let token = state.grant(req, now);
@@ -358,29 +413,22 @@ impl LockBackend for MemoryBackend {
         let sent_at = Instant::now();
         let now = self.inner.clock.now();
         let mut state = self.state();
-        let slot = state.slot(&lease.name, now);
-        match slot.holder.as_mut() {
-            Some(holder) if holder.lease_id == lease.lease_id => {
-                holder.expires_at = now + ttl;
-                Ok(lease.renewed(ttl, sent_at))
-            }
-            _ => {
-                state.prune(&lease.name);
-                Err(Error::lost(&lease.name, LostReason::NotHeld))
-            }
+        if let Some(holder) = state.slot(&lease.name, now).holder_mut(&lease.lease_id) {
+            holder.expires_at = now + ttl;
+            return Ok(lease.renewed(ttl, sent_at));
         }
+        state.prune(&lease.name);
+        Err(Error::lost(&lease.name, LostReason::NotHeld))
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let now = self.inner.clock.now();
         let mut state = self.state();
         let slot = state.slots.entry(lease.name.clone()).or_default();
-        let ours = slot
-            .holder
-            .as_ref()
-            .is_some_and(|h| h.lease_id == lease.lease_id);
+        let taken = slot.take_holder(&lease.lease_id);
+        let ours = taken.is_some();
         let mut was_live = false;
-        if ours && let Some(holder) = slot.holder.take() {
+        if let Some(holder) = taken {
             was_live = holder.expires_at > now;
             if !was_live {
                 holder.lost.fire(LostReason::Expired);
@@ -394,16 +442,17 @@ impl LockBackend for MemoryBackend {
         Ok(was_live)
     }
 
-    async fn current(&self, name: &LockName) -> Result<Option<LockInfo>> {
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
         let now = self.inner.clock.now();
         let mut state = self.state();
-        let info = state
+        let infos = state
             .slot(name, now)
-            .holder
-            .as_ref()
-            .map(|h| self.info(name, h));
+            .holders
+            .iter()
+            .map(|h| self.info(name, h))
+            .collect();
         state.prune(name);
-        Ok(info)
+        Ok(infos)
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {
@@ -412,31 +461,30 @@ impl LockBackend for MemoryBackend {
         let mut infos: Vec<LockInfo> = state
             .slots
             .iter()
-            .filter_map(|(name, slot)| {
-                slot.holder
-                    .as_ref()
+            .flat_map(|(name, slot)| {
+                slot.holders
+                    .iter()
                     .filter(|h| h.expires_at > now)
                     .map(|h| self.info(name, h))
             })
             .collect();
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos.sort_by(|a, b| a.name.cmp(&b.name).then(a.token.cmp(&b.token)));
         Ok(infos)
     }
 
     async fn force_release(&self, name: &LockName) -> Result<bool> {
         let now = self.inner.clock.now();
         let mut state = self.state();
-        let removed = state.slot(name, now).holder.take();
+        let removed = std::mem::take(&mut state.slot(name, now).holders);
         state.prune(name);
         drop(state);
-        let removed = removed.is_some_and(|holder| {
+        for holder in &removed {
             holder.lost.fire(LostReason::NotHeld);
-            true
-        });
-        if removed {
+        }
+        if !removed.is_empty() {
             self.inner.hub.notify(name);
         }
-        Ok(removed)
+        Ok(!removed.is_empty())
     }
 
     async fn cleanup_expired(&self) -> Result<u64> {
@@ -444,16 +492,18 @@ impl LockBackend for MemoryBackend {
         let mut state = self.state();
         let mut removed = 0;
         for slot in state.slots.values_mut() {
-            if slot.holder.as_ref().is_some_and(|h| h.expires_at <= now)
-                && let Some(holder) = slot.holder.take()
-            {
-                holder.lost.fire(LostReason::Expired);
-                removed += 1;
-            }
+            slot.holders.retain(|h| {
+                let live = h.expires_at > now;
+                if !live {
+                    h.lost.fire(LostReason::Expired);
+                    removed += 1;
+                }
+                live
+            });
         }
         state
             .slots
-            .retain(|_, s| s.holder.is_some() || !s.queue.is_empty());
+            .retain(|_, s| !s.holders.is_empty() || !s.queue.is_empty());
         Ok(removed)
     }
 
@@ -466,8 +516,7 @@ impl LockBackend for MemoryBackend {
         state
             .slots
             .get(&lease.name)
-            .and_then(|slot| slot.holder.as_ref())
-            .filter(|h| h.lease_id == lease.lease_id)
+            .and_then(|slot| slot.holders.iter().find(|h| h.lease_id == lease.lease_id))
             .map(|h| h.lost.clone())
     }
 }
