@@ -89,7 +89,9 @@ pub enum Error {
     /// The request's permit count differs from the count the name's live
     /// holders asked with. Holders of one name must agree on N; a new count
     /// takes effect once every lease of the old one is gone.
-    #[error("lock {name:?} is held with {held} permit(s); a request for {asked} permit(s) disagrees")]
+    #[error(
+        "lock {name:?} is held with {held} permit(s); a request for {asked} permit(s) disagrees"
+    )]
     PermitsMismatch {
         /// The lock (semaphore).
         name: LockName,

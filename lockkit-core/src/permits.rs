@@ -43,7 +43,10 @@ pub fn validate_permits(permits: u32) -> Result<u32> {
 ///
 /// # Errors
 /// [`Error::InvalidInput`] naming the backend and its limit.
-pub(crate) fn check_supported<B: LockBackend + ?Sized>(backend: &B, req: &AcquireRequest) -> Result<()> {
+pub(crate) fn check_supported<B: LockBackend + ?Sized>(
+    backend: &B,
+    req: &AcquireRequest,
+) -> Result<()> {
     let max = backend.capabilities().max_permits;
     if req.permits > max {
         return Err(Error::invalid_input(format!(

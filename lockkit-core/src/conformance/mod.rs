@@ -28,6 +28,7 @@ mod exclusion;
 mod expiry;
 mod input;
 mod ownership;
+mod permits;
 mod waiting;
 
 use std::sync::Arc;
@@ -53,6 +54,13 @@ pub use self::ownership::{
     cleanup_expired_removes_only_expired, current_and_list_report_holder, extend_moves_expiry,
     force_release_frees_lock, only_owner_can_extend_or_release, release_is_idempotent,
     release_retries_transient_failures,
+};
+pub use self::permits::{
+    PERMITS, permits_admit_n_holders, permits_cancelled_wait_leaves_nothing,
+    permits_expired_and_crashed_free_their_permits, permits_fifo_order,
+    permits_force_release_fires_every_holder, permits_mismatch_rejected,
+    permits_never_over_admitted, permits_only_owner_can_extend_or_release,
+    permits_race_admits_exactly_n, permits_tokens_increase, permits_waiter_admitted_on_release,
 };
 pub use self::waiting::{
     acquire_timeout_leaves_nothing, cancelled_acquire_leaves_nothing,
@@ -97,6 +105,17 @@ pub const PROPERTIES: &[&str] = &[
     "hostile_names_work",
     "invalid_names_rejected_before_io",
     "invalid_ttl_and_owner_rejected_before_io",
+    "permits_admit_n_holders",
+    "permits_race_admits_exactly_n",
+    "permits_never_over_admitted",
+    "permits_waiter_admitted_on_release",
+    "permits_expired_and_crashed_free_their_permits",
+    "permits_only_owner_can_extend_or_release",
+    "permits_cancelled_wait_leaves_nothing",
+    "permits_tokens_increase",
+    "permits_mismatch_rejected",
+    "permits_force_release_fires_every_holder",
+    "permits_fifo_order",
 ];
 
 /// Time bounds a backend is held to. Derive them from its capabilities with
@@ -187,6 +206,12 @@ pub type Requirement = (&'static str, fn(&Capabilities) -> bool);
 pub fn requirement(property: &str) -> Option<Requirement> {
     match property {
         "fifo_order" => Some(("fifo", |caps| caps.fifo)),
+        "permits_fifo_order" => Some(("fifo and max_permits >= 3", |caps| {
+            caps.fifo && caps.max_permits >= PERMITS
+        })),
+        p if p.starts_with("permits_") => {
+            Some(("max_permits >= 3", |caps| caps.max_permits >= PERMITS))
+        }
         _ => None,
     }
 }
@@ -314,7 +339,18 @@ macro_rules! conformance_suite {
                 release_retries_transient_failures,
                 hostile_names_work,
                 invalid_names_rejected_before_io,
-                invalid_ttl_and_owner_rejected_before_io
+                invalid_ttl_and_owner_rejected_before_io,
+                permits_admit_n_holders,
+                permits_race_admits_exactly_n,
+                permits_never_over_admitted,
+                permits_waiter_admitted_on_release,
+                permits_expired_and_crashed_free_their_permits,
+                permits_only_owner_can_extend_or_release,
+                permits_cancelled_wait_leaves_nothing,
+                permits_tokens_increase,
+                permits_mismatch_rejected,
+                permits_force_release_fires_every_holder,
+                permits_fifo_order,
             ]
         }
     };
