@@ -57,6 +57,9 @@ enum Scenario {
     P5,
     /// Upkeep: many held locks renewing.
     P6,
+    /// Semaphore admission: 8 contenders on a semaphore of 3 permits
+    /// beside the same run on a lock.
+    P7,
 }
 
 /// Command line.
@@ -245,8 +248,15 @@ async fn run(args: Args) -> Result<bool> {
                     id,
                     fastrand::u32(..)
                 );
-                match scenarios::contend(subject, n, hold, Duration::from_secs_f64(seconds), &lock)
-                    .await
+                match scenarios::contend(
+                    subject,
+                    n,
+                    hold,
+                    Duration::from_secs_f64(seconds),
+                    &lock,
+                    1,
+                )
+                .await
                 {
                     Ok(run) => {
                         let what = format!("{id} {scenario} {} n={n}", subject.label());
@@ -308,6 +318,10 @@ async fn run(args: Args) -> Result<bool> {
                     Err(e) => note_error(&mut report, &mut out, backend.lockkit.as_ref(), "P6", &e),
                 }
             }
+        }
+        if wants(Scenario::P7) {
+            eprintln!("   P7");
+            p7(&backend, &plan, id, &mut report, &mut out).await;
         }
         report.backends.push(out);
     }
@@ -438,3 +452,56 @@ fn update_readme(readme: &std::path::Path, table: &str) -> Result<()> {
     std::fs::write(readme, updated)?;
     Ok(())
 }
+
+/// P7: semaphore admission — [`P7_CONTENDERS`] lockkit contenders, 1 ms
+/// holds, on a lock and on a semaphore of [`P7_PERMITS`] permits of the
+/// same backend: grants per second side by side, and no more than the
+/// permit count inside at once.
+async fn p7(
+    backend: &Backend,
+    plan: &Plan,
+    id: &str,
+    report: &mut Report,
+    out: &mut BackendReport,
+) {
+    for permits in [1, P7_PERMITS] {
+        let subject: Arc<dyn Subject> = Arc::new(backend.lockkit.semaphore(permits));
+        let lock = format!("p7-{id}-{permits}-{}", fastrand::u32(..));
+        eprintln!("   P7 {} n={P7_CONTENDERS}", subject.label());
+        match scenarios::contend(
+            &subject,
+            P7_CONTENDERS,
+            Duration::from_millis(1),
+            Duration::from_secs_f64(plan.p2_seconds),
+            &lock,
+            permits as usize,
+        )
+        .await
+        {
+            Ok(run) => {
+                let what = format!("{id} P7 {}", subject.label());
+                if run.overlaps > 0 {
+                    report.failures.push(format!(
+                        "{what}: {} grants beyond {permits} holder(s)",
+                        run.overlaps
+                    ));
+                }
+                if run.token_violations > 0 || run.errors > 0 {
+                    report.failures.push(format!(
+                        "{what}: {} token violations, {} errors (first: {})",
+                        run.token_violations,
+                        run.errors,
+                        run.first_error.clone().unwrap_or_default()
+                    ));
+                }
+                out.p7.push(report::P7Row { permits, run });
+            }
+            Err(e) => note_error(report, out, subject.as_ref(), "P7", &e),
+        }
+    }
+}
+
+/// P7's contenders.
+const P7_CONTENDERS: usize = 8;
+/// P7's semaphore size.
+const P7_PERMITS: u32 = 3;

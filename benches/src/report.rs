@@ -47,6 +47,8 @@ pub struct BackendReport {
     pub p6_counter: Option<String>,
     /// P6 runs (lockkit only).
     pub p6: Vec<Upkeep>,
+    /// P7 runs: lockkit on a lock and on a semaphore.
+    pub p7: Vec<P7Row>,
     /// Scenarios that could not run, with the error.
     pub errors: Vec<String>,
 }
@@ -82,6 +84,15 @@ pub struct ContentionRow {
     pub subject: String,
     /// lockkit, raw or peer.
     pub family: Family,
+    /// The run.
+    pub run: Contention,
+}
+
+/// P7: one run of lockkit's semaphore admission.
+#[derive(Debug, Clone, Serialize)]
+pub struct P7Row {
+    /// Permits per name (1: the lock it is compared with).
+    pub permits: u32,
     /// The run.
     pub run: Contention,
 }
@@ -482,6 +493,33 @@ fn backend_section(out: &mut String, b: &BackendReport) {
                 r.subject,
                 r.grants_per_s,
                 r.ratio_vs_raw.map_or("–".to_owned(), |x| format!("{x:.2}"))
+            );
+        }
+    }
+    if !b.p7.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n**P7 semaphore admission** (lockkit, 1 ms holds)\n\n| permits | contenders | grants/s | × lock | wait p50 / p99 | Jain | beyond permits | errors |\n|---|---|---|---|---|---|---|---|"
+        );
+        let lock_rate =
+            b.p7.iter()
+                .find(|r| r.permits == 1)
+                .map(|r| r.run.grants_per_s)
+                .filter(|&g| g > 0.0);
+        for r in &b.p7 {
+            let c = &r.run;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {} | {} / {} | {:.2} | {} | {} |",
+                r.permits,
+                c.contenders,
+                c.grants_per_s,
+                lock_rate.map_or("–".to_owned(), |l| format!("{:.2}", c.grants_per_s / l)),
+                ms(c.wait.p50_us),
+                ms(c.wait.p99_us),
+                c.jain,
+                c.overlaps,
+                c.errors
             );
         }
     }

@@ -132,14 +132,19 @@ pub struct Contention {
     pub cross_samples: Vec<f64>,
 }
 
-/// P2–P4: `contenders` clients loop acquire → hold `hold` → release on one
-/// lock for `duration`.
+/// P2–P4 and P7: `contenders` clients loop acquire → hold `hold` →
+/// release on one lock for `duration`. `capacity` is how many may hold it
+/// at once (1 for a lock, N for a semaphore of N permits): a grant while
+/// `capacity` others hold counts as an overlap. With a capacity above 1,
+/// grants may be logged out of token order (replies race), so tokens are
+/// checked for reuse instead of order.
 pub async fn contend(
     subject: &Arc<dyn Subject>,
     contenders: usize,
     hold: Duration,
     duration: Duration,
     lock: &str,
+    capacity: usize,
 ) -> Result<Contention> {
     let mut clients = Vec::with_capacity(contenders);
     for _ in 0..contenders {
@@ -185,7 +190,7 @@ pub async fn contend(
                     }
                 };
                 let granted = Instant::now();
-                if holders.fetch_add(1, Ordering::SeqCst) > 0 {
+                if holders.fetch_add(1, Ordering::SeqCst) >= capacity {
                     overlaps.fetch_add(1, Ordering::SeqCst);
                 }
                 let index = {
@@ -234,7 +239,8 @@ pub async fn contend(
             continue;
         }
         let before = &log[i - 1];
-        if let (Some(previous), Some(token)) = (before.token, record.token)
+        if capacity == 1
+            && let (Some(previous), Some(token)) = (before.token, record.token)
             && token <= previous
         {
             token_violations += 1;
@@ -248,6 +254,14 @@ pub async fn contend(
                 cross.push(record.granted.saturating_duration_since(released));
             }
         }
+    }
+    if capacity > 1 {
+        let mut seen = std::collections::HashSet::new();
+        token_violations = log
+            .iter()
+            .filter_map(|r| r.token)
+            .filter(|t| !seen.insert(*t))
+            .count() as u64;
     }
     let mut cross_samples: Vec<f64> = cross.iter().map(|d| d.as_secs_f64() * 1e6).collect();
     cross_samples.sort_by(f64::total_cmp);

@@ -17,14 +17,12 @@ pub async fn status(
     soon: Duration,
 ) -> Result<u8, Error> {
     let now = SystemTime::now();
-    let mut locks: Vec<LockView> = backend
-        .list()
-        .await?
-        .iter()
-        .filter(|info| prefix.is_none_or(|p| info.name.as_str().starts_with(p)))
-        .map(|info| LockView::new(info, now))
-        .collect();
-    locks.sort_by(|a, b| a.name.cmp(&b.name));
+    let held = backend.list().await?;
+    let locks = crate::format::views(
+        held.iter()
+            .filter(|info| prefix.is_none_or(|p| info.name.as_str().starts_with(p))),
+        now,
+    );
     if json {
         println!("{}", to_json(&locks));
     } else if locks.is_empty() {
@@ -35,9 +33,12 @@ pub async fn status(
     Ok(0)
 }
 
-/// `lockkit inspect NAME`: the holder of one lock; exit 1 if it is free.
+/// `lockkit inspect NAME`: the holder of one lock — every holder of a
+/// semaphore — ; exit 1 if it is free. JSON: one object for a lock, an
+/// array of holders for a semaphore (permit count above 1).
 pub async fn inspect(backend: &dyn LockBackend, name: &LockName, json: bool) -> Result<u8, Error> {
-    let Some(info) = backend.current(name).await? else {
+    let holders = backend.holders(name).await?;
+    let Some(first) = holders.first() else {
         if json {
             println!("null");
         } else {
@@ -45,10 +46,33 @@ pub async fn inspect(backend: &dyn LockBackend, name: &LockName, json: bool) -> 
         }
         return Ok(exit::NOT_HELD);
     };
-    let view = LockView::new(&info, SystemTime::now());
+    let now = SystemTime::now();
+    let views: Vec<LockView> = holders
+        .iter()
+        .map(|info| LockView::new(info, holders.len(), now))
+        .collect();
     if json {
-        println!("{}", to_json(&view));
-    } else {
+        if first.permits > 1 {
+            println!("{}", to_json(&views));
+        } else {
+            println!("{}", to_json(&views[0]));
+        }
+        return Ok(0);
+    }
+    for (i, view) in views.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        print_view(view);
+    }
+    Ok(0)
+}
+
+fn print_view(view: &LockView) {
+    {
+        if view.permits > 1 {
+            println!("permits:     {}/{} held", view.permits_used, view.permits);
+        }
         println!("name:        {}", view.name);
         println!("owner:       {}", view.owner);
         println!("token:       {}", view.token);
@@ -66,7 +90,6 @@ pub async fn inspect(backend: &dyn LockBackend, name: &LockName, json: bool) -> 
             _ => println!("expires at:  when its holder's session ends"),
         }
     }
-    Ok(0)
 }
 
 /// `lockkit release --force NAME`: frees a lock whoever holds it (asks

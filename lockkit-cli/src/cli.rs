@@ -219,6 +219,10 @@ pub struct RunArgs {
     /// Do not wait: exit with the conflict code if the lock is held.
     #[arg(short = 'n', long)]
     pub no_wait: bool,
+    /// Make NAME a semaphore: at most this many commands hold it at once
+    /// (every holder must use the same count) [default: 1, a lock].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(lockkit::MAX_PERMITS)))]
+    pub permits: Option<u32>,
     /// The owner label recorded with the lease [default: HOST:PID].
     #[arg(long)]
     pub owner: Option<String>,

@@ -144,15 +144,8 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
 /// The held locks, sorted by name, or the error reading them.
 async fn locks(state: &State) -> Result<Vec<LockView>, Error> {
     let now = SystemTime::now();
-    let mut locks: Vec<LockView> = state
-        .backend
-        .list()
-        .await?
-        .iter()
-        .map(|info| LockView::new(info, now))
-        .collect();
-    locks.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(locks)
+    let held = state.backend.list().await?;
+    Ok(crate::format::views(&held, now))
 }
 
 /// The metrics collected from the backend at this scrape.

@@ -27,6 +27,10 @@ pub struct LockView {
     pub owner: String,
     pub lease_id: String,
     pub token: u64,
+    /// The permit count the holder asked with (1 for a lock).
+    pub permits: u32,
+    /// How many of the name's permits are held (1 for a held lock).
+    pub permits_used: usize,
     /// RFC 3339, by the backend's clock.
     pub acquired_at: String,
     pub held_for_seconds: f64,
@@ -36,8 +40,11 @@ pub struct LockView {
 }
 
 impl LockView {
-    pub fn new(info: &LockInfo, now: SystemTime) -> Self {
+    /// The view of `info`, one of `permits_used` live holders of its name.
+    pub fn new(info: &LockInfo, permits_used: usize, now: SystemTime) -> Self {
         Self {
+            permits: info.permits,
+            permits_used,
             name: info.name.to_string(),
             owner: info.owner.clone(),
             lease_id: info.lease_id.as_str().to_owned(),
@@ -63,15 +70,36 @@ impl LockView {
     }
 }
 
+/// The views of `held` (records from `list()`), each with how many
+/// permits of its name are held, sorted by name, then token.
+pub fn views<'a>(held: impl IntoIterator<Item = &'a LockInfo>, now: SystemTime) -> Vec<LockView> {
+    let held: Vec<&LockInfo> = held.into_iter().collect();
+    let used = |info: &LockInfo| held.iter().filter(|i| i.name == info.name).count();
+    let mut views: Vec<LockView> = held
+        .iter()
+        .map(|info| LockView::new(info, used(info), now))
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name).then(a.token.cmp(&b.token)));
+    views
+}
+
 /// The `status` table; rows expiring within `soon` are marked (in colour
 /// on a terminal, with a `!` otherwise).
 pub fn table(locks: &[LockView], soon: Duration, colour: bool) -> String {
-    let headers = ["NAME", "OWNER", "TOKEN", "HELD FOR", "EXPIRES IN"];
-    let rows: Vec<[String; 5]> = locks
+    let headers = [
+        "NAME",
+        "PERMITS",
+        "OWNER",
+        "TOKEN",
+        "HELD FOR",
+        "EXPIRES IN",
+    ];
+    let rows: Vec<[String; 6]> = locks
         .iter()
         .map(|l| {
             [
                 l.name.clone(),
+                format!("{}/{}", l.permits_used, l.permits),
                 l.owner.clone(),
                 l.token.to_string(),
                 human(Duration::from_secs_f64(l.held_for_seconds)),

@@ -136,7 +136,9 @@ fn validate_run(args: RunArgs, defaults: &config::RunDefaults) -> Result<run::Ru
         Some(grace) => grace,
         None => from_file("run.grace", &defaults.grace)?.unwrap_or(Duration::from_secs(10)),
     };
-    let mut options = LockOptions::new().ttl(ttl);
+    let mut options = LockOptions::new()
+        .ttl(ttl)
+        .permits(args.permits.unwrap_or(1));
     options = match wait {
         Some(wait) => options.wait_timeout(wait),
         None => options.wait_forever(),

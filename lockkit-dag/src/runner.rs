@@ -512,7 +512,7 @@ async fn take_lock(
     lock: &crate::spec::TaskLock,
 ) -> std::result::Result<LockGuard, (Outcome, String)> {
     let name = LockName::new(lock.name.clone()).map_err(|e| (Outcome::Failed, e.to_string()))?;
-    let options = LockOptions::new().ttl(lock.ttl);
+    let options = LockOptions::new().ttl(lock.ttl).permits(lock.permits);
     let attempt = async {
         match lock.policy {
             LockPolicy::Wait => {

@@ -22,7 +22,10 @@
 //! `90s`, `1h 30m`), and optionally `lock_name` (to share one lock between
 //! differently named tasks; default: the task's name), `policy` (what to do
 //! when the lock is held: `wait`, the default, `skip` or `fail`) and
-//! `wait_timeout` (how long `wait` waits; default: without limit).
+//! `wait_timeout` (how long `wait` waits; default: without limit), and
+//! `permits` (make the lock a semaphore: at most this many tasks hold it
+//! at once, e.g. `permits: 2` for "at most two loads into the warehouse";
+//! default 1; every task sharing a `lock_name` must give the same count).
 //!
 //! `flow` is a chain `A -> B -> C`, or a list of chains for branching
 //! graphs. `Start` and `End` are the pipeline's two ends: when a flow names
@@ -93,6 +96,9 @@ pub struct TaskLock {
     pub policy: LockPolicy,
     /// For [`LockPolicy::Wait`]: how long to wait; `None` waits without limit.
     pub wait_timeout: Option<Duration>,
+    /// How many tasks hold the lock at once (`permits`): 1 is a lock, N a
+    /// semaphore.
+    pub permits: u32,
 }
 
 /// What a locked task does when its lock is held by someone else.
@@ -343,6 +349,8 @@ struct RawLock {
     policy: Option<Spanned<String>>,
     #[serde(default)]
     wait_timeout: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    permits: Option<Spanned<Scalar>>,
 }
 
 /// A scalar written as a string, a boolean or a number.
@@ -639,6 +647,29 @@ fn validate_lock(
             task.to_owned()
         }
     };
+    let permits = match &lock.permits {
+        None => 1,
+        Some(p) => {
+            let text = p.value.text();
+            match text
+                .trim()
+                .parse::<u32>()
+                .map_err(|e| lockkit_core::Error::invalid_input(e.to_string()))
+                .and_then(lockkit_core::validate_permits)
+            {
+                Ok(n) => n,
+                Err(err) => {
+                    problems.at(
+                        file,
+                        p.referenced.line(),
+                        &context,
+                        format!("permits {text:?}: {err}"),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
     if !enabled {
         return None;
     }
@@ -652,6 +683,7 @@ fn validate_lock(
         ttl,
         policy,
         wait_timeout,
+        permits,
     })
 }
 
@@ -908,6 +940,34 @@ pipelines:
                 .collect::<Vec<_>>(),
             ["load_a", "off"]
         );
+    }
+
+    #[test]
+    fn a_lock_can_be_a_semaphore() {
+        let spec = parse(
+            "
+tasks:
+  - {name: load, command: x, lock: {lock_status: enable, lock_duration: 10 mins, permits: 2}}
+  - {name: plain, command: x, lock: {lock_status: enable, lock_duration: 10 mins}}
+pipelines:
+  - {name: P, flow: Start -> load -> plain -> End}
+",
+        )
+        .unwrap();
+        assert_eq!(spec.tasks["load"].lock.as_ref().unwrap().permits, 2);
+        assert_eq!(spec.tasks["plain"].lock.as_ref().unwrap().permits, 1);
+        let found = problems(
+            "
+tasks:
+  - {name: A, command: x, lock: {lock_status: enable, lock_duration: 1m, permits: 0}}
+  - {name: B, command: x, lock: {lock_status: enable, lock_duration: 1m, permits: two}}
+pipelines:
+  - {name: P, flow: Start -> A -> B -> End}
+",
+        );
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].starts_with("spec.yaml:3: task A: permits \"0\""), "{found:#?}");
+        assert!(found[1].starts_with("spec.yaml:4: task B: permits \"two\""), "{found:#?}");
     }
 
     #[test]

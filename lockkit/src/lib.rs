@@ -40,8 +40,8 @@ pub use crate::connect::{SCHEMES, connect};
 pub use lockkit_core::{
     BoxError, Capabilities, CleanupTask, Error, FencingToken, IntoLockName, Lease, LeaseHandle,
     LeaseId, LockBackend, LockGuard, LockInfo, LockName, LockOptions, Locker, LostReason,
-    MAX_NAME_BYTES, MAX_TTL, MIN_TTL, PollPolicy, RELEASE_RETRY_FOR, Renewal, Result, redact_url,
-    spawn_cleanup, validate_ttl,
+    MAX_NAME_BYTES, MAX_PERMITS, MAX_TTL, MIN_TTL, PollPolicy, RELEASE_RETRY_FOR, Renewal, Result,
+    redact_url, spawn_cleanup, validate_permits, validate_ttl,
 };
 pub use lockkit_core::{fence, memory, metrics, spi};
 

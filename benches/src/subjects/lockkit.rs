@@ -16,6 +16,8 @@ pub struct LockkitSubject {
     /// one instance (a new `connect` would be a separate store).
     shared: Option<Arc<dyn LockBackend>>,
     ttl: Duration,
+    /// Permits per name: 1 takes a lock, N a semaphore (P7).
+    permits: u32,
 }
 
 impl LockkitSubject {
@@ -27,7 +29,23 @@ impl LockkitSubject {
         } else {
             None
         };
-        Ok(Self { url, shared, ttl })
+        Ok(Self {
+            url,
+            shared,
+            ttl,
+            permits: 1,
+        })
+    }
+
+    /// The same subject taking one of `permits` permits of each name (a
+    /// semaphore), on the same backend.
+    pub fn semaphore(&self, permits: u32) -> Self {
+        Self {
+            url: self.url.clone(),
+            shared: self.shared.clone(),
+            ttl: self.ttl,
+            permits,
+        }
     }
 
     /// A locker with its own backend connection (shared for `memory://`).
@@ -43,7 +61,11 @@ impl LockkitSubject {
 #[async_trait]
 impl Subject for LockkitSubject {
     fn label(&self) -> String {
-        "lockkit".into()
+        if self.permits == 1 {
+            "lockkit".into()
+        } else {
+            format!("lockkit semaphore of {}", self.permits)
+        }
     }
 
     fn family(&self) -> Family {
@@ -54,6 +76,7 @@ impl Subject for LockkitSubject {
         Ok(Box::new(LockkitClient {
             locker: self.locker("bench").await?,
             ttl: self.ttl,
+            permits: self.permits,
         }))
     }
 }
@@ -62,12 +85,13 @@ impl Subject for LockkitSubject {
 struct LockkitClient {
     locker: Locker,
     ttl: Duration,
+    permits: u32,
 }
 
 #[async_trait]
 impl Client for LockkitClient {
     async fn acquire(&self, lock: &str, wait: Duration) -> Result<Option<Grant>> {
-        let options = LockOptions::new().ttl(self.ttl);
+        let options = LockOptions::new().ttl(self.ttl).permits(self.permits);
         let guard = if wait.is_zero() {
             self.locker.try_acquire_with(lock, &options).await?
         } else {

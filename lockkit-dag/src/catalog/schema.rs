@@ -7,7 +7,8 @@
 //!
 //! ```sql
 //! lockkit_tasks          (name PK, kind, action, input, output,
-//!                         lock_enabled, lock_name, lock_ttl_ms, lock_policy, lock_wait_timeout_ms)
+//!                         lock_enabled, lock_name, lock_ttl_ms, lock_policy, lock_wait_timeout_ms,
+//!                         lock_permits)
 //! lockkit_pipelines      (name PK)
 //! lockkit_pipeline_nodes (pipeline, task, position)          PK (pipeline, task)
 //! lockkit_dependencies   (pipeline, task, depends_on)        PK (pipeline, task, depends_on)
@@ -77,17 +78,30 @@ CREATE TABLE IF NOT EXISTS lockkit_task_runs (
 CREATE INDEX IF NOT EXISTS lockkit_task_runs_lock ON lockkit_task_runs (lock_name, started_at_ms);
 ";
 
+/// Migration 2: a task's lock may be a semaphore (`permits`, 1 for a lock).
+const PERMITS: &str =
+    "ALTER TABLE lockkit_tasks ADD COLUMN lock_permits BIGINT NOT NULL DEFAULT 1;";
+
 /// Migration 1. Never edit it once released: `sqlx` checks the checksum
 /// of every applied migration; a change is a new migration.
 fn migrator(runs: &'static str) -> Migrator {
     let sql = format!("{SPEC_TABLES}{runs}{TASK_RUNS}");
-    let mut migrator = Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("catalog tables"),
-        MigrationType::Simple,
-        sqlx::AssertSqlSafe(sql).into_sql_str(),
-        false,
-    )]);
+    let mut migrator = Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("catalog tables"),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(sql).into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("task lock permits"),
+            MigrationType::Simple,
+            sqlx::AssertSqlSafe(PERMITS).into_sql_str(),
+            false,
+        ),
+    ]);
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
     migrator
 }

@@ -27,7 +27,7 @@ pub struct LoadReport {
     pub pipelines: usize,
 }
 
-const TASK_COLUMNS: &str = "name, kind, action, input, output, lock_enabled, lock_name, lock_ttl_ms, lock_policy, lock_wait_timeout_ms";
+const TASK_COLUMNS: &str = "name, kind, action, input, output, lock_enabled, lock_name, lock_ttl_ms, lock_policy, lock_wait_timeout_ms, lock_permits";
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -73,8 +73,8 @@ impl Catalog {
                 };
                 let lock = task.lock.as_ref();
                 sqlx::query(
-                    "INSERT INTO lockkit_tasks (name, kind, action, input, output, lock_enabled, lock_name, lock_ttl_ms, lock_policy, lock_wait_timeout_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "INSERT INTO lockkit_tasks (name, kind, action, input, output, lock_enabled, lock_name, lock_ttl_ms, lock_policy, lock_wait_timeout_ms, lock_permits) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&task.name)
                 .bind(kind)
@@ -86,6 +86,7 @@ impl Catalog {
                 .bind(lock.map(|l| ms(l.ttl)))
                 .bind(lock.map(|l| l.policy.as_str()))
                 .bind(lock.and_then(|l| l.wait_timeout).map(ms))
+                .bind(lock.map_or(1, |l| i64::from(l.permits)))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -151,6 +152,7 @@ impl Catalog {
                     lock_ttl_ms: row.try_get("lock_ttl_ms")?,
                     lock_policy: row.try_get("lock_policy")?,
                     lock_wait_timeout_ms: row.try_get("lock_wait_timeout_ms")?,
+                    lock_permits: row.try_get("lock_permits")?,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -242,6 +244,7 @@ struct StoredTask {
     lock_ttl_ms: Option<i64>,
     lock_policy: Option<String>,
     lock_wait_timeout_ms: Option<i64>,
+    lock_permits: i64,
 }
 
 impl StoredTask {
@@ -262,6 +265,15 @@ impl StoredTask {
                     .map_or(Some(LockPolicy::Wait), LockPolicy::parse)
                     .ok_or_else(|| format!("task {}: unknown lock policy", self.name))?,
                 wait_timeout: from_ms(self.lock_wait_timeout_ms),
+                permits: u32::try_from(self.lock_permits)
+                    .ok()
+                    .filter(|n| lockkit_core::validate_permits(*n).is_ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "task {}: invalid lock permits {}",
+                            self.name, self.lock_permits
+                        )
+                    })?,
             })
         } else {
             None
