@@ -464,6 +464,19 @@ async fn p7(
     report: &mut Report,
     out: &mut BackendReport,
 ) {
+    let supported = match backend.lockkit.locker("p7-probe").await {
+        Ok(locker) => locker.backend().capabilities().max_permits,
+        Err(e) => {
+            note_error(report, out, backend.lockkit.as_ref(), "P7", &e);
+            return;
+        }
+    };
+    if supported < P7_PERMITS {
+        out.errors.push(format!(
+            "P7 not run: the backend admits at most {supported} permit(s) per name"
+        ));
+        return;
+    }
     for permits in [1, P7_PERMITS] {
         let subject: Arc<dyn Subject> = Arc::new(backend.lockkit.semaphore(permits));
         let lock = format!("p7-{id}-{permits}-{}", fastrand::u32(..));

@@ -45,7 +45,10 @@ pub const LOST: u8 = 79;
 /// The exit code for a library error.
 pub fn for_error(err: &Error) -> u8 {
     match err {
-        Error::InvalidName { .. } | Error::InvalidTtl { .. } | Error::InvalidInput { .. } => USAGE,
+        Error::InvalidName { .. }
+        | Error::InvalidTtl { .. }
+        | Error::InvalidInput { .. }
+        | Error::PermitsMismatch { .. } => USAGE,
         Error::Configuration { .. } => CONFIG,
         Error::Lost { .. } => LOST,
         Error::Timeout { .. } => CONFLICT,
@@ -59,7 +62,8 @@ Exit codes:
   child's  run: the command's own status (killed by signal N: 128+N)
   0        success; inspect: the lock is held
   1        inspect: the lock is free; release --force: it was not held
-  2        usage: bad arguments, missing `--`, invalid name, TTL or duration
+  2        usage: bad arguments, missing `--`, invalid name, TTL or duration;
+           run --permits N: the lock's holders use another permit count
   69       the backend is unreachable or failed
   75       run: busy (-n) or the wait timed out (change with -E)
   78       configuration: bad URL, unknown scheme or parameter, refused credentials

@@ -966,8 +966,14 @@ pipelines:
 ",
         );
         assert_eq!(found.len(), 2, "{found:#?}");
-        assert!(found[0].starts_with("spec.yaml:3: task A: permits \"0\""), "{found:#?}");
-        assert!(found[1].starts_with("spec.yaml:4: task B: permits \"two\""), "{found:#?}");
+        assert!(
+            found[0].starts_with("spec.yaml:3: task A: permits \"0\""),
+            "{found:#?}"
+        );
+        assert!(
+            found[1].starts_with("spec.yaml:4: task B: permits \"two\""),
+            "{found:#?}"
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse,
 };
 use lockkit_core::spi::LockQueue;
 use lockkit_core::spi::{AcquireRequest, LossSignal, TimerQueue};
@@ -23,7 +23,7 @@ use crate::error::{KIND, malformed, retrying};
 use crate::held::{HeldLocks, HeldState};
 use crate::keys::{self, Layout};
 use crate::session::Session;
-use crate::shared::{Shared, capped, header_revision, ttl_secs};
+use crate::shared::{Shared, capped, check_permits, header_revision, holding, ttl_secs};
 
 /// The etcd lock backend. Cheap to clone (clones share the connection,
 /// the sessions and the held locks). See the [crate docs](crate) for the
@@ -174,7 +174,7 @@ impl LockBackend for EtcdBackend {
             // etcd checks for expired leases every 500 ms, then revokes
             // them through Raft.
             expiry_slack: Duration::from_secs(1),
-            max_permits: 1,
+            max_permits: lockkit_core::MAX_PERMITS,
         }
     }
 
@@ -330,16 +330,9 @@ impl LockBackend for EtcdBackend {
     }
 
     async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
-        let one: Result<Option<LockInfo>> = async {
         let shared = self.shared();
-        let Some(kv) = shared.holder_kv(name).await? else {
-            return Ok(None);
-        };
-        let expires_at = shared.lease_expiry(kv.lease()).await?;
-        Ok(shared.info(&kv, expires_at))
-    }
-        .await;
-        Ok(one?.into_iter().collect())
+        let kvs = shared.holder_kvs(name).await?;
+        infos(shared, kvs.iter()).await
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {
@@ -350,49 +343,64 @@ impl LockBackend for EtcdBackend {
         let resp = shared
             .get(shared.layout.root(), options, "listing locks")
             .await?;
-        // Sorted by create revision: the first key seen for a name holds it.
-        let mut holders = BTreeMap::new();
+        // Sorted by create revision: the first N keys seen for a name hold
+        // it, in token order.
+        let mut names: BTreeMap<LockName, Vec<KeyValue>> = BTreeMap::new();
         for kv in resp.kvs() {
             if let Some((name, _)) = shared.layout.parse(kv.key()) {
-                holders.entry(name).or_insert(kv);
+                names.entry(name).or_default().push(kv.clone());
             }
         }
-        // One TTL query per session lease, however many locks it carries.
-        let mut expiry: HashMap<i64, Option<SystemTime>> = HashMap::new();
-        let mut infos = Vec::with_capacity(holders.len());
-        for kv in holders.into_values() {
-            let expires_at = match expiry.get(&kv.lease()) {
-                Some(known) => *known,
-                None => {
-                    let read = shared.lease_expiry(kv.lease()).await?;
-                    expiry.insert(kv.lease(), read);
-                    read
-                }
-            };
-            infos.extend(shared.info(kv, expires_at));
-        }
-        Ok(infos)
+        let holders = names.into_values().flat_map(|mut kvs| {
+            kvs.truncate(holding(&kvs));
+            kvs
+        });
+        let holders: Vec<KeyValue> = holders.collect();
+        infos(shared, holders.iter()).await
     }
 
+    /// Deletes every holder's key (the first N), each only if it still
+    /// carries the create revision read, in one transaction; the waiters
+    /// next in line are woken by their watches.
     async fn force_release(&self, name: &LockName) -> Result<bool> {
         let shared = self.shared();
-        let Some(holder) = shared.holder_kv(name).await? else {
+        let holders = shared.holder_kvs(name).await?;
+        if holders.is_empty() {
             return Ok(false);
-        };
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                holder.key(),
-                CompareOp::Equal,
-                holder.create_revision(),
-            )])
-            .and_then([TxnOp::delete(holder.key(), None)]);
-        let resp = shared.txn(txn, "force-releasing the lock").await?;
-        if let Ok(key) = std::str::from_utf8(holder.key())
-            && let Some(lock) = shared.held.remove(key)
-        {
-            lock.lost.fire(LostReason::NotHeld);
         }
-        Ok(resp.succeeded())
+        let mut removed = false;
+        // etcd caps the operations of one transaction (128 by default).
+        for chunk in holders.chunks(TXN_OPS) {
+            let deletes: Vec<TxnOp> = chunk
+                .iter()
+                .map(|holder| {
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::create_revision(
+                                holder.key(),
+                                CompareOp::Equal,
+                                holder.create_revision(),
+                            )])
+                            .and_then([TxnOp::delete(holder.key(), None)]),
+                    )
+                })
+                .collect();
+            let resp = shared
+                .txn(Txn::new().and_then(deletes), "force-releasing the lock")
+                .await?;
+            removed |= resp.op_responses().into_iter().any(|op| match op {
+                TxnOpResponse::Txn(nested) => nested.succeeded(),
+                _ => false,
+            });
+        }
+        for holder in &holders {
+            if let Ok(key) = std::str::from_utf8(holder.key())
+                && let Some(lock) = shared.held.remove(key)
+            {
+                lock.lost.fire(LostReason::NotHeld);
+            }
+        }
+        Ok(removed)
     }
 
     async fn cleanup_expired(&self) -> Result<u64> {
@@ -409,55 +417,107 @@ impl LockBackend for EtcdBackend {
     }
 }
 
+/// The records of `kvs` (holders' keys), with one TTL query per session
+/// lease however many keys it carries.
+async fn infos<'a>(
+    shared: &Shared,
+    kvs: impl Iterator<Item = &'a KeyValue>,
+) -> Result<Vec<LockInfo>> {
+    let mut expiry: HashMap<i64, Option<SystemTime>> = HashMap::new();
+    let mut infos = Vec::new();
+    for kv in kvs {
+        let expires_at = match expiry.get(&kv.lease()) {
+            Some(known) => *known,
+            None => {
+                let read = shared.lease_expiry(kv.lease()).await?;
+                expiry.insert(kv.lease(), read);
+                read
+            }
+        };
+        infos.extend(shared.info(kv, expires_at));
+    }
+    Ok(infos)
+}
+
+/// Operations per transaction when deleting many keys (etcd refuses more
+/// than `--max-txn-ops`, 128 by default).
+const TXN_OPS: usize = 64;
+
+/// How many conditional puts one `try_acquire` makes while other keys
+/// of the name keep appearing between its read and its put (each failed
+/// round means someone else joined); then it answers "held".
+const TRY_ROUNDS: usize = 16;
+
 /// One `try_acquire` on `session`.
+///
+/// Admission is by create order: the first N keys of a name hold it.
+/// A try puts its key only where it lands among the first N, so it never
+/// waits in line: the put is conditional on every key of the name being
+/// created at or before revision `seen` (`seen` = 0: the name is empty),
+/// at which revision fewer than N keys were read. Keys can only vanish
+/// since then, so the new key is one of the first N. A refused put reads
+/// the first N keys instead, in the same transaction: our own key among
+/// them is a retried grant; N or more keys mean the name is full (or
+/// others wait); fewer, and the put is tried again at the new revision.
+/// A free name — and every lock (N = 1) — takes one round trip.
 async fn try_once(
     shared: &Arc<Shared>,
     req: &AcquireRequest,
     session: &Arc<Session>,
 ) -> Result<Option<Lease>> {
     let key = shared.layout.key(&req.name, &req.lease_id);
-    let value = keys::value(&req.owner, SystemTime::now());
     let sent_at = Instant::now();
     let prefix = shared.layout.name_prefix(&req.name);
-    // Put our key only if nobody holds or waits for the name; otherwise
-    // read the holder, which is our own key if a retried attempt of
-    // this very request already got through.
-    let oldest = GetOptions::new()
+    let first_n = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
-        .with_limit(1);
-    let txn = Txn::new()
-        .when([Compare::create_revision(prefix.as_str(), CompareOp::Equal, 0).with_prefix()])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            value,
-            Some(PutOptions::new().with_lease(session.id())),
-        )])
-        .or_else([TxnOp::get(prefix.as_str(), Some(oldest))]);
-    let session = Arc::clone(session);
-    match shared.txn(txn, "trying to take the lock").await {
-        Ok(resp) if resp.succeeded() => {
-            let revision = header_revision(&resp)?;
-            crate::held::grant(shared, req, key, revision, session, sent_at).map(Some)
-        }
-        Ok(resp) => {
-            let holder = resp.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
-                _ => None,
-            });
-            match holder {
-                Some(kv) if kv.key() == key.as_bytes() => {
-                    crate::held::grant(shared, req, key, kv.create_revision(), session, sent_at)
-                        .map(Some)
-                }
-                _ => Ok(None),
+        .with_limit(i64::from(req.permits));
+    let mut seen: i64 = 0;
+    for _ in 0..TRY_ROUNDS {
+        let value = keys::value(&req.owner, SystemTime::now(), req.permits);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(prefix.as_str(), CompareOp::Less, seen + 1).with_prefix(),
+            ])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(session.id())),
+            )])
+            .or_else([TxnOp::get(prefix.as_str(), Some(first_n.clone()))]);
+        let resp = match shared.txn(txn, "trying to take the lock").await {
+            Ok(resp) => resp,
+            Err(err) => {
+                // The put may have been applied without our hearing of it.
+                let (shared, session) = (Arc::clone(shared), Arc::clone(session));
+                tokio::spawn(async move { shared.delete_eventually(key, None, session).await });
+                return Err(err);
             }
+        };
+        let session = Arc::clone(session);
+        if resp.succeeded() {
+            let revision = header_revision(&resp)?;
+            return crate::held::grant(shared, req, key, revision, session, sent_at).map(Some);
         }
-        Err(err) => {
-            // The put may have been applied without our hearing of it.
-            let shared = Arc::clone(shared);
-            tokio::spawn(async move { shared.delete_eventually(key, None, session).await });
-            Err(err)
+        seen = header_revision(&resp)?;
+        let first: Vec<KeyValue> = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(mut get) => Some(get.take_kvs()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        // A retried attempt of this very request got through: it is one
+        // of the first N (a key only moves up the line).
+        if let Some(mine) = first.iter().find(|kv| kv.key() == key.as_bytes()) {
+            let revision = mine.create_revision();
+            return crate::held::grant(shared, req, key, revision, session, sent_at).map(Some);
+        }
+        check_permits(req, &first)?;
+        if first.len() >= usize::try_from(req.permits).unwrap_or(usize::MAX) {
+            return Ok(None);
         }
     }
+    Ok(None)
 }

@@ -6,16 +6,24 @@
 //! and the keys of `a` are never inside the range of `a/b`. Names are
 //! returned byte-exact by decoding the segment.
 //!
-//! The value is `lockkit1\n<acquired at, ms since the Unix epoch>\n<owner>`
-//! (owner labels contain no control characters, so no newline).
+//! The value of a lock's key (one permit) is
+//! `lockkit1\n<acquired at, ms since the Unix epoch>\n<owner>`; a
+//! semaphore's (N > 1 permits) is
+//! `lockkit2\n<acquired at>\n<N>\n<owner>`, so that every request can see
+//! the permit count of the keys ahead of it (owner labels contain no
+//! control characters, so no newline). Locks keep the first form, which
+//! earlier versions of this crate read.
 
 use std::time::{Duration, SystemTime};
 
 use lockkit_core::spi::system_time_from_millis;
 use lockkit_core::{Error, LeaseId, LockName, Result};
 
-/// The first line of every value this crate writes.
+/// The first line of a lock's value (one permit).
 const VALUE_MAGIC: &str = "lockkit1";
+
+/// The first line of a semaphore's value (N > 1 permits).
+const SEMAPHORE_MAGIC: &str = "lockkit2";
 
 /// The key layout under one prefix.
 #[derive(Debug, Clone)]
@@ -74,26 +82,57 @@ impl Layout {
     }
 }
 
-/// The value stored with a key: who asked and when (by the requesting
-/// client's clock; etcd has no server time).
-pub(crate) fn value(owner: &str, at: SystemTime) -> String {
+/// The value stored with a key: who asked, when (by the requesting
+/// client's clock; etcd has no server time) and with how many permits.
+pub(crate) fn value(owner: &str, at: SystemTime, permits: u32) -> String {
     let ms = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis();
-    format!("{VALUE_MAGIC}\n{ms}\n{owner}")
+    if permits == 1 {
+        format!("{VALUE_MAGIC}\n{ms}\n{owner}")
+    } else {
+        format!("{SEMAPHORE_MAGIC}\n{ms}\n{permits}\n{owner}")
+    }
 }
 
-/// Reads a value written by [`value`]: the owner and the time.
-pub(crate) fn parse_value(raw: &[u8]) -> Option<(String, SystemTime)> {
+/// What a value written by [`value`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// The requester's owner label.
+    pub(crate) owner: String,
+    /// When it asked (or was last re-checked in line).
+    pub(crate) at: SystemTime,
+    /// The permit count it asked with.
+    pub(crate) permits: u32,
+}
+
+/// Reads a value written by [`value`]; `None` for values that are not
+/// ours.
+pub(crate) fn parse_value(raw: &[u8]) -> Option<Stored> {
     let text = std::str::from_utf8(raw).ok()?;
-    let mut parts = text.splitn(3, '\n');
-    if parts.next()? != VALUE_MAGIC {
-        return None;
-    }
-    let ms: i64 = parts.next()?.parse().ok()?;
-    let owner = parts.next()?.to_owned();
-    Some((owner, system_time_from_millis(ms)))
+    let (magic, rest) = text.split_once('\n')?;
+    let (ms, rest) = rest.split_once('\n')?;
+    let ms: i64 = ms.parse().ok()?;
+    let (permits, owner) = match magic {
+        VALUE_MAGIC => (1, rest),
+        SEMAPHORE_MAGIC => {
+            let (permits, owner) = rest.split_once('\n')?;
+            (permits.parse().ok().filter(|n| *n > 0)?, owner)
+        }
+        _ => return None,
+    };
+    Some(Stored {
+        owner: owner.to_owned(),
+        at: system_time_from_millis(ms),
+        permits,
+    })
+}
+
+/// The permit count stored in a key's value; `None` for values that are
+/// not ours.
+pub(crate) fn permits_of(raw: &[u8]) -> Option<u32> {
+    parse_value(raw).map(|stored| stored.permits)
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -175,9 +214,18 @@ mod tests {
     fn values_round_trip() {
         let at = system_time_from_millis(1_700_000_000_123);
         let owner = "'; DROP -- \"x\" 🔒";
-        let (o, t) = parse_value(value(owner, at).as_bytes()).unwrap();
-        assert_eq!(o, owner);
-        assert_eq!(t, at);
+        for permits in [1, 2, 1024] {
+            let stored = parse_value(value(owner, at, permits).as_bytes()).unwrap();
+            assert_eq!(stored.owner, owner);
+            assert_eq!(stored.at, at);
+            assert_eq!(stored.permits, permits);
+        }
+        assert!(
+            value(owner, at, 1).starts_with("lockkit1\n"),
+            "locks keep the old form"
+        );
         assert!(parse_value(b"garbage").is_none());
+        assert!(parse_value(b"lockkit2\n1\n0\nowner").is_none());
+        assert!(parse_value(b"lockkit2\n1\nx\nowner").is_none());
     }
 }

@@ -46,14 +46,17 @@
 //! - **TTLs are whole seconds**, rounded up, and at least etcd's minimum
 //!   lease TTL (`ceil(1.5 × election timeout)`, 2 s with default settings).
 //!   The TTL etcd actually granted is the lease's [`ttl`](Lease::ttl).
-//! - **Lock.** A request for `N` puts `<prefix>/<N>/<lease id>` (name and
-//!   id percent-encoded) on the session lease in a transaction that puts
-//!   only if the key is absent. The holder is the key with the lowest create
-//!   revision; a waiter watches only the deletion of the key just before
+//! - **Lock.** A request for name `L` puts `<prefix>/<L>/<lease id>` (name
+//!   and id percent-encoded) on the session lease. A try puts it only if
+//!   the name has no key (one transaction; otherwise it reads the oldest
+//!   key, which is its own if a retried attempt got through). The holder
+//!   is the key with the lowest create revision; a waiter puts its key
+//!   unconditionally, watches only the deletion of the key just before
 //!   its own (FIFO, no thundering herd), then re-reads its own key in the
-//!   same transaction that checks it is first — if its lease expired or was
-//!   revoked while it waited, it gets an error rather than the lock
-//!   (etcd-io/etcd#11456). See the `queue` module for the steps.
+//!   same transaction that checks it is first — if its lease expired or
+//!   was revoked while it waited, it gets an error rather than the lock
+//!   (etcd-io/etcd#11456). A lock is a semaphore of one permit: the same
+//!   keys and steps (see "Semaphores" and the `queue` module).
 //! - **Fencing token** = the key's create revision: etcd's global revision,
 //!   durable and increasing across clients, restarts and leader changes.
 //! - **Per-lock TTL on a shared lease.** Because the session is kept alive
@@ -67,10 +70,12 @@
 //! - **Release** deletes the key if it still has the lease's create
 //!   revision. Timeouts and cancelled waits delete the waiter's key
 //!   (cancellation: from a spawned task as the future is dropped).
-//! - **Inspection.** [`current`](LockBackend::current) and
-//!   [`list`](LockBackend::list) read the oldest key of each name;
-//!   [`force_release`](LockBackend::force_release) deletes it: the next
-//!   waiter is woken by its watch, and the holder's backend, which watches
+//! - **Inspection.** [`holders`](LockBackend::holders) and
+//!   [`list`](LockBackend::list) read the first N keys of each name (N
+//!   from the oldest key's value; one for a lock);
+//!   [`force_release`](LockBackend::force_release) deletes them, each only
+//!   if it still has the create revision read: the next waiters are woken
+//!   by their watches, and each holder's backend, which watches
 //!   each key it holds (one watch per key, all of them multiplexed on one
 //!   gRPC stream per backend, created 100 ms after the grant so that short
 //!   holds cost no watch; it starts from the key's creation, so an earlier
@@ -78,6 +83,53 @@
 //!   would find out anyway); [`cleanup_expired`](LockBackend::cleanup_expired)
 //!   is a no-op since etcd expires leases itself.
 //!
+//! ## Semaphores
+//!
+//! A request with [`permits`](AcquireRequest::permits) N > 1 takes one of N
+//! permits of a name (`ARCHITECTURE.md` §13 "Semaphores"); everything
+//! above — one key per request on the session lease, extend, release,
+//! per-lock deadlines, loss signals — holds for each permit.
+//!
+//! - **Keys.** The same `<prefix>/<name>/<lease id>` per request; the
+//!   value carries the permit count: `lockkit2\n<ms>\n<N>\n<owner>`
+//!   (a lock keeps `lockkit1\n<ms>\n<owner>`).
+//! - **Admission** is by create order: **the first N keys by create
+//!   revision hold** the name. A key only moves up the line (newer keys go
+//!   behind it), so once among the first N it holds until deleted, and at
+//!   no revision do more than N keys hold. A try reads the first N keys and
+//!   puts its own only if fewer exist, in a transaction conditional on no
+//!   key of the name being created since that read (`create_revision <
+//!   read + 1` over the prefix; the first attempt uses 0, i.e. "no key at
+//!   all", so a free name — and every lock — costs one round trip, a
+//!   partly held one two). It never waits behind queued requests, which
+//!   are keys too.
+//! - **Waiting.** A waiter's key at position i ≥ N is admitted once fewer
+//!   than N keys precede it. Any key ahead may go, so it watches the
+//!   name's whole prefix for deletions (with the deleted key's previous
+//!   version, to count only keys older than its own) and counts the keys
+//!   ahead down; when fewer than N remain it re-checks in one transaction
+//!   that its key still exists with its create revision and reads the
+//!   keys ahead. With N = 1 this is the lock's recipe above: the key just
+//!   before its own, watched alone.
+//! - **Tokens** are the keys' create revisions: distinct, and rising in
+//!   admission order across every permit (admission follows create order).
+//! - **Mismatched counts.** Every request checks the permit count stored
+//!   with the keys ahead of it — a try the first N keys, a waiter its
+//!   predecessor and the first N at its join and every key ahead when it
+//!   is admitted — and fails with
+//!   [`Error::PermitsMismatch`](lockkit_core::Error::PermitsMismatch)
+//!   when one differs, deleting its own key. Once every key of the old
+//!   count is gone, a new count works.
+//! - **Fencing with N holders.** Tokens are unique and ordered, but N
+//!   holders hold at once: a store that keeps a single high-water mark
+//!   would refuse every holder but the newest. Check the writer's lease id
+//!   against [`holders`](LockBackend::holders) (the first N keys) or fence
+//!   per resource instead.
+//! - **Cost.** A waiter of a semaphore receives every deletion under the
+//!   name's prefix (counted locally, no round trip), and re-checks only
+//!   when its count says it may be admitted; N ≤
+//!   [`MAX_PERMITS`](lockkit_core::MAX_PERMITS).
+
 //! ## Guarantees and limits
 //!
 //! - A holder's local deadline is the earlier of its TTL and the instant
@@ -119,7 +171,8 @@
 //!
 //! [`EtcdBackend::client`] and the re-exported [`etcd_client`] give access to
 //! the keys for inspection: `<prefix>/<encoded name>/<encoded lease id>`,
-//! value `lockkit1\n<ms since epoch>\n<owner>`.
+//! value `lockkit1\n<ms since epoch>\n<owner>` for a lock,
+//! `lockkit2\n<ms since epoch>\n<permits>\n<owner>` for a semaphore.
 
 mod backend;
 mod config;

@@ -185,20 +185,24 @@ impl Shared {
         }
     }
 
-    /// The holder of `name`: the key with the lowest create revision.
-    pub(crate) async fn holder_kv(&self, name: &LockName) -> Result<Option<KeyValue>> {
+    /// The holders of `name`: the first N keys by create revision, where N
+    /// is the permit count stored with the oldest key (every live key of a
+    /// name carries the same count; see [`holding`]).
+    pub(crate) async fn holder_kvs(&self, name: &LockName) -> Result<Vec<KeyValue>> {
         let options = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1);
+            .with_limit(i64::from(lockkit_core::MAX_PERMITS));
         let mut resp = self
             .get(
                 &self.layout.name_prefix(name),
                 options,
-                "reading the holder",
+                "reading the holders",
             )
             .await?;
-        Ok(resp.take_kvs().into_iter().next())
+        let mut kvs = resp.take_kvs();
+        kvs.truncate(holding(&kvs));
+        Ok(kvs)
     }
 
     /// Whether `err` says that `session`'s lease no longer exists on the
@@ -214,16 +218,12 @@ impl Shared {
 
     pub(crate) fn info(&self, kv: &KeyValue, expires_at: Option<SystemTime>) -> Option<LockInfo> {
         let (name, lease_id) = self.layout.parse(kv.key())?;
-        let (owner, acquired_at) = keys::parse_value(kv.value())?;
+        let stored = keys::parse_value(kv.value())?;
         let token = token_of(kv.create_revision()).ok()?;
-        Some(LockInfo::new(
-            name,
-            owner,
-            lease_id,
-            token,
-            acquired_at,
-            expires_at,
-        ))
+        Some(
+            LockInfo::new(name, stored.owner, lease_id, token, stored.at, expires_at)
+                .with_permits(stored.permits),
+        )
     }
 
     /// When the etcd lease carrying a key expires unless kept alive: now
@@ -250,6 +250,35 @@ impl Shared {
             None => self.layout.key(&lease.name, &lease.lease_id),
         }
     }
+}
+
+/// How many of a name's keys, sorted by create revision, hold it: the
+/// first N, where N is the permit count stored with the oldest (1 for a
+/// value that is not ours).
+pub(crate) fn holding(kvs: &[KeyValue]) -> usize {
+    let permits = kvs
+        .first()
+        .and_then(|kv| keys::permits_of(kv.value()))
+        .unwrap_or(1);
+    kvs.len()
+        .min(usize::try_from(permits).unwrap_or(usize::MAX))
+}
+
+/// Fails with [`Error::PermitsMismatch`] when one of `ahead` (keys of
+/// `req`'s name other than its own) stores another permit count than
+/// `req` asks with. Values that are not ours are skipped.
+pub(crate) fn check_permits<'a>(
+    req: &lockkit_core::spi::AcquireRequest,
+    ahead: impl IntoIterator<Item = &'a KeyValue>,
+) -> Result<()> {
+    for kv in ahead {
+        if let Some(held) = keys::permits_of(kv.value())
+            && held != req.permits
+        {
+            return Err(Error::permits_mismatch(&req.name, held, req.permits));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes `key` (every request's key is unique to its lease id, so

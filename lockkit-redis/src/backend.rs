@@ -493,20 +493,22 @@ impl LockBackend for RedisBackend {
 
     async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
         let one: Result<Option<LockInfo>> = async {
-        let keys = self.keys(name);
-        let found: Option<(Vec<u8>, i64, i64)> = SCRIPTS
-            .inspect
-            .key(&keys.lock)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| classify(e, "reading a lock"))?;
-        match found {
-            // -2: the key expired between GET and PTTL (cannot happen inside
-            // one script, but be safe).
-            Some((_, -2, _)) | None => Ok(None),
-            Some((value, pttl, now)) => record::decode(name.clone(), &value, pttl, now).map(Some),
+            let keys = self.keys(name);
+            let found: Option<(Vec<u8>, i64, i64)> = SCRIPTS
+                .inspect
+                .key(&keys.lock)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(|e| classify(e, "reading a lock"))?;
+            match found {
+                // -2: the key expired between GET and PTTL (cannot happen inside
+                // one script, but be safe).
+                Some((_, -2, _)) | None => Ok(None),
+                Some((value, pttl, now)) => {
+                    record::decode(name.clone(), &value, pttl, now).map(Some)
+                }
+            }
         }
-    }
         .await;
         Ok(one?.into_iter().collect())
     }

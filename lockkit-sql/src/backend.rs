@@ -90,6 +90,8 @@ struct Values<'a> {
     boot_id: &'a str,
     /// [`Param::QueueTtlMillis`]: 0 unless the attempt may join a queue.
     queue_ttl_ms: i64,
+    /// [`Param::Permits`]: the request's permit count (0 otherwise).
+    permits: i64,
 }
 
 impl<'a> Values<'a> {
@@ -104,6 +106,7 @@ impl<'a> Values<'a> {
             Param::BootId => Value::Text(self.boot_id),
             Param::WallMillis => Value::Int(self.clock.wall_ms),
             Param::QueueTtlMillis => Value::Int(self.queue_ttl_ms),
+            Param::Permits => Value::Int(self.permits),
         }
     }
 }
@@ -376,7 +379,7 @@ where
     ) -> Result<bool> {
         match statement.outcome {
             Outcome::Rows => Self::any_live(&self.fetch_all(statement, values, doing).await?),
-            Outcome::AffectedRows | Outcome::LastInsertId => {
+            Outcome::AffectedRows => {
                 Ok(D::rows_affected(&self.execute(statement, values, doing).await?) > 0)
             }
         }
@@ -405,6 +408,7 @@ where
             },
             boot_id: self.boot_id,
             queue_ttl_ms: 0,
+            permits: 0,
         }
     }
 
@@ -433,7 +437,7 @@ where
                     .await
                     .map_err(|e| classify::<D>(e, doing))?
                     .is_some(),
-                Outcome::AffectedRows | Outcome::LastInsertId => {
+                Outcome::AffectedRows => {
                     D::rows_affected(
                         &query
                             .execute(&mut *tx)
@@ -456,6 +460,9 @@ where
         req: &AcquireRequest,
         queue_ttl_ms: i64,
     ) -> Result<Option<Lease>> {
+        /// How often an attempt whose grant reported a race (fence 0) runs
+        /// again at once before it waits like a refused one.
+        const RACED_RETRIES: usize = 3;
         let sent_at = Instant::now();
         let mut values = self.values(
             req.name.as_str(),
@@ -464,94 +471,117 @@ where
             req.ttl,
         );
         values.queue_ttl_ms = queue_ttl_ms;
+        values.permits = i64::from(req.permits);
         let doing = "acquiring a lock";
         if let Some(precheck) = &self.statements.precheck
             && let Some(row) = self.fetch_optional(precheck, &values, doing).await?
         {
-            let holder = row
-                .try_get::<String, _>(0)
-                .map_err(|e| classify::<D>(e, "reading the holder"))?;
-            if holder != req.lease_id.as_str() {
+            let read = |e| classify::<D>(e, "reading the holders");
+            let own = row.try_get::<Option<i64>, _>(0).map_err(read)?;
+            let live = row.try_get::<Option<i64>, _>(1).map_err(read)?;
+            let mismatched = row.try_get::<Option<i64>, _>(2).map_err(read)?;
+            let expired = row.try_get::<Option<i64>, _>(3).map_err(read)?;
+            if let Some(fence) = own {
+                // Our own live grant (a retry after a lost reply): renew it
+                // and hand the same token back.
+                let lease = Lease::granted(req, token_from(fence)?, sent_at);
+                return match self.extend(&lease, req.ttl).await {
+                    Ok(renewed) => Ok(Some(renewed)),
+                    // It expired between the read and the renewal: the next
+                    // attempt grants afresh.
+                    Err(Error::Lost { .. }) => Ok(None),
+                    Err(err) => Err(err),
+                };
+            }
+            if let Some(held) = mismatched.filter(|held| *held > 0) {
+                return Err(mismatch(req, held));
+            }
+            if live.unwrap_or(0) >= values.permits {
                 return Ok(None);
             }
-            // Our own live grant (a retry after a lost reply): renew it and
-            // hand the same token back.
-            let fence = row
-                .try_get::<i64, _>(1)
-                .map_err(|e| classify::<D>(e, "reading the fence"))?;
-            let lease = Lease::granted(req, token_from(fence)?, sent_at);
-            return match self.extend(&lease, req.ttl).await {
-                Ok(renewed) => Ok(Some(renewed)),
-                // It expired between the read and the renewal: try afresh.
-                Err(Error::Lost { .. }) => Ok(None),
-                Err(err) => Err(err),
-            };
+            if expired.unwrap_or(0) > 0
+                && let Some(purge) = &self.statements.purge
+            {
+                self.execute(purge, &values, "deleting expired permits")
+                    .await?;
+            }
         }
-        let statement = match &self.statements.queue {
-            Some(queue) if queue_ttl_ms > 0 => &queue.step,
-            _ => &self.statements.acquire,
-        };
-        let fence = match statement.outcome {
-            Outcome::Rows => self.acquire_rows(statement, &values, doing).await?,
-            Outcome::LastInsertId => {
-                let result = match &self.statements.fence_counter {
-                    Some(counter) => {
-                        let mut lane = self.lane(doing).await?;
-                        if D::HAS_GRANT_BATCH {
-                            let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
-                            let value = |p| values.get(p);
-                            let fence = match D::grant_batch(conn, counter, statement, &value) {
-                                Some(grant) => grant.await?,
-                                None => None,
-                            };
-                            // Kept only when the whole batch completed: a
-                            // batch that stopped half-way may have left its
-                            // transaction open.
-                            lane.done();
-                            return match fence {
-                                Some(fence) => {
-                                    Ok(Some(Lease::granted(req, token_from(fence)?, sent_at)))
-                                }
-                                None => Ok(None),
-                            };
-                        }
-                        // Counter and grant in one transaction: the counter
-                        // row stays locked until the grant commits, so grants
-                        // of one name get increasing tokens in commit order.
-                        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
-                        let mut tx = sqlx::Connection::begin(conn)
-                            .await
-                            .map_err(|e| classify::<D>(e, doing))?;
-                        Self::query(counter, &values)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| classify::<D>(e, doing))?;
-                        let result = Self::query(statement, &values)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| classify::<D>(e, doing))?;
-                        tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
-                        lane.done();
-                        result
-                    }
-                    None => self.execute(statement, &values, doing).await?,
-                };
-                match D::last_insert_id(&result) {
-                    0 => None,
-                    fence => Some(i64::try_from(fence).unwrap_or(i64::MAX)),
+        for _ in 0..RACED_RETRIES {
+            let rows = self.grant(&values, doing).await?;
+            let mut raced = false;
+            for (fence, mismatched) in rows {
+                if fence > 0 {
+                    return Ok(Some(Lease::granted(req, token_from(fence)?, sent_at)));
                 }
+                if mismatched > 0 {
+                    return Err(mismatch(req, mismatched));
+                }
+                raced = true;
             }
-            Outcome::AffectedRows => {
-                return Err(Error::configuration(format!(
-                    "{}: an acquire statement must report rows or LAST_INSERT_ID",
-                    D::KIND
-                )));
+            if !raced {
+                return Ok(None);
             }
-        };
-        match fence {
-            Some(fence) => Ok(Some(Lease::granted(req, token_from(fence)?, sent_at))),
-            None => Ok(None),
         }
+        Ok(None)
+    }
+
+    /// Runs the grant statements once, in one transaction (one batch where
+    /// the dialect can): the rows `fence, mismatched_permits` of the last.
+    async fn grant(&self, values: &Values<'_>, doing: &'static str) -> Result<Vec<(i64, i64)>> {
+        let statements = &self.statements.grant;
+        let Some((last, before)) = statements.split_last() else {
+            return Err(Error::configuration(format!(
+                "{}: the dialect has no grant statement",
+                D::KIND
+            )));
+        };
+        let mut lane = self.lane(doing).await?;
+        if D::HAS_GRANT_BATCH {
+            let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+            let value = |p| values.get(p);
+            let rows = match D::grant_batch(conn, statements, &value) {
+                Some(batch) => Some(batch.await?),
+                None => None,
+            };
+            if let Some(rows) = rows {
+                // Kept only when the whole batch completed: a batch that
+                // stopped half-way may have left its transaction open.
+                lane.done();
+                return Ok(rows);
+            }
+        }
+        let conn = lane.conn().map_err(|e| classify::<D>(e, doing))?;
+        let rows = if before.is_empty() {
+            let result = Self::query(last, values).fetch_all(conn).await;
+            lane.finish(&result);
+            result.map_err(|e| classify::<D>(e, doing))?
+        } else {
+            let mut tx = sqlx::Connection::begin(conn)
+                .await
+                .map_err(|e| classify::<D>(e, doing))?;
+            for statement in before {
+                Self::query(statement, values)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| classify::<D>(e, doing))?;
+            }
+            let rows = Self::query(last, values)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| classify::<D>(e, doing))?;
+            tx.commit().await.map_err(|e| classify::<D>(e, doing))?;
+            lane.done();
+            rows
+        };
+        rows.iter()
+            .map(|row| {
+                let read = |e| classify::<D>(e, "reading a grant");
+                Ok((
+                    row.try_get::<i64, _>(0).map_err(read)?,
+                    row.try_get::<i64, _>(1).map_err(read)?,
+                ))
+            })
+            .collect()
     }
 
     /// [`SqlOptions::queue_entry_ttl`] and the poll policy, for the queue
@@ -583,34 +613,6 @@ where
     /// A free lane of this backend's connections (`lanes.rs`).
     async fn lane(&self, doing: &'static str) -> Result<crate::lanes::Lane<'_, D::Db>> {
         self.lanes.get().await.map_err(|e| classify::<D>(e, doing))
-    }
-
-    /// Runs a row-returning acquire: the fence of a grant, or `None` when
-    /// the lock is held. A fence of 0 means the holder's row changed while
-    /// the attempt recorded itself as a waiter (Postgres' `waiters` flag):
-    /// the lock may have just been released, so the attempt runs again at
-    /// once, a few times at most, instead of waiting for a wake-up that
-    /// was never sent.
-    async fn acquire_rows(
-        &self,
-        statement: &Statement,
-        values: &Values<'_>,
-        doing: &'static str,
-    ) -> Result<Option<i64>> {
-        const RACED_RETRIES: usize = 3;
-        for _ in 0..RACED_RETRIES {
-            match self.fetch_optional(statement, values, doing).await? {
-                None => return Ok(None),
-                Some(row) => match row
-                    .try_get::<i64, _>(0)
-                    .map_err(|e| classify::<D>(e, "reading the fence"))?
-                {
-                    0 => continue,
-                    fence => return Ok(Some(fence)),
-                },
-            }
-        }
-        Ok(None)
     }
 
     /// Runs the dialect's one-statement renewal on a lane.
@@ -647,7 +649,8 @@ where
             token_from(get_int(3)?)?,
             system_time_from_millis(get_int(4)?),
             Some(system_time_from_millis(get_int(5)?)),
-        ))
+        )
+        .with_permits(u32::try_from(get_int(6)?).unwrap_or(1)))
     }
 
     fn any_live(rows: &[<D::Db as Database>::Row]) -> Result<bool> {
@@ -660,6 +663,16 @@ where
         }
         Ok(live)
     }
+}
+
+/// The error for `req` when live holders (or waiters) of its name asked
+/// with `held` permits.
+fn mismatch(req: &AcquireRequest, held: i64) -> Error {
+    Error::permits_mismatch(
+        &req.name,
+        u32::try_from(held).unwrap_or(u32::MAX),
+        req.permits,
+    )
 }
 
 fn token_from(fence: i64) -> Result<FencingToken> {
@@ -715,7 +728,7 @@ where
                 .fetch_optional(statement, &values, doing)
                 .await?
                 .is_some(),
-            Outcome::AffectedRows | Outcome::LastInsertId => {
+            Outcome::AffectedRows => {
                 D::rows_affected(&self.execute(statement, &values, doing).await?) > 0
             }
         };
@@ -805,23 +818,28 @@ where
         let deleted = self
             .delete(&self.statements.release, &values, "releasing a lease")
             .await?;
+        if !deleted && let Some(expired) = &self.statements.release_expired {
+            self.execute(expired, &values, "releasing an expired lease")
+                .await?;
+        }
         self.announce_if(deleted);
         Ok(deleted)
     }
 
     async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
-        let one: Result<Option<LockInfo>> = async {
-        self.fetch_optional(
-            &self.statements.current,
-            &self.values(name.as_str(), "", "", Duration::ZERO),
-            "reading a lock",
-        )
-        .await?
-        .map(|row| Self::decode_info(&row))
-        .transpose()
-    }
-        .await;
-        Ok(one?.into_iter().collect())
+        let rows = self
+            .fetch_all(
+                &self.statements.current,
+                &self.values(name.as_str(), "", "", Duration::ZERO),
+                "reading a lock",
+            )
+            .await?;
+        let mut infos = rows
+            .iter()
+            .map(Self::decode_info)
+            .collect::<Result<Vec<_>>>()?;
+        infos.sort_by_key(|info| info.token);
+        Ok(infos)
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {
@@ -836,8 +854,9 @@ where
             .iter()
             .map(Self::decode_info)
             .collect::<Result<Vec<_>>>()?;
-        // Byte order, whatever the database's collation.
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        // Byte order, whatever the database's collation; a semaphore's
+        // permits by token.
+        infos.sort_by(|a, b| a.name.cmp(&b.name).then(a.token.cmp(&b.token)));
         Ok(infos)
     }
 

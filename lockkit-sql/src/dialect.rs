@@ -42,6 +42,9 @@ pub enum Param {
     /// attempt's queue entry lives unless refreshed, in milliseconds; 0
     /// for an attempt that must not join the queue (`try_acquire`).
     QueueTtlMillis,
+    /// The request's permit count N (integer; 1 for a lock; 0 for
+    /// statements that are not about a request).
+    Permits,
 }
 
 /// A value bound to a [`Param`], for dialects that inline values into a
@@ -63,9 +66,6 @@ pub enum Outcome {
     /// It returns no rows; the affected-row count is the outcome (for
     /// MySQL, which counts matched rows).
     AffectedRows,
-    /// It returns no rows; `LAST_INSERT_ID(expr)` carries the fence of a
-    /// grant and is 0 when nothing was granted (MySQL acquire).
-    LastInsertId,
 }
 
 /// One statement, the values it takes and how it reports its outcome.
@@ -101,55 +101,68 @@ impl Statement {
     }
 }
 
-/// The statements of the row-lease recipe (`ARCHITECTURE.md` §6).
+/// The statements of the row-lease recipe (`ARCHITECTURE.md` §6): one
+/// row per held permit, keyed by `(lock_name, lease_id)`.
 ///
 /// With [`Outcome::Rows`], statements return, in this column order:
-/// - `precheck`: `lease_id, fence` of the live row; none when free.
-/// - `acquire`: `fence`; no row when the lock is held. A row of this very
-///   lease id (a retry after a lost reply) is taken over too: acquire is
-///   idempotent per lease id. With a waiter queue, a free lock is granted
-///   only when the queue is empty.
-/// - `queue.step`: as `acquire`, but a free lock is granted to the head of
-///   its queue, and a refused attempt joins the queue or refreshes its
-///   entry (for [`Param::QueueTtlMillis`]). A fence of 0 asks the backend
-///   to run the step again at once: the holder's row changed while the
-///   step recorded itself as a waiter (Postgres' `waiters` flag, which
-///   decides whether a release notifies), or the lock looked free but was
-///   not granted.
+/// - `precheck`: one row `own_fence, live_others, mismatched_permits,
+///   expired`: the fence of this lease id's live row (NULL if none), how
+///   many live rows of other lease ids the name has, the permit count of
+///   a live row that differs from the request's (NULL if none), and how
+///   many expired rows the name has.
+/// - the last statement of `grant`: rows `fence, mismatched_permits`. A
+///   fence above 0 is a grant (a row of this very lease id — a retry after
+///   a lost reply — keeps its fence while it is live: acquire is
+///   idempotent per lease id). A `mismatched_permits` above 0 refuses the
+///   request with [`lockkit_core::Error::PermitsMismatch`]. A fence of 0
+///   (and no mismatch) asks the backend to run the attempt again at once:
+///   a holder's row changed while the attempt recorded itself as a waiter
+///   (Postgres' `waiters` flag, which decides whether a release
+///   notifies), or the lock looked free but was not granted. No row: the
+///   name's permits are all held.
 /// - `queue.leave`: as `release`, but one row whatever was deleted.
 /// - `extend`: any single column; no row when the lease is not held.
 /// - `release`, `force_release`: one integer per deleted row, 1 if it was
 ///   unexpired by the database clock, 0 otherwise.
 ///
 /// `current` and `list` always return rows `lock_name, owner_id, lease_id,
-/// fence, created_at, expires_at` with times as integer milliseconds since
-/// the Unix epoch, only rows unexpired by the database clock; `cleanup`
-/// always reports affected rows.
+/// fence, created_at, expires_at, permits` with times as integer
+/// milliseconds since the Unix epoch, only rows unexpired by the database
+/// clock; `cleanup` and `purge` always report affected rows.
 #[derive(Debug, Clone)]
 pub struct Statements {
-    /// For dialects whose acquire would write (or lock) even when the lock
-    /// is held: a read run first that returns the live row's `lease_id,
-    /// fence` (no row when the lock is free). A live row of another lease
-    /// refuses the attempt without any write; a live row of this very lease
-    /// (a retry after a lost reply) is renewed with `extend` and its fence
-    /// returned.
+    /// For dialects whose grant would write (or lock) even when every
+    /// permit is held: a read run first (see above). A live row of this
+    /// very lease (a retry after a lost reply) is renewed with `extend` and
+    /// its fence returned; a mismatched permit count fails; a full
+    /// semaphore refuses the attempt without any write.
     pub precheck: Option<Statement>,
-    /// For dialects that cannot increment the fence counter inside the
-    /// acquire statement (MySQL): a statement run first, in the same
-    /// transaction, that increments the per-name counter under its row lock
-    /// and leaves the new value where `acquire` reads it.
-    pub fence_counter: Option<Statement>,
-    /// Insert, or take over a row expired by the database clock.
-    pub acquire: Statement,
+    /// Deletes the expired rows of one name; run after a `precheck` that
+    /// saw some, before the grant (dialects whose grant does not purge
+    /// them itself).
+    pub purge: Option<Statement>,
+    /// The grant: statements run in order in one transaction (sent as one
+    /// batch with the values inlined where the dialect can, see
+    /// [`Dialect::grant_batch`]); the last one returns the rows described
+    /// above. With a waiter queue, [`Param::QueueTtlMillis`] above 0 makes
+    /// it a waiter's step: granted only within the first free permits of
+    /// the queue, else it joins the queue or refreshes its entry.
+    pub grant: Vec<Statement>,
     /// Move `expires_at` of an unexpired row matching name and lease id.
     pub extend: Statement,
     /// Delete the row matching name and lease id.
     pub release: Statement,
-    /// The unexpired row of one name.
+    /// For dialects whose `release` can only count deleted rows (MySQL):
+    /// `release` deletes the row only while it is unexpired, and this one,
+    /// run when `release` deleted nothing, deletes the lease's expired row
+    /// (the release then reports `false`: other permits may have been
+    /// granted past it).
+    pub release_expired: Option<Statement>,
+    /// The unexpired rows of one name, by fence.
     pub current: Statement,
     /// Every unexpired row.
     pub list: Statement,
-    /// Delete the row of one name, whoever holds it.
+    /// Delete every row of one name, whoever holds it.
     pub force_release: Statement,
     /// Delete expired rows (and expired queue entries).
     pub cleanup: Statement,
@@ -158,15 +171,12 @@ pub struct Statements {
     pub queue: Option<QueueStatements>,
 }
 
-/// The statements of a waiter queue (see [`Statements`]).
+/// The statements of a waiter queue (see [`Statements`]); a waiter's step
+/// is [`Statements::grant`] with [`Param::QueueTtlMillis`] above 0.
 #[derive(Debug, Clone)]
 pub struct QueueStatements {
-    /// A queued waiter's attempt: granted when the lock is free and the
-    /// waiter heads the queue; otherwise joins or refreshes its entry.
-    pub step: Statement,
     /// Deletes the row of this lease id, if any, and its queue entry, and
-    /// wakes the queue's new head when the lock is free (an abandoned
-    /// request).
+    /// wakes the queue when that frees a turn (an abandoned request).
     pub leave: Statement,
 }
 
@@ -233,9 +243,9 @@ pub type Announcer = Arc<dyn Fn() + Send + Sync>;
 /// still held, in order.
 pub type BatchFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<bool>>> + Send + 'a>>;
 
-/// A dialect's one-round-trip grant of a free lock: the new fence, or
-/// `None` when someone else got the lock first.
-pub type GrantFuture<'a> = Pin<Box<dyn Future<Output = Result<Option<i64>>> + Send + 'a>>;
+/// A dialect's one-round-trip grant: the rows `fence, mismatched_permits`
+/// of the batch's last statement.
+pub type GrantFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<(i64, i64)>>> + Send + 'a>>;
 
 /// One SQL database flavour.
 pub trait Dialect: Send + Sync + 'static {
@@ -268,13 +278,6 @@ pub trait Dialect: Send + Sync + 'static {
     /// The number of rows a statement affected (MySQL: matched).
     fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
 
-    /// The `LAST_INSERT_ID` a statement reported (only for dialects using
-    /// [`Outcome::LastInsertId`]).
-    fn last_insert_id(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64 {
-        let _ = result;
-        0
-    }
-
     /// Whether a database error code means "try again" (busy, deadlock,
     /// serialization failure, connection lost).
     fn is_transient_code(code: &str) -> bool;
@@ -301,19 +304,17 @@ pub trait Dialect: Send + Sync + 'static {
     /// Whether [`extend_many`](Self::extend_many) returns a statement.
     const HAS_EXTEND_MANY: bool = false;
 
-    /// The grant of a free lock — `counter` (the statements'
-    /// `fence_counter`) then `acquire`, in one transaction — sent as one
+    /// The grant ([`Statements::grant`], in one transaction) sent as one
     /// batch with the values inlined, if the dialect can: one round trip
-    /// instead of four (`BEGIN`, two statements, `COMMIT`). `value` gives
-    /// what each [`Param`] is bound to. `None` (the default) runs the
-    /// transaction statement by statement.
+    /// instead of one per statement plus `BEGIN` and `COMMIT`. `value`
+    /// gives what each [`Param`] is bound to. `None` (the default) runs
+    /// the transaction statement by statement.
     fn grant_batch<'a, 'v>(
         conn: &'a mut <Self::Db as sqlx::Database>::Connection,
-        counter: &Statement,
-        acquire: &Statement,
+        statements: &[Statement],
         value: &dyn Fn(Param) -> Value<'v>,
     ) -> Option<GrantFuture<'a>> {
-        let _ = (conn, counter, acquire, value);
+        let _ = (conn, statements, value);
         None
     }
 
@@ -341,7 +342,7 @@ pub trait Dialect: Send + Sync + 'static {
             durable_tokens: true,
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: Duration::from_millis(20),
-            max_permits: 1,
+            max_permits: lockkit_core::MAX_PERMITS,
         }
     }
 

@@ -6,31 +6,35 @@
 //! - Lock names are `VARBINARY(255)`: byte-exact and without the trailing
 //!   space padding of MySQL's `PAD SPACE` collations, under which `node_b`
 //!   and `node_b ` would be one lock.
-//! - Acquire first reads the live row (`lease_id, fence`). Held by someone
-//!   else: refused, **without any write or row lock**. Held by this very
-//!   lease id (a retry after a lost reply): renewed, same token. Free: one
-//!   transaction of two statements — the name's counter in `<table>_fence`
-//!   is incremented (`LAST_INSERT_ID(fence + 1)`, its row lock held until
-//!   commit, so acquirers of one name serialise and tokens rise in commit
-//!   order), then an `INSERT … ON DUPLICATE KEY UPDATE` whose assignments
-//!   only change an expired row grants with that value and reports it
-//!   through `LAST_INSERT_ID(expr)` in the OK packet — 0 when someone got
-//!   in first (MySQL has no `RETURNING` on upserts). A single statement
-//!   reading a high-water mark would read a snapshot that can miss a
-//!   release committed meanwhile and hand out a token twice. The
+//! - Acquire first reads the name's live rows (this lease's fence, how
+//!   many others hold, a mismatched N, how many rows expired). All N held
+//!   by others: refused, **without any write or row lock**. Held by this
+//!   very lease id (a retry after a lost reply): renewed, same token. A
+//!   live holder with another N: `Error::PermitsMismatch`. Otherwise one
+//!   transaction: the name's counter in `<table>_fence` is incremented
+//!   (`LAST_INSERT_ID(fence + 1)`, its row lock held until commit, so the
+//!   name's admissions serialise and tokens rise in commit order), the
+//!   name's expired rows of other leases are deleted (a row whose renewal
+//!   is in flight is locked by it: the delete waits, sees it renewed and
+//!   keeps it), then `INSERT … SELECT … WHERE` fewer than N live rows of
+//!   the same N remain inserts this lease's row with the counter's value
+//!   (taking over its own expired row), and a read-back of the row with
+//!   that fence says whether it was granted. Under the counter's lock
+//!   every earlier grant has committed, so the count sees it. The
 //!   transaction goes to the server as **one batch** (`START TRANSACTION;
-//!   …; …; COMMIT` in one text-protocol request, values inlined as hex
-//!   literals, which need no escaping): a free lock costs two round trips
-//!   (the read and the batch) instead of five, a held one one. A batch that
+//!   …; COMMIT` in one text-protocol request, values inlined as hex
+//!   literals, which need no escaping): a free permit costs two round
+//!   trips (the read and the batch), a full semaphore one. A batch that
 //!   fails part-way, or whose future is dropped, closes its connection
 //!   rather than keep it with a transaction open (the server rolls it
 //!   back).
 //! - Extend, release and force-release report matched rows (sqlx connects
 //!   with `CLIENT_FOUND_ROWS`). Release deletes the row with this lease id
-//!   and returns `true` if one was found; unlike SQLite and Postgres it
-//!   cannot tell "expired but still ours" from "live" — harmless, because
-//!   a row still carrying our lease id means nobody else was granted the
-//!   lock in between.
+//!   while it is unexpired and returns `true` if one was found; when none
+//!   was, a second statement deletes the lease's expired row, if any, and
+//!   the release returns `false` (MySQL has no `RETURNING` to tell both
+//!   apart in one statement; other permits may have been granted past the
+//!   expired row).
 //! - No notifications: waiters poll, jittered, from 5 ms up to 250 ms.
 //!
 //! ## Schema for DBAs
@@ -39,12 +43,14 @@
 //!
 //! ```sql
 //! CREATE TABLE locks (
-//!   lock_name  VARBINARY(255) NOT NULL PRIMARY KEY,
+//!   lock_name  VARBINARY(255) NOT NULL,
 //!   owner_id   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 //!   lease_id   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
 //!   fence      BIGINT NOT NULL,
 //!   created_at DATETIME(6) NOT NULL,  -- UTC
 //!   expires_at DATETIME(6) NOT NULL,  -- UTC
+//!   permits    INT NOT NULL DEFAULT 1,
+//!   PRIMARY KEY (lock_name, lease_id),
 //!   KEY locks_expires_at (expires_at)
 //! ) ENGINE=InnoDB;
 //! CREATE TABLE locks_fence (lock_name VARBINARY(255) NOT NULL PRIMARY KEY, fence BIGINT NOT NULL) ENGINE=InnoDB;
@@ -55,12 +61,12 @@ use std::fmt::Write as _;
 use futures::TryStreamExt as _;
 use lockkit_core::Result;
 use sqlx::mysql::MySqlQueryResult;
-use sqlx::{AssertSqlSafe, MySql};
+use sqlx::{AssertSqlSafe, MySql, Row as _};
 
 use crate::backend::{SqlBackend, SqlOptions};
 use crate::connect::{server_pool, server_url};
 use crate::dialect::{
-    Dialect, GrantFuture, Outcome, Param, Schema, SchemaStep, Statement, Statements, Value,
+    Dialect, GrantFuture, Param, Schema, SchemaStep, Statement, Statements, Value,
 };
 use crate::error::classify;
 use crate::table::TableName;
@@ -110,41 +116,99 @@ impl Dialect for MySqlDialect {
         let t = table.quoted("", '`');
         let f = table.quoted("_fence", '`');
         let columns = format!(
-            "CONVERT(lock_name USING utf8mb4), owner_id, lease_id, fence, {}, {}",
+            "CONVERT(lock_name USING utf8mb4), owner_id, lease_id, fence, {}, {}, CAST(permits AS SIGNED)",
             millis("created_at"),
             millis("expires_at")
         );
-        // Every assignment tests the *old* expires_at, so it must come last.
-        let expired = "expires_at <= VALUES(created_at)";
+        // The live rows of the name held by other lease ids.
+        let others =
+            format!("FROM {t} WHERE lock_name = ? AND lease_id <> ? AND expires_at > {NOW}");
         Statements {
             // Refused attempts stop at this read: no write, no row lock.
             precheck: Some(Statement::rows(
                 format!(
-                    "SELECT lease_id, fence FROM {t} WHERE lock_name = ? AND expires_at > {NOW}"
+                    "SELECT \
+                       (SELECT fence FROM {t} WHERE lock_name = ? AND lease_id = ? AND expires_at > {NOW}), \
+                       (SELECT COUNT(*) {others}), \
+                       (SELECT CAST(permits AS SIGNED) {others} AND permits <> ? LIMIT 1), \
+                       (SELECT COUNT(*) FROM {t} WHERE lock_name = ? AND lease_id <> ? AND expires_at <= {NOW})"
                 ),
-                &[Param::Name],
+                &[
+                    Param::Name,
+                    Param::LeaseId,
+                    Param::Name,
+                    Param::LeaseId,
+                    Param::Name,
+                    Param::LeaseId,
+                    Param::Permits,
+                    Param::Name,
+                    Param::LeaseId,
+                ],
             )),
-            fence_counter: Some(Statement::affected(
-                format!(
-                    "INSERT INTO {f} (lock_name, fence) VALUES (?, LAST_INSERT_ID(1)) \
-                     ON DUPLICATE KEY UPDATE fence = LAST_INSERT_ID(fence + 1)"
+            // The grant purges expired rows itself.
+            purge: None,
+            grant: vec![
+                // The name's counter, under its row lock until commit: grants
+                // of one name serialise here and get rising tokens in
+                // commit order; `LAST_INSERT_ID()` carries the new value to
+                // the statements below.
+                Statement::affected(
+                    format!(
+                        "INSERT INTO {f} (lock_name, fence) VALUES (?, LAST_INSERT_ID(1)) \
+                         ON DUPLICATE KEY UPDATE fence = LAST_INSERT_ID(fence + 1)"
+                    ),
+                    &[Param::Name],
                 ),
-                &[Param::Name],
-            )),
-            acquire: Statement::new(
-                format!(
-                    "INSERT INTO {t} (lock_name, owner_id, lease_id, fence, created_at, expires_at) \
-                     VALUES (?, ?, ?, LAST_INSERT_ID(LAST_INSERT_ID()), {NOW}, {NOW} + INTERVAL (? * 1000) MICROSECOND) \
-                     ON DUPLICATE KEY UPDATE \
-                       owner_id = IF({expired}, VALUES(owner_id), owner_id), \
-                       lease_id = IF({expired}, VALUES(lease_id), lease_id), \
-                       fence = IF({expired}, LAST_INSERT_ID(VALUES(fence)), fence + LAST_INSERT_ID(0)), \
-                       created_at = IF({expired}, VALUES(created_at), created_at), \
-                       expires_at = IF({expired}, VALUES(expires_at), expires_at)"
+                // Expired rows of other lease ids go. A row whose renewal is
+                // in flight is locked by it: the delete waits and then sees
+                // the renewed row, which stays — and counts below.
+                Statement::affected(
+                    format!(
+                        "DELETE FROM {t} WHERE lock_name = ? AND lease_id <> ? AND expires_at <= {NOW}"
+                    ),
+                    &[Param::Name, Param::LeaseId],
                 ),
-                &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
-                Outcome::LastInsertId,
-            ),
+                // Admission: fewer live permits than N, all of the same N.
+                // Under the counter's lock every earlier grant has
+                // committed, so the count sees it. An expired row of this
+                // very lease id is taken over with the new fence (every
+                // assignment tests the *old* expires_at, so it comes last).
+                Statement::affected(
+                    format!(
+                        "INSERT INTO {t} (lock_name, lease_id, owner_id, fence, permits, created_at, expires_at) \
+                         SELECT ?, ?, ?, LAST_INSERT_ID(), ?, {NOW}, {NOW} + INTERVAL (? * 1000) MICROSECOND FROM DUAL \
+                         WHERE (SELECT COUNT(*) {others}) < ? \
+                           AND NOT EXISTS (SELECT 1 {others} AND permits <> ?) \
+                         ON DUPLICATE KEY UPDATE \
+                           owner_id = IF(expires_at > {NOW}, owner_id, VALUES(owner_id)), \
+                           permits = IF(expires_at > {NOW}, permits, VALUES(permits)), \
+                           fence = IF(expires_at > {NOW}, fence, VALUES(fence)), \
+                           created_at = IF(expires_at > {NOW}, created_at, VALUES(created_at)), \
+                           expires_at = IF(expires_at > {NOW}, expires_at, VALUES(expires_at))"
+                    ),
+                    &[
+                        Param::Name,
+                        Param::LeaseId,
+                        Param::Owner,
+                        Param::Permits,
+                        Param::TtlMillis,
+                        Param::Name,
+                        Param::LeaseId,
+                        Param::Permits,
+                        Param::Name,
+                        Param::LeaseId,
+                        Param::Permits,
+                    ],
+                ),
+                // Granted iff our row now carries this transaction's fence.
+                Statement::rows(
+                    format!(
+                        "SELECT fence, CAST(0 AS SIGNED) FROM {t} \
+                         WHERE lock_name = ? AND lease_id = ? AND fence = LAST_INSERT_ID()"
+                    ),
+                    &[Param::Name, Param::LeaseId],
+                ),
+            ],
             extend: Statement::affected(
                 format!(
                     "UPDATE {t} SET expires_at = {NOW} + INTERVAL (? * 1000) MICROSECOND \
@@ -153,11 +217,19 @@ impl Dialect for MySqlDialect {
                 &[Param::TtlMillis, Param::Name, Param::LeaseId],
             ),
             release: Statement::affected(
-                format!("DELETE FROM {t} WHERE lock_name = ? AND lease_id = ?"),
+                format!(
+                    "DELETE FROM {t} WHERE lock_name = ? AND lease_id = ? AND expires_at > {NOW}"
+                ),
                 &[Param::Name, Param::LeaseId],
             ),
+            release_expired: Some(Statement::affected(
+                format!("DELETE FROM {t} WHERE lock_name = ? AND lease_id = ?"),
+                &[Param::Name, Param::LeaseId],
+            )),
             current: Statement::rows(
-                format!("SELECT {columns} FROM {t} WHERE lock_name = ? AND expires_at > {NOW}"),
+                format!(
+                    "SELECT {columns} FROM {t} WHERE lock_name = ? AND expires_at > {NOW} ORDER BY fence"
+                ),
                 &[Param::Name],
             ),
             list: Statement::rows(
@@ -179,10 +251,17 @@ impl Dialect for MySqlDialect {
         let index = table.quoted_bare("_expires_at", '`');
         let mut statements = Vec::new();
         if let Some(schema) = table.schema() {
-            statements.push(format!("CREATE DATABASE IF NOT EXISTS `{schema}`"));
+            statements.push(SchemaStep::Ddl(format!(
+                "CREATE DATABASE IF NOT EXISTS `{schema}`"
+            )));
         }
+        // Identifiers are validated (`[A-Za-z0-9_]`), so they are safe as
+        // string literals too.
+        let schema_of = table
+            .schema()
+            .map_or_else(|| "DATABASE()".to_owned(), |schema| format!("'{schema}'"));
         statements.extend([
-            format!(
+            SchemaStep::Ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
                    lock_name  VARBINARY(255) NOT NULL, \
                    owner_id   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
@@ -190,29 +269,39 @@ impl Dialect for MySqlDialect {
                    fence      BIGINT NOT NULL, \
                    created_at DATETIME(6) NOT NULL, \
                    expires_at DATETIME(6) NOT NULL, \
-                   PRIMARY KEY (lock_name), \
+                   permits    INT NOT NULL DEFAULT 1, \
+                   PRIMARY KEY (lock_name, lease_id), \
                    KEY {index} (expires_at)\
                  ) ENGINE=InnoDB"
-            ),
-            format!(
+            )),
+            // Tables from before semaphores: one row per name. Now one row
+            // per held permit; the old rows stay as locks of one permit.
+            SchemaStep::Upgrade {
+                probe: format!(
+                    "SELECT COUNT(*) FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = {schema_of} AND TABLE_NAME = '{}' AND COLUMN_NAME = 'permits'",
+                    table.table()
+                ),
+                apply: vec![format!(
+                    "ALTER TABLE {t} ADD COLUMN permits INT NOT NULL DEFAULT 1, \
+                     DROP PRIMARY KEY, ADD PRIMARY KEY (lock_name, lease_id)"
+                )],
+            },
+            SchemaStep::Ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {f} (\
                    lock_name VARBINARY(255) NOT NULL PRIMARY KEY, \
                    fence     BIGINT NOT NULL\
                  ) ENGINE=InnoDB"
-            ),
+            )),
         ]);
         Schema {
-            statements: statements.into_iter().map(SchemaStep::from).collect(),
+            statements,
             in_transaction: false,
         }
     }
 
     fn rows_affected(result: &MySqlQueryResult) -> u64 {
         result.rows_affected()
-    }
-
-    fn last_insert_id(result: &MySqlQueryResult) -> u64 {
-        result.last_insert_id()
     }
 
     fn is_transient_code(sqlstate: &str) -> bool {
@@ -223,38 +312,51 @@ impl Dialect for MySqlDialect {
 
     const HAS_GRANT_BATCH: bool = true;
 
-    /// `START TRANSACTION; <counter>; <acquire>; COMMIT` as one request.
+    /// `START TRANSACTION; <grant statements>; COMMIT` as one request.
     /// The caller keeps the connection only if the whole batch completed.
     fn grant_batch<'a, 'v>(
         conn: &'a mut sqlx::MySqlConnection,
-        counter: &Statement,
-        acquire: &Statement,
+        statements: &[Statement],
         value: &dyn Fn(Param) -> Value<'v>,
     ) -> Option<GrantFuture<'a>> {
-        let batch = format!(
-            "START TRANSACTION; {}; {}; COMMIT",
-            inline(counter, value),
-            inline(acquire, value)
-        );
+        let mut batch = String::from("START TRANSACTION");
+        for statement in statements {
+            batch.push_str("; ");
+            batch.push_str(&inline(statement, value));
+        }
+        batch.push_str("; COMMIT");
+        // START TRANSACTION, the statements, COMMIT: a result each; the
+        // rows come from the last statement before COMMIT.
+        let expected = statements.len() + 2;
         Some(Box::pin(async move {
             let doing = "acquiring a lock";
-            let results: Vec<MySqlQueryResult> = sqlx::raw_sql(AssertSqlSafe(batch))
-                .execute_many(conn)
-                .try_collect()
+            let mut stream = sqlx::raw_sql(AssertSqlSafe(batch)).fetch_many(conn);
+            let (mut results, mut rows) = (0, Vec::new());
+            while let Some(item) = stream
+                .try_next()
                 .await
-                .map_err(|e| classify::<Self>(e, doing))?;
-            let [_, _, granted, _] = results.as_slice() else {
+                .map_err(|e| classify::<Self>(e, doing))?
+            {
+                match item {
+                    sqlx::Either::Left(_) => results += 1,
+                    sqlx::Either::Right(row) if results + 2 == expected => {
+                        let read = |e| classify::<Self>(e, "reading a grant");
+                        rows.push((
+                            row.try_get::<i64, _>(0).map_err(read)?,
+                            row.try_get::<i64, _>(1).map_err(read)?,
+                        ));
+                    }
+                    sqlx::Either::Right(_) => {}
+                }
+            }
+            if results != expected {
                 return Err(lockkit_core::Error::backend(
                     Self::KIND,
-                    format!(
-                        "the grant batch returned {} results instead of 4",
-                        results.len()
-                    ),
+                    format!("the grant batch returned {results} results instead of {expected}"),
                     None,
                 ));
-            };
-            let fence = granted.last_insert_id();
-            Ok((fence > 0).then(|| i64::try_from(fence).unwrap_or(i64::MAX)))
+            }
+            Ok(rows)
         }))
     }
 

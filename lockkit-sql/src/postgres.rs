@@ -3,49 +3,65 @@
 //! - Times are `TIMESTAMPTZ` set from the server's `now()` (the start of
 //!   the statement's transaction; every statement here is its own
 //!   transaction), never from the client.
-//! - Acquire is one statement of CTEs:
-//!   - `live` reads the live row, if any; `head` the first live entry of
-//!     the name's **queue of waiters** (`<table>_queue`, ordered by an
-//!     identity column). A try that finds the lock held, or finds another
-//!     waiter at the head, stops there: **a refused try writes nothing**
-//!     (no row lock, no counter increment, no WAL flush).
-//!   - `counter` increments the name's counter in `<table>_fence` (its row
-//!     lock serialises acquirers of one name until commit), only when the
-//!     lock looked free and the queue is empty or headed by this lease;
-//!   - `granted` inserts or takes over the row with that value (`INSERT …
-//!     ON CONFLICT (lock_name) DO UPDATE … WHERE expires_at <= now() OR
-//!     lease_id = $3`), with the `waiters` flag set when others still
-//!     queue; `served` then removes this lease's queue entry;
-//!   - `again` renews a live row that already carries this lease id — a
-//!     retry after a lost reply gets its own grant back (same token)
-//!     instead of waiting for itself;
+//! - Acquire (and a queued waiter's step) is **one request of two
+//!   statements**, run by Postgres as one implicit transaction (the simple
+//!   query protocol, values inlined as hex literals; one round trip):
+//!   1. By the statement's snapshot: `live` are the name's live rows of
+//!      other leases, `ahead` the live entries of the name's **queue of
+//!      waiters** (`<table>_queue`, ordered by an identity column) before
+//!      this one (all of them for a try). Only when fewer than N permits
+//!      are live and held with the same N, nobody queues for a try (or
+//!      fewer than the free permits queue ahead of a waiter: with k free
+//!      permits the first k waiters go), and this lease holds no live row,
+//!      `counter` increments the name's counter in `<table>_fence` — its
+//!      row lock serialises the name's admissions until commit — and keeps
+//!      the value in a transaction-local setting (`lockkit.grant`).
+//!      Otherwise **a refused try writes nothing** (no row lock, no counter
+//!      increment, no WAL flush).
+//!   2. A fresh snapshot, taken under the counter's lock, sees every grant
+//!      committed before. Expired rows of other leases are deleted; one
+//!      whose renewal is in flight is locked by it, so the delete waits,
+//!      finds it renewed and keeps it, and it counts as held (live rows =
+//!      the snapshot's rows minus the deleted ones). With the counter value
+//!      set, fewer than N held and no mismatched N, `granted` inserts the
+//!      row (`ON CONFLICT (lock_name, lease_id)` takes over this lease's
+//!      own expired row), with the `waiters` flag set when others still
+//!      queue; `served` removes this lease's queue entry; `again` renews a
+//!      live row that already carries this lease id — a retry after a lost
+//!      reply gets its own grant back (same token);
 //!   - `joined` (a waiter's step, `Param::QueueTtlMillis` above 0): a
 //!     refused waiter joins the queue or refreshes its entry's
 //!     `expires_at`; live waiters step at least every third of
 //!     [`SqlOptions::queue_entry_ttl`](crate::SqlOptions), so a waiter
 //!     that died blocks the queue for at most that long;
-//!   - `mark` sets the live row's `waiters` flag when another lease holds
-//!     it and the flag is not yet set: the first refused waiter of a
-//!     holding writes the row once, later ones do not. When the row
-//!     changed between the read and the mark (its holder released it at
-//!     that moment), the statement returns a fence of 0 and the backend
-//!     tries again at once, so a release that raced the mark is never
-//!     waited out. A waiter that saw the lock free but was not granted
-//!     (another waiter heads the queue, or won the race) gets 0 too.
+//!   - `mark` sets the `waiters` flag of every live row of another lease
+//!     that does not have it yet: the first refused waiter of a holding
+//!     writes the rows once, later ones do not. When a row changed between
+//!     the read and the mark (its holder released it at that moment), the
+//!     statement returns a fence of 0 and the backend tries again at once,
+//!     so a release that raced the mark is never waited out. A waiter that
+//!     saw a permit free but was not granted (others are ahead in the
+//!     queue, or won the race) gets 0 too.
+//!   - A request whose N differs from a live holder's — or, when nobody
+//!     holds, from the first queued waiter's — returns that N and fails
+//!     with `Error::PermitsMismatch`.
 //!
 //!   Tokens therefore rise strictly per name, in commit order; a gap
-//!   appears only when two acquirers race for a free lock. Reading a
-//!   high-water mark instead of a counter would be unsafe here: the
-//!   statement's snapshot can miss a release that commits while it waits,
-//!   and hand out a token twice — the cross-process test caught exactly
-//!   that. The queue decides only who may try; exclusion rests on the row.
+//!   appears only when two acquirers race for a free permit. Reading a
+//!   high-water mark or counting rows in the statement that waited for the
+//!   lock would be unsafe here: its snapshot can miss a grant that commits
+//!   while it waits, and admit N + 1 or hand out a token twice. The queue
+//!   decides only who may try; exclusion rests on the counted rows under
+//!   the counter's lock.
 //! - Release and force-release `NOTIFY` the channel `lockkit_<table>` in
 //!   the same statement (delivered at commit), **only when someone waits**
 //!   — the statement's snapshot shows a live queue entry, or the row's
 //!   `waiters` flag is set (it covers a waiter whose entry commits while
 //!   the release runs) — with the payload `<name>\n<lease id of the
-//!   queue's head>`: only the head's process wakes, and only the head in
-//!   it (`lockkit_core::spi::Wakes`). Without a head in the statement's
+//!   queue's head>` for a lock (N = 1): only the head's process wakes, and
+//!   only the head in it (`lockkit_core::spi::Wakes`). A semaphore's
+//!   release (N > 1) sends `<name>\n`: its queued waiters re-check their
+//!   place, and those within the free permits take them. Without a head in the statement's
 //!   snapshot (a waiter that joined at that moment) the payload is
 //!   `<name>\n` and the name's queued waiters re-check. A `NOTIFY`
 //!   serialises every notifying commit of the whole cluster on one lock
@@ -70,13 +86,15 @@
 //!
 //! ```sql
 //! CREATE TABLE locks (
-//!   lock_name  TEXT        NOT NULL PRIMARY KEY,
+//!   lock_name  TEXT        NOT NULL,
 //!   owner_id   TEXT        NOT NULL,
 //!   lease_id   TEXT        NOT NULL,
 //!   fence      BIGINT      NOT NULL,
 //!   created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
 //!   expires_at TIMESTAMPTZ NOT NULL,
-//!   waiters    BOOLEAN     NOT NULL DEFAULT false
+//!   waiters    BOOLEAN     NOT NULL DEFAULT false,
+//!   permits    INTEGER     NOT NULL DEFAULT 1,
+//!   PRIMARY KEY (lock_name, lease_id)
 //! );
 //! CREATE INDEX locks_expires_at ON locks (expires_at);
 //! CREATE TABLE locks_fence (lock_name TEXT NOT NULL PRIMARY KEY, fence BIGINT NOT NULL);
@@ -85,6 +103,7 @@
 //!   lease_id   TEXT        NOT NULL,
 //!   seq        BIGINT      GENERATED ALWAYS AS IDENTITY,
 //!   expires_at TIMESTAMPTZ NOT NULL,
+//!   permits    INTEGER     NOT NULL DEFAULT 1,
 //!   PRIMARY KEY (lock_name, lease_id)
 //! );
 //! CREATE INDEX locks_queue_order ON locks_queue (lock_name, seq);
@@ -94,23 +113,28 @@
 //! three tables; waiters `LISTEN` on `lockkit_locks`. Tables created by an
 //! earlier lockkit get the `waiters` column added at start-up
 //! (`ALTER TABLE locks ADD COLUMN waiters BOOLEAN NOT NULL DEFAULT false`
-//! with `create_schema: false`) and the queue table created.
+//! with `create_schema: false`) and the queue table created; tables from
+//! before semaphores get the `permits` columns and the primary key
+//! `(lock_name, lease_id)` (see the crate docs, "Migration").
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::TryStreamExt as _;
 
 use lockkit_core::spi::ttl_millis;
 use lockkit_core::spi::{PollPolicy, Wakes};
 use lockkit_core::{Capabilities, Error, Lease, Result};
 use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgListener, PgQueryResult};
-use sqlx::{AssertSqlSafe, Postgres};
+use sqlx::{AssertSqlSafe, Postgres, Row as _};
 
 use crate::backend::{SqlBackend, SqlOptions};
 use crate::connect::{server_pool, server_url};
 use crate::dialect::{
-    BatchFuture, Dialect, ListenerTask, Param, QueueStatements, Schema, SchemaStep, StartListener,
-    Statement, Statements,
+    BatchFuture, Dialect, GrantFuture, ListenerTask, Param, QueueStatements, Schema, SchemaStep,
+    StartListener, Statement, Statements, Value,
 };
 use crate::error::classify;
 use crate::table::TableName;
@@ -168,21 +192,20 @@ impl Dialect for PostgresDialect {
         let q = table.quoted("_queue", '"');
         let chan = channel(table);
         let columns = format!(
-            "lock_name, owner_id, lease_id, fence, {}, {}",
+            "lock_name, owner_id, lease_id, fence, {}, {}, permits::bigint",
             millis("created_at"),
             millis("expires_at")
         );
         let ttl = "$4::bigint * interval '1 millisecond'";
-        // The payload of a release: the name and the queue's head (empty
-        // when the statement's snapshot shows no live entry).
+        // The head of the queue (empty when the statement's snapshot shows
+        // no live entry).
         let head_of = |name: &str, skip: &str| {
             format!(
-                "{name} || chr(10) || coalesce((SELECT w.lease_id FROM {q} AS w \
+                "coalesce((SELECT w.lease_id FROM {q} AS w \
                    WHERE w.lock_name = {name} AND w.expires_at > now(){skip} \
                    ORDER BY w.seq LIMIT 1), '')"
             )
         };
-        let release_notify = head_of("gone.lock_name", "");
         // Whether the statement's snapshot shows live waiters in the queue.
         let queued_of = |name: &str, skip: &str| {
             format!(
@@ -190,44 +213,141 @@ impl Dialect for PostgresDialect {
                    WHERE w.lock_name = {name} AND w.expires_at > now(){skip})"
             )
         };
+        // A release names the head when the name is a lock (one permit:
+        // only the head can go); a semaphore's release wakes every waiter
+        // of the name to re-check its place.
+        let release_notify = format!(
+            "gone.lock_name || chr(10) || CASE WHEN gone.permits = 1 THEN {} ELSE '' END",
+            head_of("gone.lock_name", "")
+        );
         let release_when = format!("waiters OR {}", queued_of("gone.lock_name", ""));
+        // The grant's parameters: $1 name, $2 owner, $3 lease id, $4 TTL,
+        // $5 queue entry TTL (0: a try), $6 permits.
+        const GRANT: &[Param] = &[
+            Param::Name,
+            Param::Owner,
+            Param::LeaseId,
+            Param::TtlMillis,
+            Param::QueueTtlMillis,
+            Param::Permits,
+        ];
         Statements {
-            // One statement does it all (see the module docs).
+            // The grant's first statement reads without writing when the
+            // semaphore is full (see the module docs).
             precheck: None,
-            fence_counter: None,
-            // A try: granted only when the lock is free and nobody queues.
-            acquire: Statement::rows(
-                format!(
-                    "WITH live AS (\
-                       SELECT lease_id, waiters FROM {t} WHERE lock_name = $1 AND expires_at > now()), \
-                     head AS (\
-                       SELECT 1 FROM {q} WHERE lock_name = $1 AND expires_at > now() LIMIT 1), \
-                     counter AS (\
-                       INSERT INTO {f} AS c (lock_name, fence) \
-                       SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM live) \
-                         AND NOT EXISTS (SELECT 1 FROM head) \
-                       ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
-                       RETURNING fence), \
-                     granted AS (\
-                       INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at, waiters) \
-                       SELECT $1, $2, $3, counter.fence, now(), now() + {ttl}, \
-                         false \
-                       FROM counter \
-                       ON CONFLICT (lock_name) DO UPDATE SET \
-                         owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
-                         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
-                         waiters = EXCLUDED.waiters \
-                       WHERE l.expires_at <= EXCLUDED.created_at OR l.lease_id = EXCLUDED.lease_id \
-                       RETURNING l.fence), \
-                     again AS (\
-                       UPDATE {t} SET expires_at = now() + {ttl} \
-                       WHERE lock_name = $1 AND lease_id = $3 \
-                         AND EXISTS (SELECT 1 FROM live WHERE lease_id = $3) \
-                       RETURNING fence) \
-                     SELECT fence FROM granted UNION ALL SELECT fence FROM again"
+            purge: None,
+            grant: vec![
+                // 1. By the statement's snapshot: may this attempt have a
+                //    permit? If so, increment the name's counter — its row
+                //    lock serialises admissions of the name until commit —
+                //    and keep the new value for statement 2. A refused
+                //    attempt writes nothing.
+                Statement::rows(
+                    format!(
+                        "WITH live AS (\
+                           SELECT permits FROM {t} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now()), \
+                         mine AS (\
+                           SELECT 1 FROM {t} WHERE lock_name = $1 AND lease_id = $3 AND expires_at > now()), \
+                         myseq AS (\
+                           SELECT seq FROM {q} WHERE lock_name = $1 AND lease_id = $3 AND expires_at > now()), \
+                         ahead AS (\
+                           SELECT 1 FROM {q} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now() \
+                             AND ($5::bigint = 0 OR NOT EXISTS (SELECT 1 FROM myseq) \
+                                  OR seq < (SELECT seq FROM myseq))), \
+                         front AS (\
+                           SELECT permits FROM {q} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now() \
+                           ORDER BY seq LIMIT 1), \
+                         counter AS (\
+                           INSERT INTO {f} AS c (lock_name, fence) \
+                           SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM mine) \
+                             AND NOT EXISTS (SELECT 1 FROM live WHERE permits <> $6) \
+                             AND (EXISTS (SELECT 1 FROM live) \
+                                  OR NOT EXISTS (SELECT 1 FROM front WHERE permits <> $6)) \
+                             AND (SELECT count(*) FROM live) + (SELECT count(*) FROM ahead) < $6 \
+                             AND ($5::bigint > 0 OR NOT EXISTS (SELECT 1 FROM ahead)) \
+                           ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
+                           RETURNING fence) \
+                         SELECT count(set_config('lockkit.grant', fence::text, true))::bigint FROM counter"
+                    ),
+                    GRANT,
                 ),
-                &[Param::Name, Param::Owner, Param::LeaseId, Param::TtlMillis],
-            ),
+                // 2. A fresh snapshot, taken under the counter's lock: it
+                //    sees every grant of the name. Expired rows of others
+                //    go (a row whose renewal is in flight is locked by it:
+                //    the delete waits, sees it renewed, and leaves it, so
+                //    it counts as held), then the grant — or the retry's
+                //    renewal, the waiter's queue entry and marks.
+                Statement::rows(
+                    format!(
+                        "WITH g AS (\
+                           SELECT nullif(current_setting('lockkit.grant', true), '')::bigint AS fence), \
+                         present AS (\
+                           SELECT lease_id, permits, waiters, expires_at > now() AS live FROM {t} \
+                           WHERE lock_name = $1 AND lease_id <> $3), \
+                         purged AS (\
+                           DELETE FROM {t} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at <= now() \
+                           RETURNING lease_id), \
+                         held AS (\
+                           SELECT * FROM present p \
+                           WHERE NOT EXISTS (SELECT 1 FROM purged d WHERE d.lease_id = p.lease_id)), \
+                         front AS (\
+                           SELECT permits FROM {q} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now() \
+                           ORDER BY seq LIMIT 1), \
+                         mis AS (\
+                           SELECT permits FROM held WHERE permits <> $6 \
+                           UNION ALL SELECT permits FROM front \
+                             WHERE permits <> $6 AND NOT EXISTS (SELECT 1 FROM held) \
+                           LIMIT 1), \
+                         ok AS (\
+                           SELECT fence FROM g WHERE fence IS NOT NULL \
+                             AND NOT EXISTS (SELECT 1 FROM mis) AND (SELECT count(*) FROM held) < $6), \
+                         granted AS (\
+                           INSERT INTO {t} AS l (lock_name, lease_id, owner_id, fence, permits, created_at, expires_at, waiters) \
+                           SELECT $1, $3, $2, ok.fence, $6, now(), now() + {ttl}, \
+                             EXISTS (SELECT 1 FROM {q} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now()) \
+                           FROM ok \
+                           ON CONFLICT (lock_name, lease_id) DO UPDATE SET \
+                             owner_id = EXCLUDED.owner_id, fence = EXCLUDED.fence, permits = EXCLUDED.permits, \
+                             created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
+                             waiters = EXCLUDED.waiters \
+                           WHERE l.expires_at <= EXCLUDED.created_at \
+                           RETURNING l.fence), \
+                         again AS (\
+                           UPDATE {t} SET expires_at = now() + {ttl} \
+                           WHERE lock_name = $1 AND lease_id = $3 AND expires_at > now() \
+                           RETURNING fence), \
+                         served AS (\
+                           DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $3 \
+                             AND EXISTS (SELECT 1 FROM granted UNION ALL SELECT 1 FROM again) \
+                           RETURNING 1), \
+                         joined AS (\
+                           INSERT INTO {q} (lock_name, lease_id, permits, expires_at) \
+                           SELECT $1, $3, $6, now() + $5::bigint * interval '1 millisecond' \
+                           WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM granted) \
+                             AND NOT EXISTS (SELECT 1 FROM again) AND NOT EXISTS (SELECT 1 FROM mis) \
+                           ON CONFLICT (lock_name, lease_id) DO UPDATE SET \
+                             expires_at = EXCLUDED.expires_at, permits = EXCLUDED.permits \
+                           RETURNING 1), \
+                         mark AS (\
+                           UPDATE {t} SET waiters = true \
+                           WHERE $5::bigint > 0 AND lock_name = $1 AND lease_id <> $3 \
+                             AND expires_at > now() AND NOT waiters \
+                             AND NOT EXISTS (SELECT 1 FROM granted) AND NOT EXISTS (SELECT 1 FROM again) \
+                             AND NOT EXISTS (SELECT 1 FROM mis) \
+                           RETURNING 1) \
+                         SELECT fence, 0::bigint FROM granted \
+                         UNION ALL SELECT fence, 0::bigint FROM again \
+                         UNION ALL SELECT 0::bigint, permits::bigint FROM mis \
+                           WHERE NOT EXISTS (SELECT 1 FROM granted) AND NOT EXISTS (SELECT 1 FROM again) \
+                         UNION ALL SELECT 0::bigint, 0::bigint \
+                           WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM granted) \
+                             AND NOT EXISTS (SELECT 1 FROM again) AND NOT EXISTS (SELECT 1 FROM mis) \
+                             AND ((SELECT count(*) FROM held WHERE live AND NOT waiters) > (SELECT count(*) FROM mark) \
+                                  OR (SELECT count(*) FROM held) < $6)"
+                    ),
+                    GRANT,
+                ),
+            ],
             extend: Statement::rows(
                 format!(
                     "UPDATE {t} SET expires_at = now() + $3::bigint * interval '1 millisecond' \
@@ -239,14 +359,17 @@ impl Dialect for PostgresDialect {
             release: Statement::rows(
                 format!(
                     "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
-                                   RETURNING lock_name, expires_at > now() AS live, waiters) \
+                                   RETURNING lock_name, expires_at > now() AS live, waiters, permits) \
                      SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, \
                        (CASE WHEN {release_when} THEN pg_notify('{chan}', {release_notify})::text END) FROM gone"
                 ),
                 &[Param::Name, Param::LeaseId],
             ),
+            release_expired: None,
             current: Statement::rows(
-                format!("SELECT {columns} FROM {t} WHERE lock_name = $1 AND expires_at > now()"),
+                format!(
+                    "SELECT {columns} FROM {t} WHERE lock_name = $1 AND expires_at > now() ORDER BY fence"
+                ),
                 &[Param::Name],
             ),
             list: Statement::rows(
@@ -256,7 +379,7 @@ impl Dialect for PostgresDialect {
             force_release: Statement::rows(
                 format!(
                     "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 \
-                                   RETURNING lock_name, expires_at > now() AS live, waiters) \
+                                   RETURNING lock_name, expires_at > now() AS live, waiters, permits) \
                      SELECT (CASE WHEN live THEN 1 ELSE 0 END)::bigint, \
                        (CASE WHEN {release_when} THEN pg_notify('{chan}', {release_notify})::text END) FROM gone"
                 ),
@@ -270,85 +393,27 @@ impl Dialect for PostgresDialect {
                 &[],
             ),
             queue: Some(QueueStatements {
-                // A waiter's step: the try above plus joining the queue and
-                // marking the row (see the module docs).
-                step: Statement::rows(
-                    format!(
-                        "WITH live AS (\
-                           SELECT lease_id, waiters FROM {t} WHERE lock_name = $1 AND expires_at > now()), \
-                         head AS (\
-                           SELECT lease_id FROM {q} WHERE lock_name = $1 AND expires_at > now() \
-                           ORDER BY seq LIMIT 1), \
-                         counter AS (\
-                           INSERT INTO {f} AS c (lock_name, fence) \
-                           SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM live) \
-                             AND NOT EXISTS (SELECT 1 FROM head WHERE lease_id <> $3) \
-                           ON CONFLICT (lock_name) DO UPDATE SET fence = c.fence + 1 \
-                           RETURNING fence), \
-                         granted AS (\
-                           INSERT INTO {t} AS l (lock_name, owner_id, lease_id, fence, created_at, expires_at, waiters) \
-                           SELECT $1, $2, $3, counter.fence, now(), now() + {ttl}, \
-                             EXISTS (SELECT 1 FROM {q} WHERE lock_name = $1 AND lease_id <> $3 AND expires_at > now()) \
-                           FROM counter \
-                           ON CONFLICT (lock_name) DO UPDATE SET \
-                             owner_id = EXCLUDED.owner_id, lease_id = EXCLUDED.lease_id, fence = EXCLUDED.fence, \
-                             created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
-                             waiters = EXCLUDED.waiters \
-                           WHERE l.expires_at <= EXCLUDED.created_at OR l.lease_id = EXCLUDED.lease_id \
-                           RETURNING l.fence), \
-                         again AS (\
-                           UPDATE {t} SET expires_at = now() + {ttl} \
-                           WHERE lock_name = $1 AND lease_id = $3 \
-                             AND EXISTS (SELECT 1 FROM live WHERE lease_id = $3) \
-                           RETURNING fence), \
-                         served AS (\
-                           DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $3 \
-                             AND EXISTS (SELECT 1 FROM granted UNION ALL SELECT 1 FROM again) \
-                           RETURNING 1), \
-                         joined AS (\
-                           INSERT INTO {q} (lock_name, lease_id, expires_at) \
-                           SELECT $1, $3, now() + $5::bigint * interval '1 millisecond' \
-                           WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM granted) \
-                             AND NOT EXISTS (SELECT 1 FROM again) \
-                           ON CONFLICT (lock_name, lease_id) DO UPDATE SET expires_at = EXCLUDED.expires_at \
-                           RETURNING 1), \
-                         mark AS (\
-                           UPDATE {t} SET waiters = true \
-                           WHERE $5::bigint > 0 AND lock_name = $1 AND lease_id <> $3 \
-                             AND expires_at > now() AND NOT waiters \
-                             AND EXISTS (SELECT 1 FROM live WHERE lease_id <> $3 AND NOT waiters) \
-                           RETURNING 1) \
-                         SELECT fence FROM granted UNION ALL SELECT fence FROM again \
-                         UNION ALL SELECT 0::bigint FROM live \
-                           WHERE $5::bigint > 0 AND lease_id <> $3 AND NOT waiters \
-                             AND NOT EXISTS (SELECT 1 FROM mark) \
-                         UNION ALL SELECT 0::bigint \
-                           WHERE $5::bigint > 0 AND NOT EXISTS (SELECT 1 FROM live) \
-                             AND NOT EXISTS (SELECT 1 FROM granted)"
-                    ),
-                    &[
-                        Param::Name,
-                        Param::Owner,
-                        Param::LeaseId,
-                        Param::TtlMillis,
-                        Param::QueueTtlMillis,
-                    ],
-                ),
                 leave: Statement::rows(
                     format!(
                         "WITH gone AS (DELETE FROM {t} WHERE lock_name = $1 AND lease_id = $2 \
-                                       RETURNING expires_at > now() AS live, waiters), \
-                         left_queue AS (DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $2 RETURNING 1), \
+                                       RETURNING expires_at > now() AS live, waiters, permits), \
+                         left_queue AS (DELETE FROM {q} WHERE lock_name = $1 AND lease_id = $2 RETURNING permits), \
                          first AS (SELECT lease_id FROM {q} WHERE lock_name = $1 AND expires_at > now() \
-                                   ORDER BY seq LIMIT 1) \
+                                   ORDER BY seq LIMIT 1), \
+                         mine AS (SELECT coalesce((SELECT max(permits) FROM gone), \
+                                                  (SELECT max(permits) FROM left_queue), 1) AS n), \
+                         holding AS (SELECT count(*) AS n FROM {t} \
+                                     WHERE lock_name = $1 AND lease_id <> $2 AND expires_at > now()) \
                          SELECT coalesce((SELECT max(CASE WHEN live THEN 1 ELSE 0 END) FROM gone), 0)::bigint, \
                            (CASE WHEN EXISTS (SELECT 1 FROM gone WHERE waiters) \
                                    OR (EXISTS (SELECT 1 FROM gone) AND {queued_others}) \
                                    OR (EXISTS (SELECT 1 FROM left_queue) \
-                                       AND EXISTS (SELECT 1 FROM first WHERE lease_id = $2) \
-                                       AND NOT EXISTS (SELECT 1 FROM {t} WHERE lock_name = $1 AND expires_at > now())) \
-                                 THEN pg_notify('{chan}', {leave_notify}) END)::text",
-                        leave_notify = head_of("$1::text", " AND w.lease_id <> $2"),
+                                       AND (SELECT n FROM holding) < (SELECT n FROM mine) \
+                                       AND ((SELECT n FROM mine) > 1 \
+                                            OR EXISTS (SELECT 1 FROM first WHERE lease_id = $2))) \
+                                 THEN pg_notify('{chan}', $1::text || chr(10) || \
+                                   CASE WHEN (SELECT n FROM mine) = 1 THEN {leave_head} ELSE '' END) END)::text",
+                        leave_head = head_of("$1::text", " AND w.lease_id <> $2"),
                         queued_others = queued_of("$1::text", " AND w.lease_id <> $2"),
                     ),
                     &[Param::Name, Param::LeaseId],
@@ -363,54 +428,87 @@ impl Dialect for PostgresDialect {
         let index = table.quoted_bare("_expires_at", '"');
         let q = table.quoted("_queue", '"');
         let queue_order = table.quoted_bare("_queue_order", '"');
-        let mut statements = vec![format!(
-            "SELECT pg_advisory_xact_lock(hashtext('lockkit schema {table}'))"
-        )];
-        if let Some(schema) = table.schema() {
-            statements.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
-        }
-        statements.extend([
+        let has_column = |relation: &str, column: &str| {
             format!(
+                "SELECT count(*)::bigint FROM pg_attribute \
+                 WHERE attrelid = to_regclass('{relation}') AND attname = '{column}' AND NOT attisdropped"
+            )
+        };
+        let mut steps = vec![SchemaStep::Ddl(format!(
+            "SELECT pg_advisory_xact_lock(hashtext('lockkit schema {table}'))"
+        ))];
+        if let Some(schema) = table.schema() {
+            steps.push(SchemaStep::Ddl(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )));
+        }
+        steps.extend([
+            SchemaStep::Ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
-                   lock_name  TEXT        NOT NULL PRIMARY KEY, \
+                   lock_name  TEXT        NOT NULL, \
                    owner_id   TEXT        NOT NULL, \
                    lease_id   TEXT        NOT NULL, \
                    fence      BIGINT      NOT NULL, \
                    created_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
                    expires_at TIMESTAMPTZ NOT NULL, \
-                   waiters    BOOLEAN     NOT NULL DEFAULT false)"
-            ),
-            format!("CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"),
-            format!(
+                   waiters    BOOLEAN     NOT NULL DEFAULT false, \
+                   permits    INTEGER     NOT NULL DEFAULT 1, \
+                   PRIMARY KEY (lock_name, lease_id))"
+            )),
+            // Tables from before the `waiters` flag: add it (a probe first,
+            // so a start-up on an up-to-date table takes no table lock).
+            SchemaStep::Upgrade {
+                probe: has_column(&t, "waiters"),
+                apply: vec![format!(
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS waiters BOOLEAN NOT NULL DEFAULT false"
+                )],
+            },
+            // Tables from before semaphores: one row per name (primary key
+            // `lock_name`). Now one row per held permit; the old rows stay
+            // as locks of one permit.
+            SchemaStep::Upgrade {
+                probe: has_column(&t, "permits"),
+                apply: vec![
+                    format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS permits INTEGER NOT NULL DEFAULT 1"),
+                    format!(
+                        "DO $lockkit$ DECLARE pk text; BEGIN \
+                           SELECT conname INTO pk FROM pg_constraint \
+                             WHERE conrelid = to_regclass('{t}') AND contype = 'p'; \
+                           IF pk IS NOT NULL THEN \
+                             EXECUTE format('ALTER TABLE {t} DROP CONSTRAINT %I', pk); \
+                           END IF; \
+                         END $lockkit$"
+                    ),
+                    format!("ALTER TABLE {t} ADD PRIMARY KEY (lock_name, lease_id)"),
+                ],
+            },
+            SchemaStep::Ddl(format!(
+                "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
+            )),
+            SchemaStep::Ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {f} (\
                    lock_name TEXT   NOT NULL PRIMARY KEY, \
                    fence     BIGINT NOT NULL)"
-            ),
-            format!(
+            )),
+            SchemaStep::Ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {q} (\
                    lock_name  TEXT        NOT NULL, \
                    lease_id   TEXT        NOT NULL, \
                    seq        BIGINT      GENERATED ALWAYS AS IDENTITY, \
                    expires_at TIMESTAMPTZ NOT NULL, \
+                   permits    INTEGER     NOT NULL DEFAULT 1, \
                    PRIMARY KEY (lock_name, lease_id))"
-            ),
-            format!("CREATE INDEX IF NOT EXISTS {queue_order} ON {q} (lock_name, seq)"),
-        ]);
-        let mut steps: Vec<SchemaStep> = statements.into_iter().map(SchemaStep::from).collect();
-        // Tables from before the `waiters` flag: add it (a probe first, so
-        // a start-up on an up-to-date table takes no table lock).
-        steps.insert(
-            steps.len() - 4,
+            )),
             SchemaStep::Upgrade {
-                probe: format!(
-                    "SELECT count(*)::bigint FROM pg_attribute \
-                     WHERE attrelid = to_regclass('{t}') AND attname = 'waiters' AND NOT attisdropped"
-                ),
+                probe: has_column(&q, "permits"),
                 apply: vec![format!(
-                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS waiters BOOLEAN NOT NULL DEFAULT false"
+                    "ALTER TABLE {q} ADD COLUMN IF NOT EXISTS permits INTEGER NOT NULL DEFAULT 1"
                 )],
             },
-        );
+            SchemaStep::Ddl(format!(
+                "CREATE INDEX IF NOT EXISTS {queue_order} ON {q} (lock_name, seq)"
+            )),
+        ]);
         Schema {
             statements: steps,
             in_transaction: true,
@@ -480,6 +578,54 @@ impl Dialect for PostgresDialect {
         }))
     }
 
+    /// The grant's statements as one simple-protocol request: Postgres
+    /// runs them as one implicit transaction, each statement with a fresh
+    /// snapshot — one round trip.
+    const HAS_GRANT_BATCH: bool = true;
+
+    fn grant_batch<'a, 'v>(
+        conn: &'a mut sqlx::PgConnection,
+        statements: &[Statement],
+        value: &dyn Fn(Param) -> Value<'v>,
+    ) -> Option<GrantFuture<'a>> {
+        let batch = statements
+            .iter()
+            .map(|statement| inline(statement, value))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let expected = statements.len();
+        Some(Box::pin(async move {
+            let doing = "acquiring a lock";
+            let mut stream = sqlx::raw_sql(AssertSqlSafe(batch)).fetch_many(conn);
+            let (mut results, mut rows) = (0, Vec::new());
+            while let Some(item) = stream
+                .try_next()
+                .await
+                .map_err(|e| classify::<Self>(e, doing))?
+            {
+                match item {
+                    sqlx::Either::Left(_) => results += 1,
+                    sqlx::Either::Right(row) if results + 1 == expected => {
+                        let read = |e| classify::<Self>(e, "reading a grant");
+                        rows.push((
+                            row.try_get::<i64, _>(0).map_err(read)?,
+                            row.try_get::<i64, _>(1).map_err(read)?,
+                        ));
+                    }
+                    sqlx::Either::Right(_) => {}
+                }
+            }
+            if results != expected {
+                return Err(Error::backend(
+                    Self::KIND,
+                    format!("the grant batch returned {results} results instead of {expected}"),
+                    None,
+                ));
+            }
+            Ok(rows)
+        }))
+    }
+
     fn listener(pool: &sqlx::Pool<Postgres>, table: &TableName) -> Option<StartListener> {
         let pool = pool.clone();
         let channel = channel(table);
@@ -512,7 +658,7 @@ impl Dialect for PostgresDialect {
             durable_tokens: true,
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: Duration::from_millis(20),
-            max_permits: 1,
+            max_permits: lockkit_core::MAX_PERMITS,
         }
     }
 
@@ -521,6 +667,48 @@ impl Dialect for PostgresDialect {
         // missed notification or a holder that simply expires.
         PollPolicy::new(Duration::from_millis(10), Duration::from_millis(500))
     }
+}
+
+/// `statement` with its `$n` placeholders replaced by literals: integers
+/// in decimal, text as `convert_from(decode('<hex>', 'hex'), 'UTF8')`
+/// (only hex digits inside the quotes, whatever the bytes and
+/// `standard_conforming_strings`). The statement texts have no `$` other
+/// than placeholders.
+fn inline<'v>(statement: &Statement, value: &dyn Fn(Param) -> Value<'v>) -> String {
+    let sql = &*statement.sql;
+    let mut out = String::with_capacity(sql.len() + 256);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let param = after[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| statement.params.get(i));
+        match param.map(|p| value(*p)) {
+            Some(Value::Int(int)) => {
+                let _ = write!(out, "({int})");
+            }
+            Some(Value::Text(text)) => {
+                out.push_str("convert_from(decode('");
+                for byte in text.as_bytes() {
+                    let _ = write!(out, "{byte:02x}");
+                }
+                out.push_str("', 'hex'), 'UTF8')");
+            }
+            // Not a placeholder of this statement: leave it, so the
+            // server reports the statement instead of guessing.
+            None => {
+                out.push('$');
+                out.push_str(&after[..digits]);
+            }
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Forwards `NOTIFY` payloads (lock names) to waiters until the backend is

@@ -90,52 +90,76 @@ impl Dialect for SqliteDialect {
         let f = table.quoted("_fence", '"');
         // What `current` and `list` return: the expiry shown in the
         // reader's wall clock, converted from the boot clock.
-        let columns =
-            "lock_name, owner_id, lease_id, fence, created_at, ?3 + (boot_expires_ms - ?1)";
+        let columns = "lock_name, owner_id, lease_id, fence, created_at, \
+                       ?3 + (boot_expires_ms - ?1), permits";
         // ?1 = boot clock now, ?2 = boot id (in `live` and `expired`).
         let live = "CASE WHEN boot_id = ?2 AND boot_expires_ms > ?1 THEN 1 ELSE 0 END";
+        // The grant's parameters: ?1 name, ?2 owner, ?3 lease id, ?4 TTL,
+        // ?5 boot clock now, ?6 boot id, ?7 wall clock, ?8 permits.
+        const GRANT: &[Param] = &[
+            Param::Name,
+            Param::Owner,
+            Param::LeaseId,
+            Param::TtlMillis,
+            Param::NowMillis,
+            Param::BootId,
+            Param::WallMillis,
+            Param::Permits,
+        ];
+        // The name's live permits of other lease ids.
+        let others = format!(
+            "FROM {t} WHERE lock_name = ?1 AND lease_id <> ?3 AND boot_id = ?6 AND boot_expires_ms > ?5"
+        );
         Statements {
-            // SQLite runs one writing statement at a time and reads the
-            // latest data inside it, so the high-water mark read here
-            // cannot be stale.
             // Refused attempts stop at this read and never take the
             // database's write lock, which every process shares.
             precheck: Some(Statement::rows(
                 format!(
-                    "SELECT lease_id, fence FROM {t} \
-                     WHERE lock_name = ?1 AND boot_id = ?3 AND boot_expires_ms > ?2"
+                    "SELECT \
+                       (SELECT fence FROM {t} WHERE lock_name = ?1 AND lease_id = ?3 \
+                          AND boot_id = ?6 AND boot_expires_ms > ?5), \
+                       (SELECT COUNT(*) {others}), \
+                       (SELECT permits {others} AND permits <> ?8 LIMIT 1), \
+                       (SELECT COUNT(*) FROM {t} WHERE lock_name = ?1 AND lease_id <> ?3 \
+                          AND (boot_id <> ?6 OR boot_expires_ms <= ?5))"
                 ),
-                &[Param::Name, Param::NowMillis, Param::BootId],
+                GRANT,
             )),
-            fence_counter: None,
-            // Insert, or take over a row that is expired by the host's boot
-            // clock or was written during another boot. A new row continues
-            // from the name's high-water mark (kept in the fence table when
-            // rows are deleted).
-            acquire: Statement::rows(
+            // Expired rows of the name, deleted before a grant (their
+            // fences go to the high-water mark through the trigger).
+            purge: Some(Statement::affected(
                 format!(
-                    "INSERT INTO {t} (lock_name, owner_id, lease_id, fence, created_at, expires_at, boot_id, boot_expires_ms) \
-                     VALUES (?1, ?2, ?3, COALESCE((SELECT fence FROM {f} WHERE lock_name = ?1), 0) + 1, \
-                             ?7, ?7 + ?4, ?6, ?5 + ?4) \
-                     ON CONFLICT (lock_name) DO UPDATE SET \
-                       owner_id = excluded.owner_id, lease_id = excluded.lease_id, \
-                       fence = CASE WHEN {t}.lease_id = excluded.lease_id THEN {t}.fence ELSE {t}.fence + 1 END, \
+                    "DELETE FROM {t} WHERE lock_name = ?1 AND lease_id <> ?3 \
+                       AND (boot_id <> ?6 OR boot_expires_ms <= ?5)"
+                ),
+                GRANT,
+            )),
+            // One statement: SQLite runs one writing statement at a time
+            // and reads the latest data inside it (a stale WAL snapshot
+            // fails with SQLITE_BUSY_SNAPSHOT, which is retried), so the
+            // count of live permits and the high-water mark it reads
+            // cannot be stale. A new row's fence is above every row of the
+            // name and the high-water mark of deleted ones. A row of this
+            // very lease id is renewed, keeping its fence while it is live.
+            grant: vec![Statement::rows(
+                format!(
+                    "INSERT INTO {t} (lock_name, lease_id, owner_id, fence, permits, created_at, expires_at, boot_id, boot_expires_ms) \
+                     SELECT ?1, ?3, ?2, \
+                       MAX(COALESCE((SELECT MAX(fence) FROM {t} WHERE lock_name = ?1), 0), \
+                           COALESCE((SELECT fence FROM {f} WHERE lock_name = ?1), 0)) + 1, \
+                       ?8, ?7, ?7 + ?4, ?6, ?5 + ?4 \
+                     WHERE (SELECT COUNT(*) {others}) < ?8 \
+                       AND NOT EXISTS (SELECT 1 {others} AND permits <> ?8) \
+                     ON CONFLICT (lock_name, lease_id) DO UPDATE SET \
+                       owner_id = excluded.owner_id, permits = excluded.permits, \
+                       fence = CASE WHEN {t}.boot_id = excluded.boot_id AND {t}.boot_expires_ms > ?5 \
+                                    THEN {t}.fence ELSE excluded.fence END, \
                        created_at = excluded.created_at, expires_at = excluded.expires_at, \
                        boot_id = excluded.boot_id, boot_expires_ms = excluded.boot_expires_ms \
-                     WHERE {t}.boot_id <> excluded.boot_id OR {t}.boot_expires_ms <= ?5 \
-                       OR {t}.lease_id = excluded.lease_id \
-                     RETURNING fence"
+                     RETURNING fence, 0"
                 ),
-                &[
-                    Param::Name,
-                    Param::Owner,
-                    Param::LeaseId,
-                    Param::TtlMillis,
-                    Param::NowMillis,
-                    Param::BootId,
-                    Param::WallMillis,
-                ],
-            ),
+                GRANT,
+            )],
             extend: Statement::rows(
                 format!(
                     "UPDATE {t} SET boot_expires_ms = ?4 + ?3, expires_at = ?6 + ?3 \
@@ -155,10 +179,11 @@ impl Dialect for SqliteDialect {
                 format!("DELETE FROM {t} WHERE lock_name = ?3 AND lease_id = ?4 RETURNING {live}"),
                 &[Param::NowMillis, Param::BootId, Param::Name, Param::LeaseId],
             ),
+            release_expired: None,
             current: Statement::rows(
                 format!(
                     "SELECT {columns} FROM {t} \
-                     WHERE lock_name = ?4 AND boot_id = ?2 AND boot_expires_ms > ?1"
+                     WHERE lock_name = ?4 AND boot_id = ?2 AND boot_expires_ms > ?1 ORDER BY fence"
                 ),
                 &[
                     Param::NowMillis,
@@ -187,33 +212,58 @@ impl Dialect for SqliteDialect {
         let t = table.quoted("", '"');
         let f = table.quoted("_fence", '"');
         let bare = table.quoted_bare("", '"');
+        let rebuilt = table.quoted("_upgrade", '"');
         let index = table.quoted_bare("_boot_expires", '"');
         let trigger = table.quoted("_keep_fence", '"');
-        let has_boot_columns = format!(
-            "SELECT COUNT(*) FROM pragma_table_info('{}') WHERE name = 'boot_expires_ms'",
-            table.table()
-        );
-        let statements = vec![
-            SchemaStep::Ddl(format!(
-                "CREATE TABLE IF NOT EXISTS {t} (\
-                   lock_name       TEXT    NOT NULL PRIMARY KEY, \
+        let has_column = |column: &str| {
+            format!(
+                "SELECT COUNT(*) FROM pragma_table_info('{}') WHERE name = '{column}'",
+                table.table()
+            )
+        };
+        let create = |name: &str| {
+            format!(
+                "CREATE TABLE {name} (\
+                   lock_name       TEXT    NOT NULL, \
                    owner_id        TEXT    NOT NULL, \
                    lease_id        TEXT    NOT NULL, \
                    fence           INTEGER NOT NULL, \
                    created_at      INTEGER NOT NULL, \
                    expires_at      INTEGER NOT NULL, \
                    boot_id         TEXT    NOT NULL DEFAULT '', \
-                   boot_expires_ms INTEGER NOT NULL DEFAULT 0)"
-            )),
+                   boot_expires_ms INTEGER NOT NULL DEFAULT 0, \
+                   permits         INTEGER NOT NULL DEFAULT 1, \
+                   PRIMARY KEY (lock_name, lease_id))"
+            )
+        };
+        let old_columns = "lock_name, owner_id, lease_id, fence, created_at, expires_at, boot_id, boot_expires_ms";
+        let statements = vec![
+            SchemaStep::Ddl(create(&format!("IF NOT EXISTS {t}"))),
             // Tables from lockkit 0.1 expired rows by the wall clock; their
             // rows count as written in another boot, i.e. expired.
             SchemaStep::Upgrade {
-                probe: has_boot_columns,
+                probe: has_column("boot_expires_ms"),
                 apply: vec![
                     format!("ALTER TABLE {t} ADD COLUMN boot_id TEXT NOT NULL DEFAULT ''"),
                     format!(
                         "ALTER TABLE {t} ADD COLUMN boot_expires_ms INTEGER NOT NULL DEFAULT 0"
                     ),
+                ],
+            },
+            // Tables from before semaphores had one row per name (primary
+            // key `lock_name`): rebuilt with one row per permit, keyed by
+            // `(lock_name, lease_id)`; the rows move over as locks of one
+            // permit. SQLite cannot change a primary key in place.
+            SchemaStep::Upgrade {
+                probe: has_column("permits"),
+                apply: vec![
+                    format!("DROP TABLE IF EXISTS {rebuilt}"),
+                    create(&rebuilt),
+                    format!(
+                        "INSERT INTO {rebuilt} ({old_columns}, permits) SELECT {old_columns}, 1 FROM {t}"
+                    ),
+                    format!("DROP TABLE {t}"),
+                    format!("ALTER TABLE {rebuilt} RENAME TO {bare}"),
                 ],
             },
             SchemaStep::Ddl(format!(

@@ -17,12 +17,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Acl, AuthId, Client, Error as ZkError, Permission, Stat};
 
+use crate::admission::{Admission, admit};
 use crate::config::{ZkOptions, ZkUrl};
 use crate::error::{KIND, classify};
 use crate::held::{Held, Registry};
 use crate::layout::Layout;
 use crate::monitor::monitor;
-use crate::nodes::{Deleted, Nodes};
+use crate::nodes::{Deleted, Nodes, parent_of};
 use crate::record::{Record, State};
 use crate::session::{ConnectSpec, Generation, Sessions};
 
@@ -141,12 +142,28 @@ pub(crate) struct Renewal {
 
 /// Where a lease node stands in its queue.
 pub(crate) enum Way {
-    /// Every node before it is gone: it holds the lock.
+    /// Fewer live nodes than its permit count are before it, all of its
+    /// count: it holds a permit.
     Clear,
-    /// A live node is before it; watch the one just before (`path`).
-    Blocked { predecessor: String },
+    /// As many live nodes as its permit count (or more) are before it.
+    Blocked(Blocked),
+    /// A live node before it asked with another permit count (`held`).
+    Mismatch { held: u32 },
     /// The node itself is gone (session ended, removed by an admin).
     Gone,
+}
+
+/// What a blocked node waits for.
+#[derive(Debug, Clone)]
+pub(crate) struct Blocked {
+    /// The nearest live node before it (a lock's waiter watches it alone).
+    pub(crate) predecessor: String,
+    /// The names (last path segment) of every live node before it: a
+    /// semaphore's waiter goes on as soon as any of them has gone.
+    pub(crate) ahead: Vec<String>,
+    /// When the first of them expires unless rewritten (server ms, with
+    /// the margin), as read.
+    pub(crate) expires_ms: Option<i64>,
 }
 
 impl ZkBackend {
@@ -192,17 +209,20 @@ impl ZkBackend {
         lease
     }
 
-    /// Looks at the queue before `own`: deletes held leases that expired by
+    /// Looks at the queue before `own`: deletes leases that expired by
     /// `server_now_ms` (only if unchanged since read) and duplicates of our
-    /// own node, and says whether `own` now holds the lock.
+    /// own node, and says whether `own` now holds one of `req`'s permits
+    /// (fewer than `req.permits` live nodes before it, all asking with
+    /// that count: see `admission.rs`).
     pub(crate) async fn clear_way(
         &self,
         generation: &Generation,
         lock: &str,
         own: &str,
-        lease_id: &LeaseId,
+        req: &AcquireRequest,
         server_now_ms: i64,
     ) -> Result<Way> {
+        let lease_id = &req.lease_id;
         let nodes = &self.inner.nodes;
         let Some(members) = nodes.members(generation, lock).await? else {
             return Ok(Way::Gone);
@@ -231,30 +251,105 @@ impl ZkBackend {
             return Ok(Way::Clear);
         }
         let read = nodes.read(generation, &before).await?;
-        // Held leases whose TTL ran out may go, wherever they are; the
-        // nearest live node before ours is the one to wait for.
-        let mut nearest_live = None;
-        for node in &read {
+        // Leases whose TTL ran out may go, wherever they are; the live
+        // nodes before ours decide.
+        let mut live = Vec::with_capacity(read.len());
+        for node in read {
             if node.is_expired(server_now_ms, nodes.margin) {
                 match nodes
                     .delete(generation, &node.path, Some(node.stat.version))
                     .await?
                 {
-                    // Renewed since we read it: still held.
-                    Deleted::Changed => nearest_live = Some(node.path.clone()),
+                    // Renewed since we read it: still live.
+                    Deleted::Changed => live.push(node),
                     Deleted::Yes => {
                         tracing::info!(path = %node.path, "removed an expired lease node");
                     }
                     Deleted::Missing => {}
                 }
             } else {
-                nearest_live = Some(node.path.clone());
+                live.push(node);
             }
         }
-        if let Some(predecessor) = nearest_live {
-            return Ok(Way::Blocked { predecessor });
+        match admit(&live, req.permits) {
+            Admission::Admitted => Ok(Way::Clear),
+            Admission::Mismatch { held } => Ok(Way::Mismatch { held }),
+            Admission::Waits => {
+                let margin = nodes.margin;
+                let expires_ms = live.iter().filter_map(|n| n.expires_ms(margin)).min();
+                let ahead = live
+                    .iter()
+                    .map(|n| n.path.rsplit('/').next().unwrap_or(&n.path).to_owned())
+                    .collect();
+                let predecessor = live.pop().map(|n| n.path).unwrap_or_default();
+                Ok(Way::Blocked(Blocked {
+                    predecessor,
+                    ahead,
+                    expires_ms,
+                }))
+            }
         }
-        Ok(Way::Clear)
+    }
+
+    /// The grant again for a request this backend already holds a permit
+    /// for (a retry after a lost reply, by lease id): same node, same
+    /// token, its TTL restarted by rewriting the node. `Ok(None)` when it
+    /// holds nothing for the request (no I/O then).
+    pub(crate) async fn regrant(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
+        let registry = &self.inner.registry;
+        let Some(held) = registry.get(&req.lease_id) else {
+            return Ok(None);
+        };
+        let lock = self.inner.nodes.layout.lock(&req.name);
+        if held.lost.is_fired()
+            || held.is_stopped()
+            || held.generation.is_lost()
+            || parent_of(&held.path) != lock
+        {
+            return Ok(None);
+        }
+        let record = Record::new(
+            State::Held,
+            req.ttl,
+            &req.lease_id,
+            &held.owner,
+            req.permits,
+        )
+        .with_granted_ms(held.granted_ms)
+        .encode();
+        let sent_at = Instant::now();
+        let result = held
+            .generation
+            .client
+            .set_data(&held.path, &record, None)
+            .await;
+        held.generation.observe(sent_at, &result);
+        match result {
+            Ok(stat) => {
+                let token = FencingToken::new(u64::try_from(stat.czxid).unwrap_or(0));
+                let lease = Lease::granted(req, token, sent_at).with_handle(held.path);
+                registry.renewed(&req.lease_id, lease.deadline);
+                Ok(Some(lease))
+            }
+            Err(ZkError::NoNode) => {
+                registry.lose(&req.lease_id);
+                Ok(None)
+            }
+            Err(err) => Err(classify(err, "renewing a retried grant")),
+        }
+    }
+
+    /// Deletes what a refused request created, bounded by
+    /// [`CLEANUP_TIMEOUT`], else in the background.
+    pub(crate) async fn discard(&self, generation: &Generation, req: &AcquireRequest) {
+        let deleted = tokio::time::timeout(
+            CLEANUP_TIMEOUT,
+            self.delete_lease_nodes(generation, &req.name, &req.lease_id),
+        )
+        .await;
+        if !matches!(deleted, Ok(Ok(()))) {
+            self.abandon_in_background(req.clone());
+        }
     }
 
     /// Checks a lease before renewing it and builds its node's new data.
@@ -287,7 +382,7 @@ impl ZkBackend {
             .as_ref()
             .map_or(lease.owner.as_str(), |h| h.owner.as_str());
         let granted_ms = held.as_ref().map_or(0, |h| h.granted_ms);
-        let record = Record::new(State::Held, ttl, &lease.lease_id, owner)
+        let record = Record::new(State::Held, ttl, &lease.lease_id, owner, lease.permits)
             .with_granted_ms(granted_ms)
             .encode();
         Ok(Renewal {
@@ -356,42 +451,38 @@ impl LockBackend for ZkBackend {
             durable_tokens: true,
             ttl_granularity: Duration::from_millis(1),
             expiry_slack: self.inner.nodes.margin + Duration::from_millis(200),
-            max_permits: 1,
+            max_permits: lockkit_core::MAX_PERMITS,
         }
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
+        if let Some(lease) = self.regrant(req).await? {
+            return Ok(Some(lease));
+        }
         let nodes = &self.inner.nodes;
         let lock = nodes.layout.lock(&req.name);
         let generation = self.inner.sessions.current();
         let sent_at = Instant::now();
         let created = nodes.create(&generation, &lock, req, State::Held).await?;
-        let clear = created.sole
-            || matches!(
-                self.clear_way(
-                    &generation,
-                    &lock,
-                    &created.path,
-                    &req.lease_id,
-                    created.stat.ctime,
-                )
-                .await?,
-                Way::Clear
-            );
-        if !clear || generation.is_lost() {
+        let way = if created.sole {
+            Way::Clear
+        } else {
+            self.clear_way(&generation, &lock, &created.path, req, created.stat.ctime)
+                .await?
+        };
+        let refusal = match way {
+            Way::Clear => None,
+            Way::Mismatch { held } => {
+                Some(Err(Error::permits_mismatch(&req.name, held, req.permits)))
+            }
+            Way::Blocked(_) | Way::Gone => Some(Ok(None)),
+        };
+        if refusal.is_some() || generation.is_lost() {
             // Refused (or the session changed under us): remove our node
             // now, or leave it to the background.
-            if tokio::time::timeout(
-                CLEANUP_TIMEOUT,
-                self.delete_lease_nodes(&generation, &req.name, &req.lease_id),
-            )
-            .await
-            .is_err()
-            {
-                self.abandon_in_background(req.clone());
-            }
-            if !clear {
-                return Ok(None);
+            self.discard(&generation, req).await;
+            if let Some(refusal) = refusal {
+                return refusal;
             }
             return Err(Error::transient(
                 KIND,
@@ -526,12 +617,10 @@ impl LockBackend for ZkBackend {
         }
     }
 
+    /// The first live nodes of the queue that hold a permit (see the
+    /// crate docs, "Semaphores"), by the server's clock, by token.
     async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
-        let one: Result<Option<LockInfo>> = async {
-        self.current_holder(name).await
-    }
-        .await;
-        Ok(one?.into_iter().collect())
+        self.holders_of(name).await
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {
@@ -539,7 +628,7 @@ impl LockBackend for ZkBackend {
     }
 
     async fn force_release(&self, name: &LockName) -> Result<bool> {
-        self.force_release_holder(name).await
+        self.force_release_holders(name).await
     }
 
     /// Deletes lease nodes whose TTL ran out by the server's clock (their

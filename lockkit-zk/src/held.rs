@@ -55,6 +55,13 @@ impl Held {
     }
 }
 
+impl Held {
+    /// Whether this backend is releasing (or has released) the lease.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+}
+
 /// Leases held through this backend instance, by lease id.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {

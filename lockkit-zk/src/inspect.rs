@@ -1,9 +1,10 @@
-//! Inspection and administration: the live holder of a queue by the
-//! server's clock, `current`, `list`, `force_release`, `cleanup_expired`.
+//! Inspection and administration: the live holders of a queue by the
+//! server's clock, `holders`, `list`, `force_release`, `cleanup_expired`.
 
 use lockkit_core::{LockInfo, LockName, Result};
 use zookeeper_client::Error as ZkError;
 
+use crate::admission;
 use crate::backend::ZkBackend;
 use crate::error::classify;
 use crate::layout::{Member, decode_name};
@@ -12,44 +13,42 @@ use crate::record::Node;
 use crate::session::Generation;
 
 impl ZkBackend {
-    /// The queue of `name` with the server's clock: the live holder, if any.
-    pub(crate) async fn holder(
+    /// The queue of a lock with the server's clock: the nodes that hold a
+    /// permit (the first live nodes, as `admission::holders` rules), in
+    /// queue order, and the expired nodes.
+    pub(crate) async fn holder_nodes(
         &self,
         generation: &Generation,
         lock: &str,
         server_now_ms: i64,
         members: &[Member],
-    ) -> Result<(Option<Node>, Vec<Node>)> {
+    ) -> Result<(Vec<Node>, Vec<Node>)> {
         let nodes = &self.inner.nodes;
         let paths: Vec<String> = members
             .iter()
             .map(|m| format!("{lock}/{}", m.node))
             .collect();
         let read = nodes.read(generation, &paths).await?;
-        let mut expired = Vec::new();
-        for node in read {
-            if node.is_expired(server_now_ms, nodes.margin) {
-                expired.push(node);
-                continue;
-            }
-            let holder = node
-                .is_live_holder(server_now_ms, nodes.margin)
-                .then_some(node);
-            return Ok((holder, expired));
-        }
-        Ok((None, expired))
+        let (expired, live): (Vec<Node>, Vec<Node>) = read
+            .into_iter()
+            .partition(|node| node.is_expired(server_now_ms, nodes.margin));
+        Ok((admission::holders(live), expired))
     }
 
-    pub(crate) async fn current_holder(&self, name: &LockName) -> Result<Option<LockInfo>> {
+    pub(crate) async fn holders_of(&self, name: &LockName) -> Result<Vec<LockInfo>> {
         let generation = self.inner.sessions.current();
         let nodes = &self.inner.nodes;
         let now_ms = nodes.server_now(&generation).await?;
         let lock = nodes.layout.lock(name);
         let Some(members) = nodes.members(&generation, &lock).await? else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
-        let (holder, _) = self.holder(&generation, &lock, now_ms, &members).await?;
-        Ok(holder.and_then(|h| h.info(name)))
+        let (holders, _) = self
+            .holder_nodes(&generation, &lock, now_ms, &members)
+            .await?;
+        let mut infos: Vec<LockInfo> = holders.iter().filter_map(|h| h.info(name)).collect();
+        infos.sort_by_key(|info| info.token);
+        Ok(infos)
     }
 
     pub(crate) async fn list_holders(&self) -> Result<Vec<LockInfo>> {
@@ -76,16 +75,18 @@ impl ZkBackend {
             let Some(name) = lock.rsplit('/').next().and_then(decode_name) else {
                 continue;
             };
-            let (holder, _) = self.holder(&generation, &lock, now_ms, &members).await?;
-            if let Some(info) = holder.and_then(|h| h.info(&name)) {
-                infos.push(info);
-            }
+            let (holders, _) = self
+                .holder_nodes(&generation, &lock, now_ms, &members)
+                .await?;
+            infos.extend(holders.iter().filter_map(|h| h.info(&name)));
         }
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos.sort_by(|a, b| a.name.cmp(&b.name).then(a.token.cmp(&b.token)));
         Ok(infos)
     }
 
-    pub(crate) async fn force_release_holder(&self, name: &LockName) -> Result<bool> {
+    /// Deletes every node holding a permit of `name` (and expired nodes);
+    /// the holders' node watches fire their loss signals.
+    pub(crate) async fn force_release_holders(&self, name: &LockName) -> Result<bool> {
         let generation = self.inner.sessions.current();
         let nodes = &self.inner.nodes;
         let now_ms = nodes.server_now(&generation).await?;
@@ -93,19 +94,19 @@ impl ZkBackend {
         let Some(members) = nodes.members(&generation, &lock).await? else {
             return Ok(false);
         };
-        let (holder, expired) = self.holder(&generation, &lock, now_ms, &members).await?;
+        let (holders, expired) = self
+            .holder_nodes(&generation, &lock, now_ms, &members)
+            .await?;
         for node in &expired {
             nodes
                 .delete(&generation, &node.path, Some(node.stat.version))
                 .await?;
         }
-        let removed = match holder {
-            Some(node) => {
-                tracing::warn!(lock = %name, path = %node.path, "force-releasing a held lock");
-                nodes.delete(&generation, &node.path, None).await? == Deleted::Yes
-            }
-            None => false,
-        };
+        let mut removed = false;
+        for node in &holders {
+            tracing::warn!(lock = %name, path = %node.path, "force-releasing a held permit");
+            removed |= nodes.delete(&generation, &node.path, None).await? == Deleted::Yes;
+        }
         if !removed {
             nodes.delete_lock_if_empty(&generation, &lock).await?;
         }

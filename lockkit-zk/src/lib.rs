@@ -3,7 +3,8 @@
 //! ZooKeeper backend for lockkit: the classic lock recipe (ephemeral
 //! sequential nodes, each waiter watching only its predecessor) with
 //! per-lease TTLs, fencing tokens from `czxid`, digest authentication with
-//! ACLs, and chroots.
+//! ACLs, and chroots; semaphores (N permits per name) by the same nodes
+//! with N leaders.
 //!
 //! ```no_run
 //! # async fn demo() -> lockkit_core::Result<()> {
@@ -30,17 +31,18 @@
 //!
 //! Each lock is a container node `<root>/locks/<percent-encoded name>`;
 //! each acquisition creates one `EPHEMERAL_SEQUENTIAL` child
-//! `lk-<lease id>-<sequence>` holding its owner, lease id, TTL and state
-//! (`held` or `waiting`).
+//! `lk-<lease id>-<sequence>` holding its owner, lease id, TTL, permit
+//! count (1 for a lock) and state (`held` or `waiting`).
 //!
 //! - **Protected creates.** The lease id in the node name lets a create
 //!   whose reply was lost (connection loss) be found again by listing the
 //!   lock's children, instead of leaving an orphan that would block the
 //!   queue; stray duplicates are deleted when seen.
-//! - **Grant.** The lowest sequence holds. A free lock costs one round trip:
+//! - **Grant.** The lowest sequence holds (the first N, for a semaphore:
+//!   see "Semaphores" below). A free lock costs one round trip:
 //!   the lock node and the lease node are created in one transaction, so
 //!   the new node is known to be alone. Otherwise the queue is listed.
-//! - **Waiting.** A waiter sets a watch on the node just before its own
+//! - **Waiting.** A lock's waiter sets a watch on the node just before its own
 //!   (FIFO, no herd effect), so a release wakes exactly one waiter, by
 //!   push. When its turn comes it is granted at once if its node was
 //!   written within the last tenth of its TTL (the lease's deadline counts
@@ -94,6 +96,62 @@
 //!   `held` nodes and empty lock nodes; ZooKeeper also reaps empty
 //!   container nodes by itself.
 //!
+//! ## Semaphores
+//!
+//! A request for one of N permits (`AcquireRequest::with_permits`,
+//! `LockOptions::permits`; up to [`lockkit_core::MAX_PERMITS`]) uses the
+//! lock's nodes unchanged — a lock is the case N = 1, on the same code
+//! path — with the ephemeral-sequential recipe with N leaders
+//! (`ARCHITECTURE.md` §13 "Semaphores"):
+//!
+//! - **Nodes.** Each request creates its protected `EPHEMERAL_SEQUENTIAL`
+//!   child as above; its data carries N. One node per permit holder and
+//!   per waiter; nothing else is stored per name.
+//! - **Admission.** A node holds a permit when fewer than N live nodes
+//!   precede it (by sequence; expired ones are deleted first, versioned)
+//!   and all of them carry N: the first N children hold. Nodes only leave
+//!   the part of the queue ahead of a node — later creates get higher
+//!   sequences — so an admitted node stays admitted, and the last of any
+//!   set of holders saw every other one ahead of it: never more than N,
+//!   across clients, sessions and processes. [`holders`] reports the
+//!   nodes this rule admits, by the server's clock (waiting or not: a node
+//!   in the first N is granted when it next looks), `list` one record per
+//!   such node, and `force_release` deletes them all (their holders'
+//!   node watches fire the loss signals).
+//! - **Waking.** A waiter at index i ≥ N is admitted once fewer than N
+//!   live nodes precede it — when *any* of them goes, which a single
+//!   predecessor watch can miss. So a semaphore's waiter (N > 1) sets a
+//!   children watch on the lock node and compares the children it returns
+//!   with the live nodes it saw ahead: one of them gone, it steps again at
+//!   once; otherwise (a node joined behind it) it re-arms the watch without
+//!   reading the queue. A lock's waiter (N = 1) keeps the predecessor-only
+//!   watch (no herd). Both also wake when the first node ahead's TTL runs
+//!   out and to refresh their own node. Waiters are admitted in arrival
+//!   order: with k permits free, the first k waiters go.
+//! - **Tokens** are the nodes' `czxid`s, as for a lock: unique and
+//!   increasing across every permit of the name, clients and restarts.
+//! - **Mismatched counts.** A request that finds a live node ahead of its
+//!   own carrying another N deletes its node and fails with
+//!   [`Error::PermitsMismatch`] (from `try_acquire` or the queue step, at
+//!   once); once the nodes of the other count are gone, the new count
+//!   works.
+//! - **Idempotency.** A retry of a granted request (same lease id) on the
+//!   backend that holds it rewrites the granted node — same token, TTL
+//!   restarted — instead of taking a second permit; a create whose reply
+//!   was lost is found again by its name as for a lock.
+//! - **Round trips.** An uncontended N = 1 acquire stays one request (the
+//!   lock node and the lease node created in one transaction) and its
+//!   release one; a request that finds the lock node in place (a second
+//!   permit, a waiter) creates its node, lists the queue and reads the
+//!   nodes ahead in one multi-read.
+//! - **Fencing with N > 1.** Tokens are unique and ordered, but N holders
+//!   hold at once, so a store keeping a single high-water mark of the
+//!   name would refuse live holders with lower tokens. Check a write's
+//!   lease id against [`holders`] (or fence per resource each holder
+//!   works on) instead.
+//!
+//! [`holders`]: lockkit_core::LockBackend::holders
+//!
 //! ## Limits (what ZooKeeper cannot promise)
 //!
 //! - TTL expiry compares the leader's clock at two moments; after a leader
@@ -120,6 +178,7 @@
 //! default 10 s) and the TTL is enforced with node `mtime`s as above. A lease
 //! is safe until the earlier of its TTL deadline and the session rule.
 
+mod admission;
 mod backend;
 mod config;
 mod error;

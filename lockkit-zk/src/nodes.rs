@@ -119,8 +119,9 @@ impl Nodes {
         state: State,
     ) -> Result<Created> {
         let prefix = lease_prefix(lock, &req.lease_id);
-        let held = Record::new(State::Held, req.ttl, &req.lease_id, &req.owner).encode();
-        let queued = Record::new(state, req.ttl, &req.lease_id, &req.owner).encode();
+        let held =
+            Record::new(State::Held, req.ttl, &req.lease_id, &req.owner, req.permits).encode();
+        let queued = Record::new(state, req.ttl, &req.lease_id, &req.owner, req.permits).encode();
         let client = &generation.client;
         let bad_args = |e: ZkError| classify(e, "preparing a lease node");
         for _ in 0..32 {

@@ -1,6 +1,6 @@
 //! What a lease node stores, and when it counts as expired.
 //!
-//! The data is five lines of UTF-8 (owner labels and lease ids cannot hold
+//! The data is seven lines of UTF-8 (owner labels and lease ids cannot hold
 //! control characters, so newlines separate them safely):
 //!
 //! ```text
@@ -10,7 +10,13 @@
 //! <granted at, ms since the epoch by the server's clock; 0 = the node's mtime>
 //! <lease id>
 //! <owner>
+//! <permit count: 1 for a lock, N for a semaphore>
 //! ```
+//!
+//! The permit count came last, after the first release: a record without
+//! it is a lock's (1), and a reader that predates it still parses the
+//! record (it takes the count for part of the owner label), so it keeps
+//! honouring the node's TTL.
 
 use std::time::{Duration, SystemTime};
 
@@ -40,16 +46,25 @@ pub(crate) struct Record {
     pub(crate) granted_ms: i64,
     pub(crate) lease_id: LeaseId,
     pub(crate) owner: String,
+    /// The permit count the request asked with (1 for a lock).
+    pub(crate) permits: u32,
 }
 
 impl Record {
-    pub(crate) fn new(state: State, ttl: Duration, lease_id: &LeaseId, owner: &str) -> Self {
+    pub(crate) fn new(
+        state: State,
+        ttl: Duration,
+        lease_id: &LeaseId,
+        owner: &str,
+        permits: u32,
+    ) -> Self {
         Self {
             state,
             ttl_ms: u64::try_from(ttl_millis(ttl).max(1)).unwrap_or(u64::MAX),
             granted_ms: 0,
             lease_id: lease_id.clone(),
             owner: owner.to_owned(),
+            permits,
         }
     }
 
@@ -64,8 +79,8 @@ impl Record {
             State::Waiting => "waiting",
         };
         format!(
-            "{MAGIC}\n{state}\n{}\n{}\n{}\n{}",
-            self.ttl_ms, self.granted_ms, self.lease_id, self.owner
+            "{MAGIC}\n{state}\n{}\n{}\n{}\n{}\n{}",
+            self.ttl_ms, self.granted_ms, self.lease_id, self.owner, self.permits
         )
         .into_bytes()
     }
@@ -73,7 +88,7 @@ impl Record {
     /// Parses node data; `None` when it is not a lockkit record.
     pub(crate) fn decode(data: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(data).ok()?;
-        let mut lines = text.splitn(6, '\n');
+        let mut lines = text.splitn(7, '\n');
         if lines.next()? != MAGIC {
             return None;
         }
@@ -86,12 +101,18 @@ impl Record {
         let granted_ms = lines.next()?.parse().ok()?;
         let lease_id = LeaseId::parse(lines.next()?).ok()?;
         let owner = lines.next()?.to_owned();
+        let permits = match lines.next() {
+            // A record written before permit counts: a lock's.
+            None => 1,
+            Some(count) => count.parse().ok().filter(|n| *n >= 1)?,
+        };
         Some(Self {
             state,
             ttl_ms,
             granted_ms,
             lease_id,
             owner,
+            permits,
         })
     }
 }
@@ -122,12 +143,9 @@ impl Node {
             .is_some_and(|at| at <= server_now_ms)
     }
 
-    /// Whether this node, found first in its queue, holds the lock: any
-    /// unexpired lockkit record. A head may still say `waiting` — it is
-    /// granted without a rewrite when its turn comes (see `queue.rs`), and
-    /// either way nobody else can be granted the lock before it goes.
-    pub(crate) fn is_live_holder(&self, server_now_ms: i64, margin: Duration) -> bool {
-        self.record.is_some() && !self.is_expired(server_now_ms, margin)
+    /// The permit count of this node's request, if it is a lockkit record.
+    pub(crate) fn permits(&self) -> Option<u32> {
+        self.record.as_ref().map(|r| r.permits)
     }
 
     /// The fencing token: the node's creation zxid.
@@ -145,14 +163,17 @@ impl Node {
         };
         let expires: SystemTime =
             system_time_from_millis(self.stat.mtime) + Duration::from_millis(record.ttl_ms);
-        Some(LockInfo::new(
-            name.clone(),
-            record.owner.clone(),
-            record.lease_id.clone(),
-            self.token(),
-            system_time_from_millis(granted),
-            Some(expires),
-        ))
+        Some(
+            LockInfo::new(
+                name.clone(),
+                record.owner.clone(),
+                record.lease_id.clone(),
+                self.token(),
+                system_time_from_millis(granted),
+                Some(expires),
+            )
+            .with_permits(record.permits),
+        )
     }
 }
 
@@ -165,10 +186,19 @@ mod tests {
         let id = LeaseId::random();
         let owner = "'; DROP TABLE locks; -- \"o\" 🔒";
         let r =
-            Record::new(State::Held, Duration::from_micros(1500), &id, owner).with_granted_ms(7);
+            Record::new(State::Held, Duration::from_micros(1500), &id, owner, 3).with_granted_ms(7);
         assert_eq!(r.ttl_ms, 2, "TTLs round up to whole milliseconds");
         let back = Record::decode(&r.encode()).expect("decodes");
         assert_eq!(back, r);
+        let old = format!("lockkit-zk/1\nwaiting\n5\n0\n{id}\nowner");
+        let old = Record::decode(old.as_bytes()).expect("a record without a permit count");
+        assert_eq!((old.permits, old.owner.as_str()), (1, "owner"));
+        let zero = format!("lockkit-zk/1\nheld\n5\n0\n{id}\nowner\n0");
+        assert_eq!(
+            Record::decode(zero.as_bytes()),
+            None,
+            "0 permits is no record"
+        );
         assert_eq!(Record::decode(b"other"), None);
         assert_eq!(Record::decode(b"lockkit-zk/1\nheld\n1\n0\n"), None);
     }

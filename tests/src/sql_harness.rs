@@ -175,10 +175,11 @@ impl Harness for SqlHarness {
 
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
         let table = &self.table;
-        let rows: Vec<(String, String, i64, String)> = match &self.raw {
+        let rows: Vec<(String, String, i64, String, i64)> = match &self.raw {
             #[cfg(feature = "postgres")]
             Raw::Postgres(pool) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT owner_id, lease_id, fence, expires_at::text FROM \"{}\" WHERE lock_name = $1",
+                "SELECT owner_id, lease_id, fence, expires_at::text, permits::bigint FROM \"{}\" \
+                 WHERE lock_name = $1 ORDER BY fence",
                 table.table()
             )))
             .bind(name.as_str())
@@ -187,7 +188,8 @@ impl Harness for SqlHarness {
             .expect("inspect the lock table"),
             #[cfg(feature = "mysql")]
             Raw::MySql(pool) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT owner_id, lease_id, fence, CAST(expires_at AS CHAR) FROM `{}` WHERE lock_name = ?",
+                "SELECT owner_id, lease_id, fence, CAST(expires_at AS CHAR), CAST(permits AS SIGNED) FROM `{}` \
+                 WHERE lock_name = ? ORDER BY fence",
                 table.table()
             )))
             .bind(name.as_str())
@@ -195,9 +197,12 @@ impl Harness for SqlHarness {
             .await
             .expect("inspect the lock table"),
         };
-        rows.into_iter()
-            .map(|(owner, lease, fence, expires)| {
-                format!("row owner={owner:?} lease={lease:?} fence={fence} expires_at={expires}")
+        rows
+            .into_iter()
+            .map(|(owner, lease, fence, expires, permits)| {
+                format!(
+                    "row owner={owner:?} lease={lease:?} fence={fence} permits={permits} expires_at={expires}"
+                )
             })
             .collect()
     }

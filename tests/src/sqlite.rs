@@ -68,9 +68,12 @@ impl Harness for SqliteHarness {
         )
     }
 
+    /// One line per stored row of `name`: a row per held (or expired,
+    /// not yet deleted) permit.
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
         sqlx::query(
-            "SELECT owner_id, lease_id, fence, boot_id, boot_expires_ms FROM locks WHERE lock_name = ?1",
+            "SELECT owner_id, lease_id, fence, boot_id, boot_expires_ms, permits FROM locks \
+             WHERE lock_name = ?1 ORDER BY fence",
         )
         .bind(name.as_str())
         .fetch_all(&self.inspector)
@@ -79,12 +82,13 @@ impl Harness for SqliteHarness {
         .iter()
         .map(|row| {
             format!(
-                "row owner={:?} lease={:?} fence={} boot={} expires={}",
+                "row owner={:?} lease={:?} fence={} boot={} expires={} permits={}",
                 row.get::<String, _>(0),
                 row.get::<String, _>(1),
                 row.get::<i64, _>(2),
                 row.get::<String, _>(3),
-                row.get::<i64, _>(4)
+                row.get::<i64, _>(4),
+                row.get::<i64, _>(5)
             )
         })
         .collect()

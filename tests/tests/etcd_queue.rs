@@ -319,3 +319,165 @@ async fn wait_for_watchers(port: u16, ok: impl Fn(f64) -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A semaphore in etcd's key space: N holders have one key each (the
+/// value carries the permit count), the (N+1)-th request waits with its
+/// key present behind them, and it is admitted when the *oldest* holder
+/// releases — not its predecessor in the line, which is the wake-up a
+/// single predecessor watch would miss. Tokens are the keys' create
+/// revisions, distinct and increasing; nothing is left after the releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn semaphore_waiter_is_admitted_when_a_holder_before_its_predecessor_leaves() {
+    const N: u32 = 3;
+    let h = EtcdHarness::start().await;
+    let name = unique_name("etcd-semaphore-keys");
+    let permit = |owner: &str| req(&name, owner).with_permits(N).expect("valid count");
+    let mut holders = Vec::new();
+    for i in 0..N {
+        let client = h.backend().await;
+        let lease = client
+            .try_acquire(&permit(&format!("holder-{i}")))
+            .await
+            .expect("try")
+            .expect("a permit is free");
+        holders.push((client, lease));
+    }
+    let keys = h.raw_entries(&name).await;
+    assert_eq!(keys.len(), N as usize, "one key per permit: {keys:?}");
+    for (key, (_, lease)) in keys.iter().zip(&holders) {
+        assert_eq!(
+            u64::try_from(key.create_revision).expect("positive"),
+            lease.token.get(),
+            "token = create revision of the holder's key"
+        );
+        assert_eq!(key.permits(), N as usize, "the value carries N: {key:?}");
+        assert!(key.value.ends_with(&lease.owner), "{key:?}");
+    }
+    let tokens: Vec<u64> = holders.iter().map(|(_, l)| l.token.get()).collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+
+    let waiter = h.backend().await;
+    let task = {
+        let (waiter, req) = (waiter.clone(), permit("waiter"));
+        tokio::spawn(async move {
+            waiter
+                .acquire(&req, Some(Instant::now() + Duration::from_secs(60)))
+                .await
+        })
+    };
+    let keys = h.wait_for_keys(&name, N as usize + 1).await;
+    let waiting = keys[N as usize].clone();
+    assert!(
+        waiting.1 > keys[N as usize - 1].1,
+        "the waiter's key is behind every holder: {keys:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !task.is_finished(),
+        "no permit for the waiter while all {N} are held"
+    );
+    assert_eq!(h.raw_keys(&name).await.len(), N as usize + 1);
+
+    // The oldest holder leaves; the waiter's predecessor (the newest
+    // holder) stays.
+    let (client, oldest) = holders.remove(0);
+    assert!(client.release(&oldest).await.expect("release"));
+    let lease = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the waiter is admitted when any holder ahead leaves")
+        .expect("waiter task")
+        .expect("granted");
+    assert_eq!(
+        i64::try_from(lease.token.get()).expect("fits"),
+        waiting.1,
+        "granted on the key it waited with"
+    );
+    assert!(lease.token.get() > *tokens.last().expect("tokens"));
+    let keys = h.raw_keys(&name).await;
+    assert_eq!(keys.len(), N as usize, "{keys:?}");
+    let mut expected: Vec<String> = holders
+        .iter()
+        .map(|(_, l)| l.lease_id.to_string())
+        .chain([lease.lease_id.to_string()])
+        .collect();
+    let mut reported: Vec<String> = h
+        .inspector()
+        .holders(&name)
+        .await
+        .expect("holders")
+        .into_iter()
+        .map(|info| {
+            assert_eq!(info.permits, N);
+            info.lease_id.to_string()
+        })
+        .collect();
+    expected.sort();
+    reported.sort();
+    assert_eq!(reported, expected, "the other holders keep their permits");
+    for (client, lease) in &holders {
+        assert!(client.release(lease).await.expect("release"));
+    }
+    assert!(waiter.release(&lease).await.expect("release"));
+    assert!(h.raw_keys(&name).await.is_empty(), "no keys left");
+}
+
+/// Round trips of uncontended grants, counted with etcd's own gRPC
+/// counters on a private member: a lock (N = 1) takes one transaction to
+/// acquire and one to release, as before semaphores; a semaphore's first
+/// permit the same; a later permit of a partly held semaphore one more
+/// (the conditional put after the read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncontended_grants_take_the_minimum_round_trips() {
+    let server = EtcdCluster::start(1, 500);
+    let port = server.members()[0].client_port;
+    let h = EtcdHarness::with_url(server.url()).await;
+    let client = h.backend().await;
+    let calls = |method: &str| {
+        metric(
+            port,
+            &format!(
+                "grpc_server_handled_total{{grpc_code=\"OK\",grpc_method=\"{method}\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}}"
+            ),
+        )
+    };
+    // Warm up: the session lease is granted once per TTL.
+    let name = unique_name("etcd-round-trips");
+    let warm = client
+        .try_acquire(&req(&name, "warm"))
+        .await
+        .expect("try")
+        .expect("free");
+    assert!(client.release(&warm).await.expect("release"));
+    let mut cases = Vec::new();
+    for (permits, held_before, expected) in [(1, 0, 1.0), (3, 0, 1.0), (3, 1, 2.0)] {
+        let name = unique_name("etcd-round-trips");
+        let mut held = Vec::new();
+        for i in 0..held_before {
+            let r = req(&name, &format!("h{i}"))
+                .with_permits(permits)
+                .expect("n");
+            held.push(client.try_acquire(&r).await.expect("try").expect("free"));
+        }
+        let (txn, range) = (calls("Txn"), calls("Range"));
+        let r = req(&name, "measured").with_permits(permits).expect("n");
+        let lease = client.try_acquire(&r).await.expect("try").expect("free");
+        let acquire = (calls("Txn") - txn, calls("Range") - range);
+        let txn = calls("Txn");
+        assert!(client.release(&lease).await.expect("release"));
+        let release = calls("Txn") - txn;
+        cases.push((permits, held_before, acquire, release));
+        assert_eq!(
+            acquire,
+            (expected, 0.0),
+            "N = {permits}, {held_before} held"
+        );
+        assert!(
+            (release - 1.0).abs() < f64::EPSILON,
+            "one release round trip"
+        );
+        for lease in &held {
+            assert!(client.release(lease).await.expect("release"));
+        }
+    }
+    eprintln!("(N, held before, (txns, ranges) to acquire, txns to release): {cases:?}");
+}

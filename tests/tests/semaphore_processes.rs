@@ -1,4 +1,5 @@
-//! Eight processes share a semaphore of three permits, on every backend:
+//! Eight processes share a semaphore of three permits, on every backend
+//! with semaphores (all but Redis so far, issue 15):
 //! at most three of them are ever inside at once (their recorded
 //! intervals, on the host's shared monotonic clock, never overlap more
 //! than three deep), every process gets every round, and every grant has
@@ -122,16 +123,6 @@ async fn postgres() {
 async fn mysql() {
     use lockkit_tests::sql_harness::{SqlHarness, SqlKind};
     let harness = SqlHarness::start(SqlKind::MySql).await;
-    let url = harness.url().to_owned();
-    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
-        .await
-        .expect("processes");
-}
-
-#[cfg(feature = "redis")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis() {
-    let harness = lockkit_tests::redis::RedisHarness::standalone().await;
     let url = harness.url().to_owned();
     tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
         .await

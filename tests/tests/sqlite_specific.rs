@@ -305,3 +305,157 @@ async fn a_release_reaches_another_instance_through_the_wake_file() {
             .is_none()
     );
 }
+
+/// The stored rows of a semaphore: one row per held permit, each with the
+/// permit count and a token of its own; none after the releases (only the
+/// fence high-water mark stays). A table from before semaphores (one row
+/// per name, primary key `lock_name`, boot columns in place) is rebuilt
+/// with one row per permit; its live row survives as a lock of one permit,
+/// and tokens continue from it.
+#[tokio::test]
+async fn semaphore_rows_and_the_single_row_table_upgrade() {
+    const N: u32 = 3;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/single.db?mode=rwc", dir.path().display());
+    let raw = sqlx::SqlitePool::connect(&url).await.expect("raw pool");
+    let (boot, now_ms) = host_boot();
+    let single_row_layout = [
+        "CREATE TABLE locks (lock_name TEXT NOT NULL PRIMARY KEY, owner_id TEXT NOT NULL, \
+         lease_id TEXT NOT NULL, fence INTEGER NOT NULL, created_at INTEGER NOT NULL, \
+         expires_at INTEGER NOT NULL, boot_id TEXT NOT NULL DEFAULT '', \
+         boot_expires_ms INTEGER NOT NULL DEFAULT 0)",
+        "CREATE INDEX locks_boot_expires ON locks (boot_expires_ms)",
+        "CREATE TABLE locks_fence (lock_name TEXT NOT NULL PRIMARY KEY, fence INTEGER NOT NULL)",
+        "CREATE TRIGGER locks_keep_fence AFTER DELETE ON locks BEGIN \
+         INSERT INTO locks_fence (lock_name, fence) VALUES (OLD.lock_name, OLD.fence) \
+         ON CONFLICT (lock_name) DO UPDATE SET fence = MAX(fence, excluded.fence); END",
+    ];
+    for ddl in single_row_layout {
+        sqlx::query(ddl).execute(&raw).await.expect("old schema");
+    }
+    // A live lock held under the old layout, for an hour by the boot clock.
+    sqlx::query("INSERT INTO locks VALUES ('kept', 'old', 'c0ffee', 41, 0, 0, ?1, ?2)")
+        .bind(&boot)
+        .bind(now_ms + 3_600_000)
+        .execute(&raw)
+        .await
+        .expect("old row");
+
+    let backend = lockkit_sql::sqlite::connect(&url).await.expect("upgrade");
+    let pk: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info('locks') WHERE pk > 0 ORDER BY pk")
+            .fetch_all(&raw)
+            .await
+            .expect("primary key");
+    assert_eq!(pk, ["lock_name", "lease_id"], "one row per permit");
+    let kept = lockkit_core::LockName::new("kept").expect("name");
+    let holder = backend
+        .current(&kept)
+        .await
+        .expect("current")
+        .expect("the old live row survives the upgrade");
+    assert_eq!(
+        (holder.lease_id.as_str(), holder.token.get(), holder.permits),
+        ("c0ffee", 41, 1)
+    );
+    let refused = AcquireRequest::new(kept.clone(), "new", Duration::from_secs(60)).expect("req");
+    assert!(
+        backend.try_acquire(&refused).await.expect("try").is_none(),
+        "still held"
+    );
+    // The trigger came back with the rebuilt table: the high-water mark
+    // keeps the old token after a force-release.
+    assert!(backend.force_release(&kept).await.expect("force"));
+    let after = backend
+        .try_acquire(&refused)
+        .await
+        .expect("try")
+        .expect("free");
+    assert_eq!(after.token.get(), 42, "tokens continue from the old row");
+    assert!(backend.release(&after).await.expect("release"));
+
+    // N permits: N rows, distinct tokens, the permit count stored.
+    let name = unique_name("semaphore-rows");
+    let mut leases = Vec::new();
+    for i in 0..N {
+        let req = AcquireRequest::new(name.clone(), format!("holder-{i}"), Duration::from_secs(60))
+            .and_then(|r| r.with_permits(N))
+            .expect("request");
+        leases.push(
+            backend
+                .try_acquire(&req)
+                .await
+                .expect("try")
+                .expect("a permit is free"),
+        );
+    }
+    let extra = AcquireRequest::new(name.clone(), "extra", Duration::from_secs(60))
+        .and_then(|r| r.with_permits(N))
+        .expect("request");
+    assert!(
+        backend.try_acquire(&extra).await.expect("try").is_none(),
+        "N are held"
+    );
+    let lock = AcquireRequest::new(name.clone(), "lock", Duration::from_secs(60)).expect("req");
+    assert!(
+        matches!(
+            backend.try_acquire(&lock).await,
+            Err(Error::PermitsMismatch {
+                held: 3,
+                asked: 1,
+                ..
+            })
+        ),
+        "a lock request on a held semaphore is a mismatch"
+    );
+    let rows = sqlx::query(
+        "SELECT lease_id, fence, permits FROM locks WHERE lock_name = ?1 ORDER BY fence",
+    )
+    .bind(name.as_str())
+    .fetch_all(&raw)
+    .await
+    .expect("rows");
+    assert_eq!(rows.len(), N as usize, "one row per held permit");
+    let mut fences: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>(1)).collect();
+    let stored: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+    assert!(rows.iter().all(|r| r.get::<i64, _>(2) == i64::from(N)));
+    let granted: Vec<i64> = leases.iter().map(|l| l.token.get() as i64).collect();
+    assert_eq!(
+        fences, granted,
+        "the rows carry the granted tokens, in grant order"
+    );
+    fences.dedup();
+    assert_eq!(fences.len(), N as usize, "tokens are distinct");
+    let mut ids: Vec<String> = leases.iter().map(|l| l.lease_id.to_string()).collect();
+    let mut stored_sorted = stored.clone();
+    ids.sort();
+    stored_sorted.sort();
+    assert_eq!(stored_sorted, ids);
+    for lease in &leases {
+        assert!(backend.release(lease).await.expect("release"));
+    }
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM locks WHERE lock_name = ?1")
+        .bind(name.as_str())
+        .fetch_one(&raw)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "no rows after the releases");
+    let high_water: i64 = sqlx::query_scalar("SELECT fence FROM locks_fence WHERE lock_name = ?1")
+        .bind(name.as_str())
+        .fetch_one(&raw)
+        .await
+        .expect("high-water mark");
+    assert_eq!(high_water, *granted.last().expect("granted"));
+    // A new count works once the old holders are gone.
+    let again = backend
+        .try_acquire(&lock)
+        .await
+        .expect("try")
+        .expect("free");
+    assert!(again.token.get() as i64 > high_water);
+    assert!(backend.release(&again).await.expect("release"));
+    // Connecting again finds the table already upgraded.
+    lockkit_sql::sqlite::connect(&url)
+        .await
+        .expect("second connect");
+}

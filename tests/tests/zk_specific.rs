@@ -10,7 +10,9 @@ use std::time::Duration;
 use lockkit_core::spi::AcquireRequest;
 use lockkit_core::{Error, LockBackend, LockName, LockOptions, Locker, LostReason};
 use lockkit_tests::zk::server::ZkServer;
-use lockkit_tests::zk::{ZkHarness, raw_records, shared_url, test_options, unique_url};
+use lockkit_tests::zk::{
+    ZkHarness, lease_nodes, raw_records, shared_url, stored_permits, test_options, unique_url,
+};
 use lockkit_zk::{ZkBackend, ZkOptions};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -749,4 +751,168 @@ async fn a_hand_off_grants_the_waiters_node_without_rewriting_it() {
         "renewal marks it held"
     );
     assert!(waiter.release(&renewed).await.expect("release"));
+}
+
+/// `zk_packets_received` of the server at `port` (`mntr`).
+fn packets_received(port: u16) -> u64 {
+    let mntr = lockkit_tests::zk::server::four_letter(port, "mntr").expect("mntr answers");
+    mntr.lines()
+        .find_map(|line| line.strip_prefix("zk_packets_received"))
+        .expect("zk_packets_received in mntr")
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// An uncontended lock costs one request to take (the lock node and the
+/// lease node created in one transaction) and one to give back (both
+/// deleted in one transaction), through `try_acquire` and the driver
+/// alike: the fewest packets, counted by the server (`mntr`), of a few
+/// rounds, so a stray ping does not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uncontended_lock_costs_one_request_each_way() {
+    let server = ZkServer::start();
+    let backend = lockkit_zk::connect_with(
+        &server.url(),
+        test_options().session_timeout(Duration::from_secs(30)),
+    )
+    .await
+    .expect("connect");
+    let lock = name("round-trips");
+    let (mut tried, mut driven) = (u64::MAX, u64::MAX);
+    for _ in 0..5 {
+        let before = packets_received(server.port());
+        let lease = backend
+            .try_acquire(&req(&lock, "o", LONG))
+            .await
+            .expect("try")
+            .expect("free");
+        assert!(backend.release(&lease).await.expect("release"));
+        tried = tried.min(packets_received(server.port()) - before);
+        let before = packets_received(server.port());
+        let lease = backend
+            .acquire(&req(&lock, "o", LONG), Some(Instant::now() + LONG))
+            .await
+            .expect("acquire");
+        assert!(backend.release(&lease).await.expect("release"));
+        driven = driven.min(packets_received(server.port()) - before);
+    }
+    eprintln!(
+        "uncontended N = 1: try_acquire + release {tried} packets, acquire + release {driven}"
+    );
+    assert_eq!(tried, 2, "try_acquire + release");
+    assert_eq!(driven, 2, "acquire + release");
+}
+
+/// A semaphore of 3 on the server: three lease nodes carrying the count
+/// hold; a fourth request waits with its node in the queue; it is
+/// admitted when the *first* holder releases — not its queue predecessor,
+/// so a predecessor watch alone would never wake it, and its own timers
+/// (a refresh every third of a 120 s TTL) are far off — and its token,
+/// its node's `czxid`, is above every earlier grant; the other holders'
+/// nodes are untouched; nothing is left after the releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn semaphore_nodes_admit_a_waiter_when_a_holder_ahead_of_its_predecessor_releases() {
+    const PERMITS: u32 = 3;
+    const TTL: Duration = Duration::from_secs(120);
+    let h = ZkHarness::start().await;
+    let raw = h.raw();
+    let lock = name("semaphore-nodes");
+    let permit = |owner: &str| {
+        req(&lock, owner, TTL)
+            .with_permits(PERMITS)
+            .expect("permits")
+    };
+    let mut held = Vec::new();
+    for i in 0..PERMITS {
+        let client = h.backend().await;
+        let lease = client
+            .try_acquire(&permit(&format!("holder-{i}")))
+            .await
+            .expect("try")
+            .expect("a permit is free");
+        assert_eq!(lease.permits, PERMITS);
+        held.push((client, lease));
+    }
+    let root = held[0].0.root().to_owned();
+    let nodes = lease_nodes(&raw, &root, &lock).await;
+    assert_eq!(nodes.len(), PERMITS as usize, "one node per permit");
+    for ((path, data), (_, lease)) in nodes.iter().zip(&held) {
+        assert_eq!(
+            Some(path),
+            lease.handle.as_deref().map(str::to_owned).as_ref()
+        );
+        assert_eq!(
+            stored_permits(data),
+            Some(PERMITS),
+            "{path} carries the count"
+        );
+        let (_, stat) = raw.get_data(path).await.expect("node");
+        assert_eq!(lease.token.get(), u64::try_from(stat.czxid).expect("czxid"));
+    }
+    let waiter = h.backend().await;
+    let waiting = permit("waiter");
+    let task = {
+        let (waiter, waiting) = (waiter.clone(), waiting.clone());
+        tokio::spawn(async move {
+            let lease = waiter
+                .acquire(&waiting, Some(Instant::now() + Duration::from_secs(60)))
+                .await;
+            (lease, Instant::now())
+        })
+    };
+    wait_for_queue(&raw, &root, &lock, PERMITS as usize + 1).await;
+    let nodes = lease_nodes(&raw, &root, &lock).await;
+    let (waiter_path, data) = nodes.last().expect("the waiter's node");
+    assert!(
+        waiter_path.contains(waiting.lease_id.as_str()),
+        "the 4th node is the waiter's: {waiter_path}"
+    );
+    assert!(String::from_utf8_lossy(data).contains("waiting"));
+    assert_eq!(stored_permits(data), Some(PERMITS));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "all {PERMITS} permits are held");
+
+    // The head goes; the waiter's predecessor (the third holder) stays.
+    let (first_client, first) = held.remove(0);
+    let released_at = Instant::now();
+    assert!(first_client.release(&first).await.expect("release"));
+    let (lease, granted_at) = task.await.expect("task");
+    let lease = lease.expect("admitted when a permit came free");
+    assert!(
+        granted_at - released_at < Duration::from_secs(20),
+        "woken by the children watch, not a timer: {:?}",
+        granted_at - released_at
+    );
+    assert_eq!(lease.handle.as_deref(), Some(waiter_path.as_str()));
+    let mut tokens: Vec<u64> = held.iter().map(|(_, l)| l.token.get()).collect();
+    tokens.insert(0, first.token.get());
+    tokens.push(lease.token.get());
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "distinct, increasing tokens: {tokens:?}"
+    );
+    let nodes = lease_nodes(&raw, &root, &lock).await;
+    let paths: Vec<&str> = nodes.iter().map(|(p, _)| p.as_str()).collect();
+    let expected: Vec<&str> = held
+        .iter()
+        .map(|(_, l)| l.handle.as_deref().expect("handle"))
+        .chain([waiter_path.as_str()])
+        .collect();
+    assert_eq!(paths, expected, "the other holders keep their nodes");
+    let holders = waiter.holders(&lock).await.expect("holders");
+    let ids: Vec<_> = holders.iter().map(|i| i.lease_id.clone()).collect();
+    let mut want: Vec<_> = held.iter().map(|(_, l)| l.lease_id.clone()).collect();
+    want.push(lease.lease_id.clone());
+    assert_eq!(ids, want, "holders(): the first {PERMITS} nodes, by token");
+    assert!(holders.iter().all(|i| i.permits == PERMITS));
+
+    for (client, lease) in &held {
+        assert!(client.release(lease).await.expect("release"));
+    }
+    assert!(waiter.release(&lease).await.expect("release"));
+    assert!(
+        raw_records(&raw, &root, &lock).await.is_empty(),
+        "no lease node and no lock node left"
+    );
 }

@@ -6,7 +6,10 @@
 //!   (`LOCKKIT_TEST_ETCD_URL` or a private member started once).
 //! - [`EtcdHarness`]: the conformance [`Harness`]: every client is a new
 //!   [`EtcdBackend`] (its own connection and session leases); `leftovers`
-//!   lists the raw keys under the lock's prefix; `crash` drops the client,
+//!   lists the raw keys under the lock's prefix (one per holder — every
+//!   permit of a semaphore — and one per waiter); `queued` counts the keys
+//!   behind the first N (N = the permit count stored with the oldest key);
+//!   `crash` drops the client,
 //!   which stops its keep-alives without revoking anything, so its keys
 //!   live until etcd expires the session lease — as for a dead process.
 
@@ -67,6 +70,15 @@ impl EtcdHarness {
     /// The raw keys under `name`'s prefix, oldest first: `(key, create
     /// revision, lease id)`.
     pub async fn raw_keys(&self, name: &LockName) -> Vec<(String, i64, i64)> {
+        self.raw_entries(name)
+            .await
+            .into_iter()
+            .map(|e| (e.key, e.create_revision, e.lease))
+            .collect()
+    }
+
+    /// The raw keys under `name`'s prefix with their values, oldest first.
+    pub async fn raw_entries(&self, name: &LockName) -> Vec<RawKey> {
         let options = GetOptions::new().with_prefix().with_sort(
             etcd_client::SortTarget::Create,
             etcd_client::SortOrder::Ascend,
@@ -91,14 +103,39 @@ impl EtcdHarness {
         };
         resp.kvs()
             .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.create_revision(),
-                    kv.lease(),
-                )
+            .map(|kv| RawKey {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                create_revision: kv.create_revision(),
+                lease: kv.lease(),
+                value: String::from_utf8_lossy(kv.value()).into_owned(),
             })
             .collect()
+    }
+}
+
+/// One raw key of a lock, as stored in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawKey {
+    /// The key.
+    pub key: String,
+    /// Its create revision (the token of its grant).
+    pub create_revision: i64,
+    /// The etcd lease (session) it lives on.
+    pub lease: i64,
+    /// Its value (`lockkit1\n<ms>\n<owner>` for a lock,
+    /// `lockkit2\n<ms>\n<N>\n<owner>` for a semaphore of N permits).
+    pub value: String,
+}
+
+impl RawKey {
+    /// The permit count stored in the value (1 for a lock's form or a
+    /// value that is not lockkit's).
+    pub fn permits(&self) -> usize {
+        let mut lines = self.value.split('\n');
+        match (lines.next(), lines.nth(1)) {
+            (Some("lockkit2"), Some(n)) => n.parse().unwrap_or(1),
+            _ => 1,
+        }
     }
 }
 
@@ -156,16 +193,26 @@ impl Harness for EtcdHarness {
         Arc::new(self.backend().await)
     }
 
-    /// Every key under the name but the holder's is a queued waiter.
+    /// Every key under the name behind the first N (the holders) is a
+    /// queued waiter.
     async fn queued(&self, name: &LockName) -> Option<usize> {
-        Some(self.raw_keys(name).await.len().saturating_sub(1))
+        let keys = self.raw_entries(name).await;
+        let permits = keys.first().map_or(1, RawKey::permits);
+        Some(keys.len().saturating_sub(permits))
     }
 
+    /// Every key under the name: holders (each permit of a semaphore) and
+    /// waiters alike.
     async fn leftovers(&self, name: &LockName) -> Vec<String> {
-        self.raw_keys(name)
+        self.raw_entries(name)
             .await
             .into_iter()
-            .map(|(key, rev, lease)| format!("key {key:?} create_revision={rev} lease={lease:x}"))
+            .map(|e| {
+                format!(
+                    "key {:?} create_revision={} lease={:x} value={:?}",
+                    e.key, e.create_revision, e.lease, e.value
+                )
+            })
             .collect()
     }
 }

@@ -84,6 +84,44 @@ pub async fn raw_records(client: &Client, root: &str, name: &LockName) -> Vec<St
     }
 }
 
+/// The permit count stored in a lease node's data (its last line, the
+/// seventh; 1 for records without one), `None` for data that is not a
+/// lockkit record.
+pub fn stored_permits(data: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(data).ok()?;
+    if !text.starts_with("lockkit-zk/") {
+        return None;
+    }
+    match text.split('\n').nth(6) {
+        None => Some(1),
+        Some(count) => count.parse().ok(),
+    }
+}
+
+/// The lease nodes of lock `name` under `root`, in queue order, with
+/// their data.
+pub async fn lease_nodes(client: &Client, root: &str, name: &LockName) -> Vec<(String, Vec<u8>)> {
+    let lock = lockkit_zk::lock_path(root, name);
+    let mut children = match client.list_children(&lock).await {
+        Err(zookeeper_client::Error::NoNode) => return Vec::new(),
+        Err(err) => panic!("inspecting {lock:?}: {err}"),
+        Ok(children) => children,
+    };
+    // Sequence numbers end every name: queue order.
+    children.retain(|c| c.starts_with("lk-"));
+    children.sort_by_key(|c| c.rsplit('-').next().and_then(|s| s.parse::<i64>().ok()));
+    let mut out = Vec::new();
+    for child in children {
+        let path = format!("{lock}/{child}");
+        match client.get_data(&path).await {
+            Ok((data, _)) => out.push((path, data)),
+            Err(zookeeper_client::Error::NoNode) => {}
+            Err(err) => panic!("inspecting {path:?}: {err}"),
+        }
+    }
+    out
+}
+
 /// The conformance harness: clients of one chroot on the shared server.
 #[derive(Debug)]
 pub struct ZkHarness {
@@ -131,15 +169,19 @@ impl Harness for ZkHarness {
         Arc::new(self.backend().await)
     }
 
-    /// Every lease node under the lock but the holder's is a queued waiter.
+    /// Every lease node under the lock but the first N (the holders of a
+    /// semaphore of N permits, N read from the head's record; 1 for a
+    /// lock) is a queued waiter.
     async fn queued(&self, name: &LockName) -> Option<usize> {
-        let records = raw_records(&self.raw(), self.inspector.root(), name).await;
+        let nodes = lease_nodes(&self.raw(), self.inspector.root(), name).await;
+        let permits = nodes
+            .first()
+            .and_then(|(_, data)| stored_permits(data))
+            .unwrap_or(1);
         Some(
-            records
-                .iter()
-                .filter(|r| r.starts_with("lease node"))
-                .count()
-                .saturating_sub(1),
+            nodes
+                .len()
+                .saturating_sub(usize::try_from(permits).unwrap_or(usize::MAX)),
         )
     }
 
