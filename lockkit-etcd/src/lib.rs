@@ -117,7 +117,7 @@
 //!   with the keys ahead of it — a try the first N keys, a waiter its
 //!   predecessor and the first N at its join and every key ahead when it
 //!   is admitted — and fails with
-//!   [`Error::PermitsMismatch`](lockkit_core::Error::PermitsMismatch)
+//!   [`Error::PermitsMismatch`]
 //!   when one differs, deleting its own key. Once every key of the old
 //!   count is gone, a new count works.
 //! - **Fencing with N holders.** Tokens are unique and ordered, but N

@@ -38,7 +38,7 @@ pub enum Param {
     /// The client's wall clock in milliseconds since the Unix epoch, read
     /// with `NowMillis` — only for showing times to people (integer).
     WallMillis,
-    /// Dialects with a waiter queue ([`QueueStatements::step`]): how long the
+    /// Dialects with a waiter queue ([`Statements::queue`], whose step is [`Statements::grant`]): how long the
     /// attempt's queue entry lives unless refreshed, in milliseconds; 0
     /// for an attempt that must not join the queue (`try_acquire`).
     QueueTtlMillis,
