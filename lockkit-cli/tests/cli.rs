@@ -752,19 +752,7 @@ async fn every_property(url: &str) {
     lost_mid_run(url).await;
     forwards_sigterm(url).await;
     status_inspect_release(url).await;
-    // Redis has no semaphores yet (issue 15): it refuses --permits 2
-    // before any I/O, which `bad_input…` does not cover, so check that.
-    if backend(url).await.capabilities().max_permits >= 2 {
-        semaphore_run_and_status(url).await;
-    } else {
-        let out = output(lockkit(url).args(["run", "--permits", "2", "cli-sem", "--", "true"]));
-        assert_eq!(code(&out), 2, "{}", stderr(&out));
-        assert!(
-            stderr(&out).contains("at most 1 permit"),
-            "{}",
-            stderr(&out)
-        );
-    }
+    semaphore_run_and_status(url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

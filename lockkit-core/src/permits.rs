@@ -58,3 +58,84 @@ pub(crate) fn check_supported<B: LockBackend + ?Sized>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::Locker;
+    use crate::backend::Capabilities;
+    use crate::lease::{Lease, LockInfo};
+    use crate::memory::MemoryBackend;
+    use crate::name::LockName;
+    use crate::options::LockOptions;
+
+    /// The memory backend reporting that it admits one permit per name,
+    /// as a third-party backend without semaphores would.
+    #[derive(Debug)]
+    struct LocksOnly(MemoryBackend);
+
+    #[async_trait]
+    impl LockBackend for LocksOnly {
+        fn kind(&self) -> &'static str {
+            "locks-only"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                max_permits: 1,
+                ..self.0.capabilities()
+            }
+        }
+        async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
+            self.0.try_acquire(req).await
+        }
+        async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
+            self.0.abandon(req).await
+        }
+        fn abandon_in_background(&self, req: AcquireRequest) {
+            self.0.abandon_in_background(req);
+        }
+        async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+            self.0.extend(lease, ttl).await
+        }
+        async fn release(&self, lease: &Lease) -> Result<bool> {
+            self.0.release(lease).await
+        }
+        async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
+            self.0.holders(name).await
+        }
+        async fn list(&self) -> Result<Vec<LockInfo>> {
+            self.0.list().await
+        }
+        async fn force_release(&self, name: &LockName) -> Result<bool> {
+            self.0.force_release(name).await
+        }
+        async fn cleanup_expired(&self) -> Result<u64> {
+            self.0.cleanup_expired().await
+        }
+    }
+
+    #[tokio::test]
+    async fn more_permits_than_the_backend_admits_are_refused_before_any_io() {
+        let memory = MemoryBackend::new();
+        let locker = Locker::new(Arc::new(LocksOnly(memory.client())), "o").expect("locker");
+        let opts = LockOptions::new().permits(2);
+        for wait in [false, true] {
+            let err = if wait {
+                locker.acquire_with("sem", &opts).await.err()
+            } else {
+                locker.try_acquire_with("sem", &opts).await.err()
+            }
+            .expect("refused");
+            assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+            assert!(err.to_string().contains("at most 1 permit"), "{err}");
+        }
+        assert_eq!(memory.records(), 0, "nothing was written");
+        let guard = locker.acquire("sem").await.expect("a lock still works");
+        guard.release().await.expect("release");
+    }
+}

@@ -1,5 +1,6 @@
 //! [`RedisBackend`]: the lease contract on Redis keys and Lua scripts.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -169,6 +170,10 @@ impl RedisBackend {
     }
 
     /// Runs the acquire script; `Some(token)` when granted.
+    ///
+    /// # Errors
+    /// [`Error::PermitsMismatch`] when the holders asked with another
+    /// permit count (the script has taken the request out of the queue).
     async fn run_acquire(&self, req: &AcquireRequest, mode: Mode) -> Result<Option<FencingToken>> {
         let keys = self.keys(&req.name);
         let entry_ttl = ttl_millis(self.inner.options.queue_entry_ttl);
@@ -178,16 +183,27 @@ impl RedisBackend {
             .key(&keys.fence)
             .key(&keys.queue)
             .key(&keys.waiters)
+            .key(&keys.permits)
+            .key(&keys.holders)
             .arg(req.lease_id.as_str())
             .arg(&req.owner)
             .arg(ttl_millis(req.ttl))
             .arg(mode.as_str())
             .arg(entry_ttl)
+            .arg(req.permits)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| classify(e, "acquiring a lock"))?;
         match token {
             0 => Ok(None),
+            t if t < 0 => match u32::try_from(-t) {
+                Ok(held) => Err(Error::permits_mismatch(&req.name, held, req.permits)),
+                Err(_) => Err(Error::backend(
+                    KIND,
+                    format!("invalid permit count {} from Redis", -t),
+                    None,
+                )),
+            },
             t => u64::try_from(t)
                 .map(|t| Some(FencingToken::new(t)))
                 .map_err(|_| {
@@ -196,13 +212,19 @@ impl RedisBackend {
         }
     }
 
-    /// Compare-and-delete of `name`'s lease held by `lease_id`; `true` if
-    /// it was there (and unexpired).
-    async fn release_id(&self, name: &LockName, lease_id: &LeaseId) -> Result<bool> {
+    /// Compare-and-delete of `name`'s lease (of a lock when `permits` is 1,
+    /// else a semaphore's permit) held by `lease_id`; `true` if it was
+    /// there (and unexpired).
+    async fn release_id(&self, name: &LockName, lease_id: &LeaseId, permits: u32) -> Result<bool> {
         let keys = self.keys(name);
-        let reply: redis::Value = SCRIPTS
-            .release
-            .key(&keys.lock)
+        let mut script = if permits == 1 {
+            SCRIPTS.release.key(&keys.lock)
+        } else {
+            let mut script = SCRIPTS.release_permit.key(&keys.permits);
+            script.key(&keys.holders);
+            script
+        };
+        let reply: redis::Value = script
             .key(&keys.queue)
             .key(&keys.waiters)
             .arg(lease_id.as_str())
@@ -232,15 +254,16 @@ impl RedisBackend {
     }
 
     /// Removes a FIFO waiter's queue entry and wakes the (new) head.
-    async fn leave_queue(&self, name: &LockName, lease_id: &LeaseId) -> Result<bool> {
-        let keys = self.keys(name);
+    async fn leave_queue(&self, req: &AcquireRequest) -> Result<bool> {
+        let keys = self.keys(&req.name);
         let reply: redis::Value = SCRIPTS
             .leave
             .key(&keys.queue)
             .key(&keys.waiters)
-            .arg(lease_id.as_str())
+            .arg(req.lease_id.as_str())
             .arg(&keys.channel)
-            .arg(name.as_str())
+            .arg(req.name.as_str())
+            .arg(req.permits)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| classify(e, "leaving the FIFO queue"))?;
@@ -326,99 +349,11 @@ impl LockQueue for RedisBackend {
 }
 
 impl RedisBackend {
-    /// `list` on a cluster, whose keys live in many slots: one `INSPECT`
-    /// per lock, `LIST_CONCURRENCY` at a time.
-    async fn list_lock_by_lock(&self, names: Vec<LockName>) -> Result<Vec<LockInfo>> {
-        let mut infos: Vec<LockInfo> = futures::stream::iter(names)
-            .map(|name| async move {
-                match self.current(&name).await {
-                    Err(Error::Backend { message, .. }) => {
-                        tracing::warn!(lock = %name, %message, "skipping a key that is not a lockkit lease");
-                        Ok(None)
-                    }
-                    other => other,
-                }
-            })
-            .buffer_unordered(LIST_CONCURRENCY)
-            .try_filter_map(|info| async move { Ok(info) })
-            .try_collect()
-            .await?;
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(infos)
-    }
-}
-
-#[async_trait]
-impl LockBackend for RedisBackend {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            fifo: self.inner.options.fifo,
-            push_wakeup: self.inner.options.pubsub,
-            durable_tokens: self.inner.options.durable_tokens,
-            ttl_granularity: Duration::from_millis(1),
-            expiry_slack: Duration::from_millis(50),
-            max_permits: 1,
-        }
-    }
-
-    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
-        let sent_at = Instant::now();
-        Ok(self
-            .run_acquire(req, Mode::Try)
-            .await?
-            .map(|token| Lease::granted(req, token, sent_at)))
-    }
-
-    fn queue(&self) -> Option<&dyn LockQueue> {
-        self.inner.options.fifo.then_some(self as &dyn LockQueue)
-    }
-
-    /// Leaves the FIFO queue and deletes a lease carrying this lease id, if
-    /// a request whose reply was lost left one (compare-and-delete, so no
-    /// other holder is touched).
-    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
-        if self.inner.options.fifo {
-            self.leave_queue(&req.name, &req.lease_id).await?;
-        }
-        self.release_id(&req.name, &req.lease_id).await.map(|_| ())
-    }
-
-    fn abandon_in_background(&self, req: AcquireRequest) {
-        lockkit_core::spi::spawn_abandon(self, req);
-    }
-
-    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
-        let keys = self.keys(&lease.name);
-        let sent_at = Instant::now();
-        let extended: i64 = SCRIPTS
-            .extend
-            .key(&keys.lock)
-            .arg(lease.lease_id.as_str())
-            .arg(ttl_millis(ttl))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| classify(e, "extending a lease"))?;
-        if extended == 1 {
-            Ok(lease.renewed(ttl, sent_at))
-        } else {
-            Err(Error::lost(&lease.name, LostReason::NotHeld))
-        }
-    }
-
-    /// One pipeline (`SCRIPT LOAD` + one `EVALSHA` per lease) on a
-    /// standalone server: one round trip for every renewal due at once. In
-    /// a cluster the leases' slots live on different nodes, so the
-    /// extensions run concurrently instead.
-    async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
-        if batch.len() <= 1 || matches!(self.inner.conn, Conn::Cluster(_)) {
-            return futures::future::join_all(
-                batch.iter().map(|(lease, ttl)| self.extend(lease, *ttl)),
-            )
-            .await;
+    /// Renews locks' leases (permit count 1): one pipeline of `EXTEND_MANY`
+    /// calls, one round trip.
+    async fn extend_locks(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
+        if batch.is_empty() {
+            return Vec::new();
         }
         // One script call per chunk, all chunks in one pipeline: one round
         // trip and one request per EXTEND_MANY_CHUNK leases.
@@ -487,30 +422,167 @@ impl LockBackend for RedisBackend {
         }
     }
 
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.release_id(&lease.name, &lease.lease_id).await
+    /// `list` of locks whose keys live in many slots (a cluster) or that
+    /// are semaphores: one `INSPECT` per name, `LIST_CONCURRENCY` at a
+    /// time.
+    async fn list_lock_by_lock(&self, names: Vec<LockName>) -> Result<Vec<LockInfo>> {
+        let per_name: Vec<Vec<LockInfo>> = futures::stream::iter(names)
+            .map(|name| async move {
+                match self.holders(&name).await {
+                    Err(Error::Backend { message, .. }) => {
+                        tracing::warn!(lock = %name, %message, "skipping a key that is not a lockkit lease");
+                        Ok(Vec::new())
+                    }
+                    other => other,
+                }
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut infos: Vec<LockInfo> = per_name.into_iter().flatten().collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name).then(a.token.cmp(&b.token)));
+        Ok(infos)
+    }
+}
+
+#[async_trait]
+impl LockBackend for RedisBackend {
+    fn kind(&self) -> &'static str {
+        KIND
     }
 
-    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
-        let one: Result<Option<LockInfo>> = async {
-            let keys = self.keys(name);
-            let found: Option<(Vec<u8>, i64, i64)> = SCRIPTS
-                .inspect
-                .key(&keys.lock)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(|e| classify(e, "reading a lock"))?;
-            match found {
-                // -2: the key expired between GET and PTTL (cannot happen inside
-                // one script, but be safe).
-                Some((_, -2, _)) | None => Ok(None),
-                Some((value, pttl, now)) => {
-                    record::decode(name.clone(), &value, pttl, now).map(Some)
-                }
-            }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fifo: self.inner.options.fifo,
+            push_wakeup: self.inner.options.pubsub,
+            durable_tokens: self.inner.options.durable_tokens,
+            ttl_granularity: Duration::from_millis(1),
+            expiry_slack: Duration::from_millis(50),
+            max_permits: lockkit_core::MAX_PERMITS,
         }
-        .await;
-        Ok(one?.into_iter().collect())
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<Option<Lease>> {
+        let sent_at = Instant::now();
+        Ok(self
+            .run_acquire(req, Mode::Try)
+            .await?
+            .map(|token| Lease::granted(req, token, sent_at)))
+    }
+
+    fn queue(&self) -> Option<&dyn LockQueue> {
+        self.inner.options.fifo.then_some(self as &dyn LockQueue)
+    }
+
+    /// Leaves the FIFO queue and deletes a lease carrying this lease id, if
+    /// a request whose reply was lost left one (compare-and-delete, so no
+    /// other holder is touched).
+    async fn abandon(&self, req: &AcquireRequest) -> Result<()> {
+        if self.inner.options.fifo {
+            self.leave_queue(req).await?;
+        }
+        self.release_id(&req.name, &req.lease_id, req.permits)
+            .await
+            .map(|_| ())
+    }
+
+    fn abandon_in_background(&self, req: AcquireRequest) {
+        lockkit_core::spi::spawn_abandon(self, req);
+    }
+
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        let keys = self.keys(&lease.name);
+        let sent_at = Instant::now();
+        let mut script = if lease.permits == 1 {
+            SCRIPTS.extend.key(&keys.lock)
+        } else {
+            let mut script = SCRIPTS.extend_permit.key(&keys.permits);
+            script.key(&keys.holders);
+            script
+        };
+        let extended: i64 = script
+            .arg(lease.lease_id.as_str())
+            .arg(ttl_millis(ttl))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "extending a lease"))?;
+        if extended == 1 {
+            Ok(lease.renewed(ttl, sent_at))
+        } else {
+            Err(Error::lost(&lease.name, LostReason::NotHeld))
+        }
+    }
+
+    /// One pipeline (`SCRIPT LOAD` + one `EVALSHA` per lease) on a
+    /// standalone server: one round trip for every renewal due at once. In
+    /// a cluster the leases' slots live on different nodes, so the
+    /// extensions run concurrently instead.
+    ///
+    /// Semaphore permits live in their own keys (`:permits`): they are
+    /// extended one by one, concurrently with the locks' pipeline.
+    async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
+        if batch.len() <= 1 || matches!(self.inner.conn, Conn::Cluster(_)) {
+            return futures::future::join_all(
+                batch.iter().map(|(lease, ttl)| self.extend(lease, *ttl)),
+            )
+            .await;
+        }
+        if batch.iter().all(|(lease, _)| lease.permits == 1) {
+            return self.extend_locks(batch).await;
+        }
+        let (locks, permits): (Vec<_>, Vec<_>) = batch
+            .iter()
+            .enumerate()
+            .partition(|(_, (l, _))| l.permits == 1);
+        let lock_batch: Vec<(Lease, Duration)> = locks.iter().map(|(_, b)| (*b).clone()).collect();
+        let (lock_results, permit_results) = futures::join!(
+            self.extend_locks(&lock_batch),
+            futures::future::join_all(permits.iter().map(|(_, (l, ttl))| self.extend(l, *ttl)))
+        );
+        let mut out: Vec<Option<Result<Lease>>> = (0..batch.len()).map(|_| None).collect();
+        for ((i, _), result) in locks.iter().zip(lock_results) {
+            out[*i] = Some(result);
+        }
+        for ((i, _), result) in permits.iter().zip(permit_results) {
+            out[*i] = Some(result);
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(Error::backend(KIND, "a batched renewal lost a reply", None))
+                })
+            })
+            .collect()
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.release_id(&lease.name, &lease.lease_id, lease.permits)
+            .await
+    }
+
+    /// The lock's lease, or a semaphore's live permits, read with the
+    /// server's time in one script.
+    async fn holders(&self, name: &LockName) -> Result<Vec<LockInfo>> {
+        let keys = self.keys(name);
+        let (now, permits, found): (i64, u32, Vec<(Vec<u8>, i64)>) = SCRIPTS
+            .inspect
+            .key(&keys.lock)
+            .key(&keys.permits)
+            .key(&keys.holders)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| classify(e, "reading a lock"))?;
+        let mut infos = found
+            .into_iter()
+            // -2: the key expired between GET and PTTL (cannot happen
+            // inside one script, but be safe).
+            .filter(|(_, pttl)| *pttl != -2)
+            .map(|(value, pttl)| {
+                record::decode(name.clone(), &value, pttl, now).map(|i| i.with_permits(permits))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        infos.sort_by_key(|info| info.token);
+        Ok(infos)
     }
 
     async fn list(&self) -> Result<Vec<LockInfo>> {
@@ -522,8 +594,21 @@ impl LockBackend for RedisBackend {
             .iter()
             .filter_map(|key| prefix.name_of_lock_key(key))
             .collect();
+        let semaphores = conn::scan_all(&self.inner.conn, &prefix.permits_pattern())
+            .await
+            .map_err(|e| classify(e, "listing semaphores"))?;
+        let locks: HashSet<&LockName> = names.iter().collect();
+        // A name is a lock or a semaphore, never both (the acquire script
+        // refuses a mismatch), but a stray key must not list it twice.
+        let semaphores: Vec<LockName> = semaphores
+            .iter()
+            .filter_map(|key| prefix.name_of_permits_key(key))
+            .filter(|name| !locks.contains(name))
+            .collect();
         if !matches!(self.inner.conn, Conn::Single(_)) {
-            return self.list_lock_by_lock(names).await;
+            return self
+                .list_lock_by_lock(names.into_iter().chain(semaphores).collect())
+                .await;
         }
         // One INSPECT_MANY call per LIST_CHUNK locks, each at one server
         // time.
@@ -549,7 +634,8 @@ impl LockBackend for RedisBackend {
                 }
             }
         }
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos.extend(self.list_lock_by_lock(semaphores).await?);
+        infos.sort_by(|a, b| a.name.cmp(&b.name).then(a.token.cmp(&b.token)));
         Ok(infos)
     }
 
@@ -560,6 +646,8 @@ impl LockBackend for RedisBackend {
             .key(&keys.lock)
             .key(&keys.queue)
             .key(&keys.waiters)
+            .key(&keys.permits)
+            .key(&keys.holders)
             .arg(&keys.channel)
             .arg(name.as_str())
             .invoke_async(&mut self.conn())

@@ -8,6 +8,8 @@
 //! | the fencing counter | `P{E}:fence` | string (integer), no expiry |
 //! | FIFO queue (arrival order) | `P{E}:queue` | sorted set, expires with its last waiter |
 //! | FIFO waiter liveness | `P{E}:waiters` | sorted set, expires with its last waiter |
+//! | a semaphore's permits | `P{E}:permits` | sorted set of lease ids by expiry ms, expires with its last permit |
+//! | a semaphore's holders | `P{E}:holders` | hash, lease id → `<token>\n<acquired ms>\n<N>\n<owner>`, expires with `:permits` |
 //! | release hints | channel `P{E}:released` | pub/sub, payload = the raw name |
 //!
 //! `E` is the name with `%`, `{` and `}` percent-encoded (`%25`, `%7B`,
@@ -75,6 +77,8 @@ impl KeyPrefix {
             fence: format!("{tag}:fence"),
             queue: format!("{tag}:queue"),
             waiters: format!("{tag}:waiters"),
+            permits: format!("{tag}:permits"),
+            holders: format!("{tag}:holders"),
             channel: format!("{tag}:released"),
         }
     }
@@ -82,6 +86,12 @@ impl KeyPrefix {
     /// The `SCAN MATCH` pattern of every lease key under this prefix.
     pub fn lock_pattern(&self) -> String {
         format!("{}{{*}}:lock", self.0)
+    }
+
+    /// The `SCAN MATCH` pattern of every semaphore's permits key under
+    /// this prefix.
+    pub fn permits_pattern(&self) -> String {
+        format!("{}{{*}}:permits", self.0)
     }
 
     /// The `PSUBSCRIBE` pattern of every release channel under this prefix.
@@ -92,11 +102,21 @@ impl KeyPrefix {
     /// The lock name of a lease key found by `SCAN`, or `None` for a key
     /// that is not one of ours (another layout, undecodable, invalid name).
     pub fn name_of_lock_key(&self, key: &[u8]) -> Option<LockName> {
+        self.name_of(key, "}:lock")
+    }
+
+    /// The semaphore name of a permits key found by `SCAN`, or `None` for
+    /// a key that is not one of ours.
+    pub fn name_of_permits_key(&self, key: &[u8]) -> Option<LockName> {
+        self.name_of(key, "}:permits")
+    }
+
+    fn name_of(&self, key: &[u8], suffix: &str) -> Option<LockName> {
         let key = std::str::from_utf8(key).ok()?;
         let inner = key
             .strip_prefix(self.0.as_str())?
             .strip_prefix('{')?
-            .strip_suffix("}:lock")?;
+            .strip_suffix(suffix)?;
         if inner.contains(['{', '}']) {
             return None;
         }
@@ -121,6 +141,10 @@ pub struct LockKeys {
     pub queue: String,
     /// FIFO mode: each waiter's liveness deadline.
     pub waiters: String,
+    /// A semaphore's live permits: lease ids scored by expiry (server ms).
+    pub permits: String,
+    /// A semaphore's holders: lease id → token, grant time, count, owner.
+    pub holders: String,
     /// The pub/sub channel releases are announced on.
     pub channel: String,
 }
@@ -176,6 +200,8 @@ mod tests {
             &keys.fence,
             &keys.queue,
             &keys.waiters,
+            &keys.permits,
+            &keys.holders,
             &keys.channel,
         ] {
             let open = key.find('{').unwrap();
@@ -210,6 +236,12 @@ mod tests {
         assert_eq!(prefix.name_of_lock_key(b"q:{a}:lock"), None);
         assert_eq!(prefix.name_of_lock_key(b"p:{a}:fence"), None);
         assert_eq!(prefix.name_of_lock_key(b"p:{}:lock"), None);
+        let keys = prefix.keys(&name("a%{b"));
+        assert_eq!(
+            prefix.name_of_permits_key(keys.permits.as_bytes()),
+            Some(name("a%{b"))
+        );
+        assert_eq!(prefix.name_of_permits_key(keys.lock.as_bytes()), None);
     }
 
     #[test]

@@ -23,8 +23,8 @@
 //!
 //! Keys of lock `N` share the hash tag `{N}` (braces and `%` in the name
 //! percent-encoded), so they live in one cluster slot:
-//! `<prefix>{N}:lock`, `:fence`, `:queue`, `:waiters` and the channel
-//! `:released` (see [`keys`]).
+//! `<prefix>{N}:lock`, `:fence`, `:queue`, `:waiters`, a semaphore's
+//! `:permits` and `:holders`, and the channel `:released` (see [`keys`]).
 //!
 //! - **acquire**: one Lua script computes the next token from the fence
 //!   counter, runs `SET lock "<lease id>\n<token>\n<ms>\n<owner>" NX PX ttl`
@@ -39,6 +39,40 @@
 //!   `TIME`; **list** `SCAN`s `<prefix>{*}:lock` on every node (every
 //!   master in a cluster; never `KEYS`).
 //! - **cleanup_expired** is a no-op returning 0: Redis expires keys itself.
+//!
+//! ## Semaphores
+//!
+//! A request for N > 1 permits ([`AcquireRequest::permits`](lockkit_core::spi::AcquireRequest::permits))
+//! uses two more keys of the name: the sorted set `:permits` (one member
+//! per held permit, the lease id, scored by its expiry in the server's
+//! ms) and the hash `:holders` (lease id → token, grant time, N, owner).
+//! A lock (N = 1) keeps the single string key above, so its round trips
+//! and stored format are unchanged.
+//!
+//! - **acquire** is the same one script: it deletes members whose score
+//!   is not above the server's `TIME` (and their details), counts the
+//!   live ones, adds the FIFO waiters queued ahead of the request, and
+//!   admits while the sum stays below N — `INCR` of the fence, `ZADD` of
+//!   the lease id at `now + ttl`, `HSET` of its details. A request whose
+//!   N differs from the live holders' (the lock's string counts as a
+//!   holder of 1) gets [`Error::PermitsMismatch`](lockkit_core::Error::PermitsMismatch)
+//!   and leaves the queue.
+//! - **extend** rescores a member that is still live; **release** removes
+//!   it and publishes the name followed by a bare `\n`, which wakes every
+//!   queued waiter of the name (several may enter now, not only the head);
+//!   **force-release** deletes every permit.
+//! - Both keys `PEXPIREAT` their latest member's expiry after every
+//!   change, so a semaphore whose holders all crashed leaves no key
+//!   behind; the fence counter stays, as for locks.
+//! - `holders` reads the live members by the server's clock, sorted by
+//!   token; `list` also `SCAN`s `<prefix>{*}:permits`. Batched renewal
+//!   (`extend_many`) pipelines the locks and extends permits one by one
+//!   beside them.
+//!
+//! Fencing: every grant's token is an `INCR` of the name's one counter,
+//! larger than every earlier grant whichever permit it takes; a store
+//! fencing N > 1 holders orders writes by token but must not refuse a
+//! lower live token (`ARCHITECTURE.md` §13).
 //!
 //! Scripts are sent by SHA (`EVALSHA`) and reloaded on `NOSCRIPT`. Expiry is
 //! decided by the server's clock (`PX`, `TIME`); the holder's own deadline is

@@ -655,3 +655,198 @@ async fn list_reads_many_locks_per_script_call() {
         assert!(backend.release(lease).await.unwrap());
     }
 }
+
+/// The server's clock in ms (`TIME`).
+async fn server_ms(raw: &lockkit_tests::redis::Inspector) -> i64 {
+    let (secs, micros): (i64, i64) = raw.query(&redis::cmd("TIME")).await;
+    secs * 1000 + micros / 1000
+}
+
+/// A semaphore's permits are members of `:permits` scored by their expiry
+/// on the server's clock, with their details in `:holders`; both keys
+/// expire with the latest permit. A retry by lease id gets its grant back;
+/// a member whose score has passed no longer counts (and is purged by the
+/// next admission); requests with another count are refused both ways;
+/// batched renewal mixes locks and permits; releases leave only the fence
+/// counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn semaphore_permits_follow_the_documented_layout() {
+    const TTL: Duration = Duration::from_secs(60);
+    let h = RedisHarness::standalone().await;
+    let backend = h.backend().await;
+    let raw = h.inspector();
+    let name = unique_name("semaphore-layout");
+    let keys = backend.keys(&name);
+    let permit = |owner: &str| req(&name, owner, TTL).with_permits(3).unwrap();
+    let before = server_ms(raw).await;
+    let mut leases = Vec::new();
+    for i in 0..3 {
+        let lease = backend
+            .try_acquire(&permit(&format!("holder-{i}")))
+            .await
+            .unwrap()
+            .expect("a free permit");
+        assert_eq!(lease.permits, 3);
+        leases.push(lease);
+    }
+    let after = server_ms(raw).await;
+    assert!(
+        backend
+            .try_acquire(&permit("fourth"))
+            .await
+            .unwrap()
+            .is_none(),
+        "all three permits are held"
+    );
+    let members: Vec<(String, i64)> = raw
+        .query(
+            redis::cmd("ZRANGE")
+                .arg(&keys.permits)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES"),
+        )
+        .await;
+    assert_eq!(members.len(), 3, "{members:?}");
+    let ttl_ms = i64::try_from(TTL.as_millis()).unwrap();
+    for (lease, (member, score)) in leases.iter().zip(&members) {
+        assert_eq!(member, lease.lease_id.as_str());
+        assert!(
+            (before + ttl_ms..=after + ttl_ms).contains(score),
+            "scored by its expiry on the server's clock: {score}"
+        );
+        let details: String = raw
+            .query(redis::cmd("HGET").arg(&keys.holders).arg(member))
+            .await;
+        let fields: Vec<&str> = details.split('\n').collect();
+        assert_eq!(fields[0], lease.token.to_string());
+        assert_eq!(fields[2..], ["3", lease.owner.as_str()]);
+    }
+    let latest = members.iter().map(|(_, s)| *s).max().unwrap();
+    for key in [&keys.permits, &keys.holders] {
+        let at: i64 = raw.query(redis::cmd("PEXPIRETIME").arg(key)).await;
+        assert_eq!(at, latest, "{key} expires with the latest permit");
+    }
+    let fence: u64 = raw.query(redis::cmd("GET").arg(&keys.fence)).await;
+    assert_eq!(fence, leases[2].token.get());
+    let lock: i64 = raw.query(redis::cmd("EXISTS").arg(&keys.lock)).await;
+    assert_eq!(lock, 0, "a semaphore has no lock string");
+
+    // A retry by lease id: the same grant, its expiry restarted.
+    let _: () = raw
+        .query(
+            redis::cmd("ZADD")
+                .arg(&keys.permits)
+                .arg("XX")
+                .arg(before + 20_000)
+                .arg(leases[0].lease_id.as_str()),
+        )
+        .await;
+    let mut retry = permit("holder-0");
+    retry.lease_id = leases[0].lease_id.clone();
+    let again = backend.try_acquire(&retry).await.unwrap().expect("regrant");
+    assert_eq!(again.token, leases[0].token);
+    let score: i64 = raw
+        .query(
+            redis::cmd("ZSCORE")
+                .arg(&keys.permits)
+                .arg(leases[0].lease_id.as_str()),
+        )
+        .await;
+    assert!(score > before + 30_000, "the TTL restarts: {score}");
+
+    for asked in [1, 2] {
+        let err = backend
+            .try_acquire(&req(&name, "other", TTL).with_permits(asked).unwrap())
+            .await
+            .expect_err("another count");
+        assert!(
+            matches!(err, Error::PermitsMismatch { held: 3, asked: a, .. } if a == asked),
+            "{err:?}"
+        );
+    }
+
+    // A permit whose score has passed is not held, and the next admission
+    // removes it with its details.
+    let now = server_ms(raw).await;
+    let _: () = raw
+        .query(
+            redis::cmd("ZADD")
+                .arg(&keys.permits)
+                .arg("XX")
+                .arg(now - 1)
+                .arg(leases[1].lease_id.as_str()),
+        )
+        .await;
+    let holders = backend.holders(&name).await.unwrap();
+    assert_eq!(holders.len(), 2);
+    assert!(holders.iter().all(|i| i.permits == 3));
+    assert!(holders.windows(2).all(|w| w[0].token < w[1].token));
+    let fourth = backend
+        .try_acquire(&permit("fourth"))
+        .await
+        .unwrap()
+        .expect("the expired permit is free");
+    assert!(fourth.token > leases[2].token);
+    let gone: i64 = raw
+        .query(
+            redis::cmd("HEXISTS")
+                .arg(&keys.holders)
+                .arg(leases[1].lease_id.as_str()),
+        )
+        .await;
+    assert_eq!(gone, 0, "the expired permit's details went with it");
+    assert!(
+        backend.extend(&leases[1], TTL).await.is_err(),
+        "an expired permit cannot be extended"
+    );
+    assert!(!backend.release(&leases[1]).await.unwrap());
+
+    // Batched renewal of a lock's lease and two permits together.
+    let other = unique_name("semaphore-layout-lock");
+    let lock_lease = backend
+        .try_acquire(&req(&other, "o", TTL))
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = vec![
+        (again.clone(), TTL),
+        (lock_lease.clone(), TTL),
+        (fourth.clone(), TTL),
+    ];
+    let renewed = backend.extend_many(&batch).await;
+    assert_eq!(renewed.len(), 3);
+    for (result, (lease, _)) in renewed.iter().zip(&batch) {
+        assert_eq!(result.as_ref().expect("renewed").lease_id, lease.lease_id);
+    }
+    let err = backend
+        .try_acquire(&req(&other, "p", TTL).with_permits(3).unwrap())
+        .await
+        .expect_err("a lock is held");
+    assert!(
+        matches!(
+            err,
+            Error::PermitsMismatch {
+                held: 1,
+                asked: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(backend.release(&lock_lease).await.unwrap());
+
+    for lease in [&again, &leases[2], &fourth] {
+        assert!(backend.release(lease).await.unwrap());
+    }
+    let exists: i64 = raw
+        .query(
+            redis::cmd("EXISTS")
+                .arg(&keys.permits)
+                .arg(&keys.holders)
+                .arg(&keys.queue)
+                .arg(&keys.waiters),
+        )
+        .await;
+    assert_eq!(exists, 0, "only the fence counter stays");
+}

@@ -1,5 +1,4 @@
-//! Eight processes share a semaphore of three permits, on every backend
-//! with semaphores (all but Redis so far, issue 15):
+//! Eight processes share a semaphore of three permits, on every backend:
 //! at most three of them are ever inside at once (their recorded
 //! intervals, on the host's shared monotonic clock, never overlap more
 //! than three deep), every process gets every round, and every grant has
@@ -143,6 +142,28 @@ async fn etcd() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper() {
     let url = lockkit_tests::zk::shared_url();
+    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
+        .await
+        .expect("processes");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_fifo() {
+    let url = lockkit_tests::redis::shared_server_url();
+    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
+        .await
+        .expect("processes");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unfair() {
+    let url = lockkit_tests::redis::shared_server_url();
+    let url = format!(
+        "{url}{}fifo=false",
+        if url.contains('?') { '&' } else { '?' }
+    );
     tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
         .await
         .expect("processes");

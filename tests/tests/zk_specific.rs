@@ -764,11 +764,35 @@ fn packets_received(port: u16) -> u64 {
         .expect("a number")
 }
 
+/// Whether the server at `port` answers a create inside a multi request
+/// without the new node's stat (a server bug fixed in 3.7.2 and 3.8.2, as
+/// the `zookeeper-client` docs say; Debian 12 ships 3.8.0), so the backend
+/// reads the stat in one more request.
+fn multi_create_lacks_stat(port: u16) -> bool {
+    let srvr = lockkit_tests::zk::server::four_letter(port, "srvr").expect("srvr answers");
+    let version = srvr
+        .lines()
+        .find_map(|line| line.strip_prefix("Zookeeper version: "))
+        .expect("a version line in srvr");
+    let numbers: Vec<u32> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|n| n.parse().expect("a version number"))
+        .collect();
+    let [major, minor, patch] = numbers[..] else {
+        panic!("unreadable version {version:?}");
+    };
+    (major, minor, patch) < (3, 7, 2) || ((major, minor) == (3, 8) && patch < 2)
+}
+
 /// An uncontended lock costs one request to take (the lock node and the
-/// lease node created in one transaction) and one to give back (both
-/// deleted in one transaction), through `try_acquire` and the driver
-/// alike: the fewest packets, counted by the server (`mntr`), of a few
-/// rounds, so a stray ping does not count.
+/// lease node created in one transaction; plus one read of the node's stat
+/// on servers that leave it out of the reply, see
+/// [`multi_create_lacks_stat`]) and one to give back (both deleted in one
+/// transaction), through `try_acquire` and the driver alike: the fewest
+/// requests, counted by the server (`mntr`, whose own request counts one),
+/// of a few rounds, so a stray ping does not count. A hold this short never
+/// arms the node's watch (it is armed after 100 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uncontended_lock_costs_one_request_each_way() {
     let server = ZkServer::start();
@@ -779,6 +803,15 @@ async fn uncontended_lock_costs_one_request_each_way() {
     .await
     .expect("connect");
     let lock = name("round-trips");
+    let mntr_itself = {
+        let before = packets_received(server.port());
+        packets_received(server.port()) - before
+    };
+    let to_take = if multi_create_lacks_stat(server.port()) {
+        2
+    } else {
+        1
+    };
     let (mut tried, mut driven) = (u64::MAX, u64::MAX);
     for _ in 0..5 {
         let before = packets_received(server.port());
@@ -788,20 +821,21 @@ async fn uncontended_lock_costs_one_request_each_way() {
             .expect("try")
             .expect("free");
         assert!(backend.release(&lease).await.expect("release"));
-        tried = tried.min(packets_received(server.port()) - before);
+        tried = tried.min(packets_received(server.port()) - before - mntr_itself);
         let before = packets_received(server.port());
         let lease = backend
             .acquire(&req(&lock, "o", LONG), Some(Instant::now() + LONG))
             .await
             .expect("acquire");
         assert!(backend.release(&lease).await.expect("release"));
-        driven = driven.min(packets_received(server.port()) - before);
+        driven = driven.min(packets_received(server.port()) - before - mntr_itself);
     }
     eprintln!(
-        "uncontended N = 1: try_acquire + release {tried} packets, acquire + release {driven}"
+        "uncontended N = 1: try_acquire + release {tried} requests, acquire + release {driven} \
+         ({to_take} to take on this server, mntr counts {mntr_itself})"
     );
-    assert_eq!(tried, 2, "try_acquire + release");
-    assert_eq!(driven, 2, "acquire + release");
+    assert_eq!(tried, to_take + 1, "try_acquire + release");
+    assert_eq!(driven, to_take + 1, "acquire + release");
 }
 
 /// A semaphore of 3 on the server: three lease nodes carrying the count

@@ -6,7 +6,8 @@
 //! - [`RedisCluster`]: three cluster-enabled masters joined with
 //!   `redis-cli --cluster create`.
 //! - [`RedisHarness`]: the [`Harness`] over either, in default or FIFO
-//!   mode. Its `leftovers` reads the raw lease, queue and waiter keys.
+//!   mode. Its `leftovers` reads the raw lease, queue, waiter, permits
+//!   and holders keys.
 //!
 //! The shared servers (one standalone, one cluster per test binary) are
 //! started on first use, or taken from `LOCKKIT_TEST_REDIS_URL` and
@@ -238,9 +239,9 @@ impl Harness for RedisHarness {
         Some(queued)
     }
 
-    /// The lease, queue and waiter keys still stored for `name`. The fence
-    /// counter is left out on purpose: it outlives every lease so tokens
-    /// never restart (one small key per name ever used).
+    /// The lease, queue, waiter, permits and holders keys still stored for
+    /// `name`. The fence counter is left out on purpose: it outlives every
+    /// lease so tokens never restart (one small key per name ever used).
     /// The per-name fence counter (`INCR`ed by every grant).
     async fn stored_fence(&self, name: &LockName) -> Option<u64> {
         let keys = self.options.prefix.keys(name);
@@ -267,7 +268,7 @@ impl Harness for RedisHarness {
                 keys.lock
             ));
         }
-        for key in [&keys.queue, &keys.waiters] {
+        for key in [&keys.queue, &keys.waiters, &keys.permits] {
             let entries: Vec<(String, f64)> = self
                 .inspector
                 .query(
@@ -281,6 +282,13 @@ impl Harness for RedisHarness {
             if !entries.is_empty() {
                 left.push(format!("{key} = {entries:?}"));
             }
+        }
+        let holders: Vec<(String, String)> = self
+            .inspector
+            .query(redis::cmd("HGETALL").arg(&keys.holders))
+            .await;
+        if !holders.is_empty() {
+            left.push(format!("{} = {holders:?}", keys.holders));
         }
         left
     }
