@@ -356,7 +356,9 @@ impl Nodes {
     }
 
     /// Deletes a lease node (only at `version`, if given) and, in the same
-    /// transaction, its lock node if that leaves it empty.
+    /// transaction, its lock node if that leaves it empty; when other nodes
+    /// were there, deletes the lease node alone and then the lock node if
+    /// it has become empty meanwhile.
     pub(crate) async fn delete(
         &self,
         generation: &Generation,
@@ -393,7 +395,19 @@ impl Nodes {
         let result = client.delete(path, version).await;
         generation.observe(sent_at, &result);
         match result {
-            Ok(()) => Ok(Deleted::Yes),
+            Ok(()) => {
+                // The others may have gone meanwhile, each seeing this
+                // node still there (holders of a semaphore releasing at
+                // once): the last one to delete its node removes the lock
+                // node, so no empty one is left for the container sweep
+                // (which would still remove it: the lease node is gone
+                // either way, so a failure here is no error).
+                let lock = parent_of(path);
+                if let Err(err) = self.delete_lock_if_empty(generation, lock).await {
+                    tracing::debug!(%lock, error = %err, "could not remove an empty lock node");
+                }
+                Ok(Deleted::Yes)
+            }
             Err(ZkError::NoNode) => Ok(Deleted::Missing),
             Err(ZkError::BadVersion) => Ok(Deleted::Changed),
             Err(e) => Err(classify(e, "deleting a lease node")),

@@ -91,6 +91,14 @@ fn deepest_overlap(intervals: &[(u64, u64)]) -> usize {
     usize::try_from(deepest).unwrap_or(0)
 }
 
+/// [`eight_processes_three_permits`] off the runtime's threads (it waits
+/// for child processes).
+async fn run_blocking(url: String) {
+    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
+        .await
+        .expect("processes");
+}
+
 #[test]
 fn overlap_counting_counts() {
     assert_eq!(deepest_overlap(&[(0, 10), (5, 15), (10, 20)]), 2);
@@ -101,9 +109,7 @@ fn overlap_counting_counts() {
 async fn sqlite() {
     let harness = lockkit_tests::sqlite::SqliteHarness::start().await;
     let url = harness.url().to_owned();
-    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
-        .await
-        .expect("processes");
+    run_blocking(url).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -112,9 +118,7 @@ async fn postgres() {
     use lockkit_tests::sql_harness::{SqlHarness, SqlKind};
     let harness = SqlHarness::start(SqlKind::Postgres).await;
     let url = harness.url().to_owned();
-    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
-        .await
-        .expect("processes");
+    run_blocking(url).await;
 }
 
 #[cfg(feature = "mysql")]
@@ -123,9 +127,7 @@ async fn mysql() {
     use lockkit_tests::sql_harness::{SqlHarness, SqlKind};
     let harness = SqlHarness::start(SqlKind::MySql).await;
     let url = harness.url().to_owned();
-    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
-        .await
-        .expect("processes");
+    run_blocking(url).await;
 }
 
 #[cfg(feature = "etcd")]
@@ -133,27 +135,21 @@ async fn mysql() {
 async fn etcd() {
     let harness = lockkit_tests::etcd::EtcdHarness::start().await;
     let url = harness.url().to_owned();
-    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
-        .await
-        .expect("processes");
+    run_blocking(url).await;
 }
 
 #[cfg(feature = "zookeeper")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper() {
     let url = lockkit_tests::zk::shared_url();
-    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
-        .await
-        .expect("processes");
+    run_blocking(url).await;
 }
 
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_fifo() {
     let url = lockkit_tests::redis::shared_server_url();
-    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
-        .await
-        .expect("processes");
+    run_blocking(url).await;
 }
 
 #[cfg(feature = "redis")]
@@ -164,7 +160,5 @@ async fn redis_unfair() {
         "{url}{}fifo=false",
         if url.contains('?') { '&' } else { '?' }
     );
-    tokio::task::spawn_blocking(move || eight_processes_three_permits(&url))
-        .await
-        .expect("processes");
+    run_blocking(url).await;
 }

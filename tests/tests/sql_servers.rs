@@ -480,6 +480,200 @@ async fn stored_rows_high_water_and_periodic_cleanup(kind: SqlKind) {
     assert!(client.release(&next).await.expect("release"));
 }
 
+/// The SQL of [`a_single_row_table_becomes_one_row_per_permit`] for one
+/// server: the tables as the release before semaphores created them (one
+/// row per name, primary key `lock_name`) with a live lock row of token
+/// 41 and its name's counter (every grant counted in `<table>_fence`), and
+/// the query of the rebuilt table's primary key.
+fn single_row_layout(kind: SqlKind, t: &str, lease_id: &str) -> (Vec<String>, String) {
+    match kind {
+        #[cfg(feature = "postgres")]
+        SqlKind::Postgres => (
+            vec![
+                format!(
+                    "CREATE TABLE \"{t}\" (lock_name TEXT NOT NULL PRIMARY KEY, owner_id TEXT NOT NULL, \
+                     lease_id TEXT NOT NULL, fence BIGINT NOT NULL, \
+                     created_at TIMESTAMPTZ NOT NULL DEFAULT now(), expires_at TIMESTAMPTZ NOT NULL, \
+                     waiters BOOLEAN NOT NULL DEFAULT false)"
+                ),
+                format!("CREATE INDEX \"{t}_expires_at\" ON \"{t}\" (expires_at)"),
+                format!(
+                    "CREATE TABLE \"{t}_fence\" (lock_name TEXT NOT NULL PRIMARY KEY, fence BIGINT NOT NULL)"
+                ),
+                format!(
+                    "CREATE TABLE \"{t}_queue\" (lock_name TEXT NOT NULL, lease_id TEXT NOT NULL, \
+                     seq BIGINT GENERATED ALWAYS AS IDENTITY, expires_at TIMESTAMPTZ NOT NULL, \
+                     PRIMARY KEY (lock_name, lease_id))"
+                ),
+                format!(
+                    "INSERT INTO \"{t}\" (lock_name, owner_id, lease_id, fence, expires_at) \
+                     VALUES ('kept', 'old', '{lease_id}', 41, now() + interval '1 hour')"
+                ),
+                format!("INSERT INTO \"{t}_fence\" VALUES ('kept', 41)"),
+            ],
+            format!(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = to_regclass('\"{t}\"') AND i.indisprimary \
+                 ORDER BY array_position(i.indkey, a.attnum)"
+            ),
+        ),
+        #[cfg(feature = "mysql")]
+        SqlKind::MySql => (
+            vec![
+                format!(
+                    "CREATE TABLE `{t}` (lock_name VARBINARY(255) NOT NULL, \
+                     owner_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                     lease_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, \
+                     fence BIGINT NOT NULL, created_at DATETIME(6) NOT NULL, \
+                     expires_at DATETIME(6) NOT NULL, PRIMARY KEY (lock_name), \
+                     KEY `{t}_expires_at` (expires_at)) ENGINE=InnoDB"
+                ),
+                format!(
+                    "CREATE TABLE `{t}_fence` (lock_name VARBINARY(255) NOT NULL PRIMARY KEY, \
+                     fence BIGINT NOT NULL) ENGINE=InnoDB"
+                ),
+                format!(
+                    "INSERT INTO `{t}` VALUES ('kept', 'old', '{lease_id}', 41, NOW(6), \
+                     NOW(6) + INTERVAL 1 HOUR)"
+                ),
+                format!("INSERT INTO `{t}_fence` VALUES ('kept', 41)"),
+            ],
+            format!(
+                "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{t}' AND CONSTRAINT_NAME = 'PRIMARY' \
+                 ORDER BY ORDINAL_POSITION"
+            ),
+        ),
+    }
+}
+
+/// Runs `sql` on the harness's own pool, returning the first column of
+/// every row as text (`None` for statements without rows).
+async fn raw_sql(harness: &SqlHarness, sql: String) -> Vec<String> {
+    match harness.kind() {
+        #[cfg(feature = "postgres")]
+        SqlKind::Postgres => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(harness.pg())
+            .await
+            .expect("raw SQL"),
+        #[cfg(feature = "mysql")]
+        SqlKind::MySql => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(harness.my())
+            .await
+            .expect("raw SQL"),
+    }
+}
+
+/// A table from before semaphores (one row per name) is rebuilt at
+/// start-up with one row per held permit (primary key `lock_name,
+/// lease_id`); its live row survives as a lock of one permit, holding off
+/// other requests, and tokens continue from it; then a semaphore of 3
+/// holds 3 rows, refuses a fourth and a lock request, and leaves no row
+/// after its releases. Connecting again finds nothing to do.
+async fn a_single_row_table_becomes_one_row_per_permit(kind: SqlKind) {
+    const N: u32 = 3;
+    const TTL: Duration = Duration::from_secs(60);
+    let harness = SqlHarness::start(kind).await;
+    let table = fresh_table("single_row");
+    let t = table.table().to_owned();
+    let old_id = lockkit_core::LeaseId::random();
+    let (layout, primary_key) = single_row_layout(kind, &t, old_id.as_str());
+    for ddl in layout {
+        raw_sql(&harness, ddl).await;
+    }
+    let url = format!("{}?table={table}", harness.url());
+    let backend = lockkit::connect(&url)
+        .await
+        .expect("connect upgrades the table");
+    assert_eq!(
+        raw_sql(&harness, primary_key.clone()).await,
+        ["lock_name", "lease_id"],
+        "one row per permit"
+    );
+    let kept = lockkit_core::LockName::new("kept").expect("name");
+    let info = backend
+        .current(&kept)
+        .await
+        .expect("current")
+        .expect("the old live row survives the upgrade");
+    assert_eq!(
+        (&info.lease_id, info.token.get(), info.permits),
+        (&old_id, 41, 1)
+    );
+    let new = request(&kept, "new", TTL);
+    assert!(
+        backend.try_acquire(&new).await.expect("try").is_none(),
+        "still held"
+    );
+    assert!(backend.force_release(&kept).await.expect("force"));
+    let after = backend.try_acquire(&new).await.expect("try").expect("free");
+    assert_eq!(after.token.get(), 42, "tokens continue from the old row");
+    assert!(backend.release(&after).await.expect("release"));
+
+    let name = unique_name("upgraded-semaphore");
+    let permit = |owner: &str| request(&name, owner, TTL).with_permits(N).expect("permits");
+    let mut leases = Vec::new();
+    for i in 0..N {
+        leases.push(
+            backend
+                .try_acquire(&permit(&format!("holder-{i}")))
+                .await
+                .expect("try")
+                .expect("a permit is free"),
+        );
+    }
+    assert!(
+        backend
+            .try_acquire(&permit("extra"))
+            .await
+            .expect("try")
+            .is_none()
+    );
+    assert!(matches!(
+        backend.try_acquire(&request(&name, "lock", TTL)).await,
+        Err(Error::PermitsMismatch {
+            held: 3,
+            asked: 1,
+            ..
+        })
+    ));
+    let count = |kind: SqlKind| match kind {
+        #[cfg(feature = "postgres")]
+        SqlKind::Postgres => format!(
+            "SELECT count(*)::text FROM \"{t}\" WHERE lock_name = '{}'",
+            name.as_str()
+        ),
+        #[cfg(feature = "mysql")]
+        SqlKind::MySql => format!(
+            "SELECT CAST(COUNT(*) AS CHAR) FROM `{t}` WHERE lock_name = '{}'",
+            name.as_str()
+        ),
+    };
+    assert_eq!(
+        raw_sql(&harness, count(kind)).await,
+        ["3"],
+        "a row per permit"
+    );
+    let holders = backend.holders(&name).await.expect("holders");
+    let mut tokens: Vec<u64> = holders.iter().map(|i| i.token.get()).collect();
+    assert_eq!(
+        tokens,
+        leases.iter().map(|l| l.token.get()).collect::<Vec<_>>()
+    );
+    tokens.dedup();
+    assert_eq!(tokens.len(), N as usize);
+    for lease in &leases {
+        assert!(backend.release(lease).await.expect("release"));
+    }
+    assert_eq!(raw_sql(&harness, count(kind)).await, ["0"], "no rows left");
+    lockkit::connect(&url).await.expect("a second connect");
+    assert_eq!(
+        raw_sql(&harness, primary_key).await,
+        ["lock_name", "lease_id"]
+    );
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
@@ -522,6 +716,11 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn stored_rows_high_water_and_periodic_cleanup() {
         super::stored_rows_high_water_and_periodic_cleanup(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_single_row_table_becomes_one_row_per_permit() {
+        super::a_single_row_table_becomes_one_row_per_permit(SqlKind::Postgres).await;
     }
 
     /// With a 5 s poll interval, a waiter still gets the lock within a
@@ -1238,6 +1437,11 @@ mod mysql {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn processes_race_on_an_empty_database() {
         super::processes_race_on_an_empty_database(SqlKind::MySql).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_single_row_table_becomes_one_row_per_permit() {
+        super::a_single_row_table_becomes_one_row_per_permit(SqlKind::MySql).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
