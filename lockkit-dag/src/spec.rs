@@ -403,6 +403,10 @@ fn validate(files: &[(PathBuf, RawSpec)], problems: &mut Problems) -> Spec {
     let mut spec = Spec::default();
     // Where each name was first defined, for duplicate messages.
     let mut task_defined: HashMap<String, (PathBuf, u64)> = HashMap::new();
+    // The permit count of each lock name, with the task that gave it first:
+    // tasks sharing a lock must agree (at run time they would fail with
+    // `PermitsMismatch` while the other holds it).
+    let mut lock_counts: HashMap<String, (u32, String, PathBuf, u64)> = HashMap::new();
     for (file, raw) in files {
         for task in &raw.tasks {
             let name = task.value.name.value.trim().to_owned();
@@ -426,6 +430,34 @@ fn validate(files: &[(PathBuf, RawSpec)], problems: &mut Problems) -> Spec {
             }
             task_defined.insert(name.clone(), (file.clone(), line));
             if let Some(parsed) = validate_task(file, &name, &task.value, problems) {
+                if let Some(lock) = &parsed.lock {
+                    match lock_counts.get(&lock.name) {
+                        Some((permits, first, first_file, first_line))
+                            if *permits != lock.permits =>
+                        {
+                            problems.at(
+                                file,
+                                line,
+                                &context,
+                                format!(
+                                    "lock {:?} has permits {} here but {permits} in task {first} \
+                                     ({}:{first_line}); tasks sharing a lock must give the same permits",
+                                    lock.name,
+                                    lock.permits,
+                                    first_file.display()
+                                ),
+                            );
+                            continue;
+                        }
+                        Some(_) => {}
+                        None => {
+                            lock_counts.insert(
+                                lock.name.clone(),
+                                (lock.permits, name.clone(), file.clone(), line),
+                            );
+                        }
+                    }
+                }
                 spec.tasks.insert(name, parsed);
             }
         }
@@ -972,6 +1004,32 @@ pipelines:
         );
         assert!(
             found[1].starts_with("spec.yaml:4: task B: permits \"two\""),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn tasks_sharing_a_lock_agree_on_its_permits() {
+        let found = problems(
+            "
+tasks:
+  - {name: A, command: x, lock: {lock_status: enable, lock_duration: 1m, lock_name: w, permits: 2}}
+  - {name: B, command: x, lock: {lock_status: enable, lock_duration: 1m, lock_name: w, permits: 2}}
+  - {name: C, command: x, lock: {lock_status: enable, lock_duration: 1m, lock_name: w}}
+  - {name: w, command: x, lock: {lock_status: enable, lock_duration: 1m, permits: 3}}
+pipelines:
+  - {name: P, flow: Start -> A -> B -> C -> w -> End}
+",
+        );
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].starts_with(
+                "spec.yaml:5: task C: lock \"w\" has permits 1 here but 2 in task A (spec.yaml:3)"
+            ),
+            "{found:#?}"
+        );
+        assert!(
+            found[1].starts_with("spec.yaml:6: task w: lock \"w\" has permits 3 here but 2"),
             "{found:#?}"
         );
     }

@@ -61,8 +61,8 @@
 //! waiter that died holds its place).
 //!
 //! Names and owners are always bound parameters (or, in the one-round-trip
-//! grant batches of Postgres and MySQL, hex literals, which need no
-//! escaping); the table name is a validated identifier ([`TableName`])
+//! grant batches, MySQL hex literals, which need no escaping, and Postgres
+//! escape string constants with `\` and `'` doubled); the table name is a validated identifier ([`TableName`])
 //! quoted into the statement text.
 //!
 //! ## Semaphores
@@ -181,6 +181,8 @@ pub mod backend;
 mod connect;
 pub mod dialect;
 mod error;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod grant_batch;
 mod host_clock;
 mod lanes;
 mod queue;

@@ -10,17 +10,22 @@
 //!   many others hold, a mismatched N, how many rows expired). All N held
 //!   by others: refused, **without any write or row lock**. Held by this
 //!   very lease id (a retry after a lost reply): renewed, same token. A
-//!   live holder with another N: `Error::PermitsMismatch`. Otherwise one
-//!   transaction: the name's counter in `<table>_fence` is incremented
-//!   (`LAST_INSERT_ID(fence + 1)`, its row lock held until commit, so the
-//!   name's admissions serialise and tokens rise in commit order), the
-//!   name's expired rows of other leases are deleted (a row whose renewal
-//!   is in flight is locked by it: the delete waits, sees it renewed and
-//!   keeps it), then `INSERT … SELECT … WHERE` fewer than N live rows of
-//!   the same N remain inserts this lease's row with the counter's value
-//!   (taking over its own expired row), and a read-back of the row with
-//!   that fence says whether it was granted. Under the counter's lock
-//!   every earlier grant has committed, so the count sees it. The
+//!   live holder with another N: `Error::PermitsMismatch`. When the read
+//!   saw expired rows of other leases, they are deleted first (a row whose
+//!   renewal is in flight is locked by it: the delete waits, sees it
+//!   renewed and keeps it). Then one transaction: the name's counter in
+//!   `<table>_fence` is incremented (`LAST_INSERT_ID(fence + 1)`, its row
+//!   lock held until commit, so the name's admissions serialise and tokens
+//!   rise in commit order), then `INSERT … SELECT … WHERE` fewer than N
+//!   live rows of the same N remain inserts this lease's row with the
+//!   counter's value (taking over its own expired row; its reads lock the
+//!   rows they count, so an in-flight renewal is waited for), and a
+//!   read-back of the row with that fence says whether it was granted.
+//!   Under the counter's lock every earlier grant has committed, so the
+//!   count sees it. InnoDB's repeatable-read gap locks make grants of
+//!   neighbouring new names deadlock now and then; a grant the server
+//!   rolled back that way (or for a serialization failure) runs again, up
+//!   to five times, after a jittered pause of a few ms. The
 //!   transaction goes to the server as **one batch** (`START TRANSACTION;
 //!   …; COMMIT` in one text-protocol request, values inlined as hex
 //!   literals, which need no escaping): a free permit costs two round
@@ -58,17 +63,16 @@
 
 use std::fmt::Write as _;
 
-use futures::TryStreamExt as _;
 use lockkit_core::Result;
+use sqlx::MySql;
 use sqlx::mysql::MySqlQueryResult;
-use sqlx::{AssertSqlSafe, MySql, Row as _};
 
 use crate::backend::{SqlBackend, SqlOptions};
 use crate::connect::{server_pool, server_url};
 use crate::dialect::{
     Dialect, GrantFuture, Param, Schema, SchemaStep, Statement, Statements, Value,
 };
-use crate::error::classify;
+use crate::grant_batch::read_grant_rows;
 use crate::table::TableName;
 #[cfg(doc)]
 use lockkit_core::Error;
@@ -145,8 +149,19 @@ impl Dialect for MySqlDialect {
                     Param::LeaseId,
                 ],
             )),
-            // The grant purges expired rows itself.
-            purge: None,
+            // Expired rows of other lease ids go before the grant, when
+            // the precheck saw some (a crashed holder's permit): not inside
+            // the grant, whose transaction then locks no range of the
+            // table but the name's own rows (fewer gap-lock deadlocks
+            // between grants of neighbouring names). A row whose renewal
+            // is in flight is locked by it: the delete waits and then sees
+            // the renewed row, which stays.
+            purge: Some(Statement::affected(
+                format!(
+                    "DELETE FROM {t} WHERE lock_name = ? AND lease_id <> ? AND expires_at <= {NOW}"
+                ),
+                &[Param::Name, Param::LeaseId],
+            )),
             grant: vec![
                 // The name's counter, under its row lock until commit: grants
                 // of one name serialise here and get rising tokens in
@@ -159,18 +174,11 @@ impl Dialect for MySqlDialect {
                     ),
                     &[Param::Name],
                 ),
-                // Expired rows of other lease ids go. A row whose renewal is
-                // in flight is locked by it: the delete waits and then sees
-                // the renewed row, which stays — and counts below.
-                Statement::affected(
-                    format!(
-                        "DELETE FROM {t} WHERE lock_name = ? AND lease_id <> ? AND expires_at <= {NOW}"
-                    ),
-                    &[Param::Name, Param::LeaseId],
-                ),
                 // Admission: fewer live permits than N, all of the same N.
                 // Under the counter's lock every earlier grant has
-                // committed, so the count sees it. An expired row of this
+                // committed, so the count sees it; its reads lock the rows
+                // they count, so a renewal in flight is waited for and
+                // its row counts as live. An expired row of this
                 // very lease id is taken over with the new fence (every
                 // assignment tests the *old* expires_at, so it comes last).
                 Statement::affected(
@@ -328,36 +336,12 @@ impl Dialect for MySqlDialect {
         // START TRANSACTION, the statements, COMMIT: a result each; the
         // rows come from the last statement before COMMIT.
         let expected = statements.len() + 2;
-        Some(Box::pin(async move {
-            let doing = "acquiring a lock";
-            let mut stream = sqlx::raw_sql(AssertSqlSafe(batch)).fetch_many(conn);
-            let (mut results, mut rows) = (0, Vec::new());
-            while let Some(item) = stream
-                .try_next()
-                .await
-                .map_err(|e| classify::<Self>(e, doing))?
-            {
-                match item {
-                    sqlx::Either::Left(_) => results += 1,
-                    sqlx::Either::Right(row) if results + 2 == expected => {
-                        let read = |e| classify::<Self>(e, "reading a grant");
-                        rows.push((
-                            row.try_get::<i64, _>(0).map_err(read)?,
-                            row.try_get::<i64, _>(1).map_err(read)?,
-                        ));
-                    }
-                    sqlx::Either::Right(_) => {}
-                }
-            }
-            if results != expected {
-                return Err(lockkit_core::Error::backend(
-                    Self::KIND,
-                    format!("the grant batch returned {results} results instead of {expected}"),
-                    None,
-                ));
-            }
-            Ok(rows)
-        }))
+        Some(Box::pin(read_grant_rows::<Self>(
+            conn,
+            batch,
+            expected,
+            expected - 2,
+        )))
     }
 
     fn is_configuration_code(sqlstate: &str) -> bool {

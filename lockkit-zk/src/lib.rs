@@ -41,7 +41,13 @@
 //! - **Grant.** The lowest sequence holds (the first N, for a semaphore:
 //!   see "Semaphores" below). A free lock costs one round trip:
 //!   the lock node and the lease node are created in one transaction, so
-//!   the new node is known to be alone. Otherwise the queue is listed.
+//!   the new node is known to be alone (servers before 3.7.2 and 3.8.2 —
+//!   Debian 12 ships 3.8.0 — leave the new node's stat out of a
+//!   transaction's reply, and it is read in a second request). Otherwise
+//!   the queue is listed. A release is one transaction too (the lease node
+//!   and, if that leaves it empty, the lock node); when other nodes are
+//!   queued, the lease node goes alone and the lock node is removed after
+//!   it if the others left meanwhile.
 //! - **Waiting.** A lock's waiter sets a watch on the node just before its own
 //!   (FIFO, no herd effect), so a release wakes exactly one waiter, by
 //!   push. When its turn comes it is granted at once if its node was

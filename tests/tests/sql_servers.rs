@@ -674,6 +674,50 @@ async fn a_single_row_table_becomes_one_row_per_permit(kind: SqlKind) {
     );
 }
 
+/// The grant batch inlines names and owners as literals (MySQL: hex;
+/// Postgres: escape strings): quotes,
+/// backslashes, `?`, `;` and non-ASCII text arrive byte for byte, and
+/// the stored row is the grant's.
+async fn awkward_names_and_owners_survive_the_grant_batch(kind: SqlKind) {
+    let harness = SqlHarness::start(kind).await;
+    let backend = harness.client().await;
+    let suffix = lockkit_tests::server::random_suffix();
+    for (i, (name, owner)) in [
+        (format!("it's/{suffix}"), "o'wner \\ \"x\""),
+        (format!("q?mark;DROP TABLE x;--/{suffix}"), "who?;"),
+        (format!("tâche-ü-名前/{suffix}"), "żółw 🐢"),
+        (format!("back\\slash/{suffix}"), "-"),
+        (format!("dollar $1 $$ E'x'/{suffix}"), "$2 \\' E''"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = lockkit_core::LockName::new(name).expect("valid name");
+        let lease = backend
+            .try_acquire(&request(&name, owner, Duration::from_secs(30)))
+            .await
+            .expect("try")
+            .expect("free");
+        let info = backend
+            .current(&name)
+            .await
+            .expect("current")
+            .expect("held");
+        assert_eq!(info.name, name, "case {i}");
+        assert_eq!(info.owner, owner, "case {i}");
+        assert_eq!(info.lease_id, lease.lease_id, "case {i}");
+        assert_eq!(info.token, lease.token, "case {i}");
+        assert!(backend.release(&lease).await.expect("release"));
+        let again = backend
+            .try_acquire(&request(&name, owner, Duration::from_secs(30)))
+            .await
+            .expect("try")
+            .expect("free again");
+        assert!(again.token > lease.token, "case {i}: tokens rise");
+        assert!(backend.release(&again).await.expect("release"));
+    }
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
@@ -721,6 +765,11 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_single_row_table_becomes_one_row_per_permit() {
         super::a_single_row_table_becomes_one_row_per_permit(SqlKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn awkward_names_and_owners_survive_the_grant_batch() {
+        super::awkward_names_and_owners_survive_the_grant_batch(SqlKind::Postgres).await;
     }
 
     /// With a 5 s poll interval, a waiter still gets the lock within a
@@ -1391,47 +1440,9 @@ mod postgres {
 mod mysql {
     use super::*;
 
-    /// The grant batch inlines names and owners as hex literals: quotes,
-    /// backslashes, `?`, `;` and non-ASCII text arrive byte for byte, and
-    /// the stored row is the grant's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn awkward_names_and_owners_survive_the_grant_batch() {
-        let harness = SqlHarness::start(SqlKind::MySql).await;
-        let backend = harness.client().await;
-        let suffix = lockkit_tests::server::random_suffix();
-        for (i, (name, owner)) in [
-            (format!("it's/{suffix}"), "o'wner \\ \"x\""),
-            (format!("q?mark;DROP TABLE x;--/{suffix}"), "who?;"),
-            (format!("tâche-ü-名前/{suffix}"), "żółw 🐢"),
-            (format!("back\\slash/{suffix}"), "-"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let name = lockkit_core::LockName::new(name).expect("valid name");
-            let lease = backend
-                .try_acquire(&request(&name, owner, Duration::from_secs(30)))
-                .await
-                .expect("try")
-                .expect("free");
-            let info = backend
-                .current(&name)
-                .await
-                .expect("current")
-                .expect("held");
-            assert_eq!(info.name, name, "case {i}");
-            assert_eq!(info.owner, owner, "case {i}");
-            assert_eq!(info.lease_id, lease.lease_id, "case {i}");
-            assert_eq!(info.token, lease.token, "case {i}");
-            assert!(backend.release(&lease).await.expect("release"));
-            let again = backend
-                .try_acquire(&request(&name, owner, Duration::from_secs(30)))
-                .await
-                .expect("try")
-                .expect("free again");
-            assert!(again.token > lease.token, "case {i}: tokens rise");
-            assert!(backend.release(&again).await.expect("release"));
-        }
+        super::awkward_names_and_owners_survive_the_grant_batch(SqlKind::MySql).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
