@@ -73,11 +73,11 @@ impl SqlOptions {
     }
 }
 
-/// The default [`SqlOptions::queue_entry_ttl`].
 /// How often a grant rolled back by a deadlock or serialization conflict
 /// runs again before its error is returned (as `Transient`).
 const CONFLICT_RETRIES: u32 = 5;
 
+/// The default [`SqlOptions::queue_entry_ttl`].
 const DEFAULT_QUEUE_ENTRY_TTL: Duration = Duration::from_secs(3);
 
 /// The shortest [`SqlOptions::queue_entry_ttl`].

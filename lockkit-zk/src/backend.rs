@@ -596,7 +596,12 @@ impl LockBackend for ZkBackend {
             return Ok(false);
         };
         let generation = self.inner.sessions.current();
-        match self.inner.nodes.delete(&generation, &path, None).await {
+        match self
+            .inner
+            .nodes
+            .delete_and_tidy(&generation, &path, None)
+            .await
+        {
             Ok(deleted) => {
                 registry.remove(&lease.lease_id);
                 Ok(deleted == Deleted::Yes && !was_lost && Instant::now() < deadline)

@@ -357,13 +357,38 @@ impl Nodes {
 
     /// Deletes a lease node (only at `version`, if given) and, in the same
     /// transaction, its lock node if that leaves it empty; when other nodes
-    /// were there, deletes the lease node alone and then the lock node if
-    /// it has become empty meanwhile.
+    /// were there, deletes the lease node alone. For a caller whose own
+    /// node stays in the queue (clearing the way, removing duplicates):
+    /// the lock node cannot become empty.
     pub(crate) async fn delete(
         &self,
         generation: &Generation,
         path: &str,
         version: Option<i32>,
+    ) -> Result<Deleted> {
+        self.delete_node(generation, path, version, false).await
+    }
+
+    /// [`delete`](Self::delete), and when other nodes were there, then the
+    /// lock node if it has become empty meanwhile (releases, admin
+    /// deletes): holders of a semaphore releasing at once each see the
+    /// others' nodes, and the last one's attempt removes the lock node,
+    /// so no empty one is left for the server's container sweep.
+    pub(crate) async fn delete_and_tidy(
+        &self,
+        generation: &Generation,
+        path: &str,
+        version: Option<i32>,
+    ) -> Result<Deleted> {
+        self.delete_node(generation, path, version, true).await
+    }
+
+    async fn delete_node(
+        &self,
+        generation: &Generation,
+        path: &str,
+        version: Option<i32>,
+        tidy: bool,
     ) -> Result<Deleted> {
         let client = &generation.client;
         let mut writer = client.new_multi_writer();
@@ -396,13 +421,13 @@ impl Nodes {
         generation.observe(sent_at, &result);
         match result {
             Ok(()) => {
-                // The others may have gone meanwhile, each seeing this
-                // node still there (holders of a semaphore releasing at
-                // once): the last one to delete its node removes the lock
-                // node, so no empty one is left for the container sweep
-                // (which would still remove it: the lease node is gone
-                // either way, so a failure here is no error).
+                // The container sweep would still remove an empty lock
+                // node, and the lease node is gone either way: a failure
+                // here is no error.
                 let lock = parent_of(path);
+                if !tidy {
+                    return Ok(Deleted::Yes);
+                }
                 if let Err(err) = self.delete_lock_if_empty(generation, lock).await {
                     tracing::debug!(%lock, error = %err, "could not remove an empty lock node");
                 }
