@@ -531,10 +531,11 @@ where
 
     /// [`grant`](Self::grant), run again (up to [`CONFLICT_RETRIES`]
     /// times, after a short jittered pause) when the server rolled it back
-    /// to resolve a deadlock or a serialization conflict: grants of
-    /// neighbouring names in InnoDB's repeatable-read gap locks deadlock now
-    /// and then (benchmark P6, 16 grants at once of new names), and the
-    /// remedy is to run the transaction again.
+    /// to resolve a deadlock or a serialization conflict (both servers
+    /// may pick a grant as a deadlock victim, and the remedy is to run
+    /// the transaction again; MySQL grants run at READ COMMITTED, without
+    /// the gap locks that made grants of neighbouring new names deadlock
+    /// in benchmark P6).
     async fn grant_resolving_conflicts(
         &self,
         values: &Values<'_>,

@@ -36,20 +36,22 @@ pub(crate) fn classify<D: Dialect>(err: sqlx::Error, doing: &str) -> Error {
     }
 }
 
+/// The SQLSTATE of the database error behind `err`, if it came from one.
+pub(crate) fn sqlstate(err: &Error) -> Option<String> {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<sqlx::Error>())
+        .and_then(|sqlx| match sqlx {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        })
+}
+
 /// Whether `err` is a transaction the server rolled back to resolve a
 /// conflict — a deadlock or a serialization failure (SQLSTATE `40001`,
 /// which MySQL and MariaDB also give their deadlock 1213, or Postgres'
 /// `40P01`). Running the same transaction again is the documented remedy;
 /// nothing of the failed one was kept.
 pub(crate) fn is_conflict(err: &Error) -> bool {
-    let Error::Transient { .. } = err else {
-        return false;
-    };
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<sqlx::Error>())
-        .and_then(|sqlx| match sqlx {
-            sqlx::Error::Database(db) => db.code().map(|c| c == "40001" || c == "40P01"),
-            _ => None,
-        })
-        .unwrap_or(false)
+    matches!(err, Error::Transient { .. })
+        && sqlstate(err).is_some_and(|code| code == "40001" || code == "40P01")
 }

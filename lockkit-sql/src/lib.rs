@@ -127,7 +127,8 @@
 //!   DEFAULT 1`, drop the old primary key, `ALTER TABLE locks ADD PRIMARY
 //!   KEY (lock_name, lease_id)`, and `ALTER TABLE locks_queue ADD COLUMN
 //!   permits INTEGER NOT NULL DEFAULT 1` — in the schema transaction, under
-//!   its advisory lock.
+//!   its advisory lock. Postgres also drops the `locks_expires_at` index of
+//!   earlier releases (whatever their age; see the `postgres` module).
 //! - MySQL: `ALTER TABLE locks ADD COLUMN permits INT NOT NULL DEFAULT 1,
 //!   DROP PRIMARY KEY, ADD PRIMARY KEY (lock_name, lease_id)`.
 //!

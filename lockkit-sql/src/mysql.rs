@@ -13,21 +13,30 @@
 //!   live holder with another N: `Error::PermitsMismatch`. When the read
 //!   saw expired rows of other leases, they are deleted first (a row whose
 //!   renewal is in flight is locked by it: the delete waits, sees it
-//!   renewed and keeps it). Then one transaction: the name's counter in
-//!   `<table>_fence` is incremented (`LAST_INSERT_ID(fence + 1)`, its row
-//!   lock held until commit, so the name's admissions serialise and tokens
-//!   rise in commit order), then `INSERT … SELECT … WHERE` fewer than N
-//!   live rows of the same N remain inserts this lease's row with the
-//!   counter's value (taking over its own expired row; its reads lock the
-//!   rows they count, so an in-flight renewal is waited for), and a
-//!   read-back of the row with that fence says whether it was granted.
-//!   Under the counter's lock every earlier grant has committed, so the
-//!   count sees it. InnoDB's repeatable-read gap locks make grants of
-//!   neighbouring new names deadlock now and then; a grant the server
-//!   rolled back that way (or for a serialization failure) runs again, up
-//!   to five times, after a jittered pause of a few ms. The
-//!   transaction goes to the server as **one batch** (`START TRANSACTION;
-//!   …; COMMIT` in one text-protocol request, values inlined as hex
+//!   renewed and keeps it). Then one transaction, at **READ COMMITTED**:
+//!   the name's counter in `<table>_fence` is incremented
+//!   (`LAST_INSERT_ID(fence + 1)`, its row lock held until commit, so the
+//!   name's admissions serialise and tokens rise in commit order); a
+//!   locking read (`LOCK IN SHARE MODE`) counts the name's live rows of
+//!   other leases and spots another N — under the counter's lock every
+//!   earlier grant has committed, and a renewal in flight holds its row's
+//!   lock, so the read waits and counts the renewed row; `INSERT … SELECT
+//!   … WHERE` that count is below N inserts this lease's row with the
+//!   counter's value (taking over its own expired row), and a read-back
+//!   of the row with that fence says whether it was granted. READ
+//!   COMMITTED takes no gap locks: at InnoDB's default REPEATABLE READ the
+//!   count's next-key locks reached the neighbouring name's row and gap,
+//!   so grants of new names deadlocked and renewals of neighbouring locks
+//!   waited behind grants (benchmark P6: 1668 of 10 000 held locks lost,
+//!   34.7 s to take them). A grant the server still rolls back for a
+//!   deadlock or serialization failure runs again, up to five times, after
+//!   a jittered pause of a few ms. (With binary logging on and
+//!   `binlog_format=STATEMENT`, InnoDB refuses writes at READ COMMITTED and
+//!   every grant fails with the server's error saying so: use `ROW` or
+//!   `MIXED`, the defaults of MySQL 8 and MariaDB.) The
+//!   transaction goes to the server as **one batch** (`SET TRANSACTION
+//!   ISOLATION LEVEL READ COMMITTED; START TRANSACTION; …; COMMIT` in one
+//!   text-protocol request, values inlined as hex
 //!   literals, which need no escaping): a free permit costs two round
 //!   trips (the read and the batch), a full semaphore one. A batch that
 //!   fails part-way, or whose future is dropped, closes its connection
@@ -174,19 +183,30 @@ impl Dialect for MySqlDialect {
                     ),
                     &[Param::Name],
                 ),
+                // The name's live permits of other leases and whether one
+                // has another N, by a locking read: under the counter's
+                // lock every earlier grant has committed, and a renewal in
+                // flight holds its row's lock, so the read waits for it and
+                // counts the renewed row as live. (The grant runs at READ
+                // COMMITTED, where `INSERT … SELECT` would read without
+                // locks and miss that renewal; the locking read takes
+                // record locks only, no gap locks.)
+                Statement::affected(
+                    format!(
+                        "SELECT COUNT(*), COALESCE(MAX(permits <> ?), 0) \
+                         INTO @lockkit_live, @lockkit_mismatched {others} LOCK IN SHARE MODE"
+                    ),
+                    &[Param::Permits, Param::Name, Param::LeaseId],
+                ),
                 // Admission: fewer live permits than N, all of the same N.
-                // Under the counter's lock every earlier grant has
-                // committed, so the count sees it; its reads lock the rows
-                // they count, so a renewal in flight is waited for and
-                // its row counts as live. An expired row of this
-                // very lease id is taken over with the new fence (every
-                // assignment tests the *old* expires_at, so it comes last).
+                // An expired row of this very lease id is taken over with
+                // the new fence (every assignment tests the *old*
+                // expires_at, so it comes last).
                 Statement::affected(
                     format!(
                         "INSERT INTO {t} (lock_name, lease_id, owner_id, fence, permits, created_at, expires_at) \
                          SELECT ?, ?, ?, LAST_INSERT_ID(), ?, {NOW}, {NOW} + INTERVAL (? * 1000) MICROSECOND FROM DUAL \
-                         WHERE (SELECT COUNT(*) {others}) < ? \
-                           AND NOT EXISTS (SELECT 1 {others} AND permits <> ?) \
+                         WHERE @lockkit_live < ? AND @lockkit_mismatched = 0 \
                          ON DUPLICATE KEY UPDATE \
                            owner_id = IF(expires_at > {NOW}, owner_id, VALUES(owner_id)), \
                            permits = IF(expires_at > {NOW}, permits, VALUES(permits)), \
@@ -200,11 +220,6 @@ impl Dialect for MySqlDialect {
                         Param::Owner,
                         Param::Permits,
                         Param::TtlMillis,
-                        Param::Name,
-                        Param::LeaseId,
-                        Param::Permits,
-                        Param::Name,
-                        Param::LeaseId,
                         Param::Permits,
                     ],
                 ),
@@ -320,22 +335,25 @@ impl Dialect for MySqlDialect {
 
     const HAS_GRANT_BATCH: bool = true;
 
-    /// `START TRANSACTION; <grant statements>; COMMIT` as one request.
-    /// The caller keeps the connection only if the whole batch completed.
+    /// `SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START
+    /// TRANSACTION; <grant statements>; COMMIT` as one request (the level
+    /// applies to this transaction only). The caller keeps the connection
+    /// only if the whole batch completed.
     fn grant_batch<'a, 'v>(
         conn: &'a mut sqlx::MySqlConnection,
         statements: &[Statement],
         value: &dyn Fn(Param) -> Value<'v>,
     ) -> Option<GrantFuture<'a>> {
-        let mut batch = String::from("START TRANSACTION");
+        let mut batch =
+            String::from("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION");
         for statement in statements {
             batch.push_str("; ");
             batch.push_str(&inline(statement, value));
         }
         batch.push_str("; COMMIT");
-        // START TRANSACTION, the statements, COMMIT: a result each; the
-        // rows come from the last statement before COMMIT.
-        let expected = statements.len() + 2;
+        // SET, START TRANSACTION, the statements, COMMIT: a result each;
+        // the rows come from the last statement before COMMIT.
+        let expected = statements.len() + 3;
         Some(Box::pin(read_grant_rows::<Self>(
             conn,
             batch,

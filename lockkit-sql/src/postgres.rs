@@ -5,9 +5,9 @@
 //!   transaction), never from the client.
 //! - Acquire (and a queued waiter's step) is **one request of two
 //!   statements**, run by Postgres as one implicit transaction (the simple
-//!   query protocol, values inlined as escape string constants; one round
-//!   trip; the server plans both statements afresh each time, about 2 ms
-//!   of its CPU per grant):
+//!   query protocol: `EXECUTE`s of statements the connection keeps
+//!   prepared, values as escape string constants; one round trip, and no
+//!   planning per grant once the server caches a generic plan):
 //!   1. By the statement's snapshot: `live` are the name's live rows of
 //!      other leases, `ahead` the live entries of the name's **queue of
 //!      waiters** (`<table>_queue`, ordered by an identity column) before
@@ -98,7 +98,6 @@
 //!   permits    INTEGER     NOT NULL DEFAULT 1,
 //!   PRIMARY KEY (lock_name, lease_id)
 //! );
-//! CREATE INDEX locks_expires_at ON locks (expires_at);
 //! CREATE TABLE locks_fence (lock_name TEXT NOT NULL PRIMARY KEY, fence BIGINT NOT NULL);
 //! CREATE TABLE locks_queue (
 //!   lock_name  TEXT        NOT NULL,
@@ -117,9 +116,11 @@
 //! (`ALTER TABLE locks ADD COLUMN waiters BOOLEAN NOT NULL DEFAULT false`
 //! with `create_schema: false`) and the queue table created; tables from
 //! before semaphores get the `permits` columns and the primary key
-//! `(lock_name, lease_id)` (see the crate docs, "Migration").
+//! `(lock_name, lease_id)` (see the crate docs, "Migration"), and their
+//! index `locks_expires_at` is dropped (`DROP INDEX locks_expires_at` with
+//! `create_schema: false`): with it, every renewal writes a new index
+//! entry and a grant may scan the index's expired and dead entries.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,7 +137,7 @@ use crate::dialect::{
     BatchFuture, Dialect, GrantFuture, ListenerTask, Param, QueueStatements, Schema, SchemaStep,
     StartListener, Statement, Statements, Value,
 };
-use crate::error::classify;
+use crate::error::{classify, sqlstate};
 use crate::grant_batch::read_grant_rows;
 use crate::table::TableName;
 
@@ -426,7 +427,7 @@ impl Dialect for PostgresDialect {
     fn schema(table: &TableName) -> Schema {
         let t = table.quoted("", '"');
         let f = table.quoted("_fence", '"');
-        let index = table.quoted_bare("_expires_at", '"');
+        let index = table.quoted("_expires_at", '"');
         let q = table.quoted("_queue", '"');
         let queue_order = table.quoted_bare("_queue_order", '"');
         let has_column = |relation: &str, column: &str| {
@@ -483,9 +484,18 @@ impl Dialect for PostgresDialect {
                     format!("ALTER TABLE {t} ADD PRIMARY KEY (lock_name, lease_id)"),
                 ],
             },
-            SchemaStep::Ddl(format!(
-                "CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)"
-            )),
+            // Tables from before this release have an index on
+            // `expires_at`: it makes every renewal a non-HOT update (a new
+            // index entry per renewal) and lured the grant's purge of the
+            // name's expired rows onto it — a scan of every expired and
+            // dead entry of the table per grant (benchmark P6: 15.6 s to
+            // take 10 000 locks). Nothing needs it: every statement of a
+            // lease finds its rows by the primary key, and `cleanup` is a
+            // rare sweep of the table.
+            SchemaStep::Upgrade {
+                probe: format!("SELECT count(*)::bigint WHERE to_regclass('{index}') IS NULL"),
+                apply: vec![format!("DROP INDEX IF EXISTS {index}")],
+            },
             SchemaStep::Ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {f} (\
                    lock_name TEXT   NOT NULL PRIMARY KEY, \
@@ -579,9 +589,11 @@ impl Dialect for PostgresDialect {
         }))
     }
 
-    /// The grant's statements as one simple-protocol request: Postgres
+    /// The grant's statements as one simple-protocol request of
+    /// `EXECUTE`s of statements the connection keeps prepared: Postgres
     /// runs them as one implicit transaction, each statement with a fresh
-    /// snapshot — one round trip.
+    /// snapshot — one round trip, and no planning once the plans are
+    /// cached (see [`PreparedGrant`]).
     const HAS_GRANT_BATCH: bool = true;
 
     fn grant_batch<'a, 'v>(
@@ -589,18 +601,8 @@ impl Dialect for PostgresDialect {
         statements: &[Statement],
         value: &dyn Fn(Param) -> Value<'v>,
     ) -> Option<GrantFuture<'a>> {
-        let batch = statements
-            .iter()
-            .map(|statement| inline(statement, value))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let expected = statements.len();
-        Some(Box::pin(read_grant_rows::<Self>(
-            conn,
-            batch,
-            expected,
-            expected - 1,
-        )))
+        let grant = PreparedGrant::new(statements, value);
+        Some(Box::pin(grant.run(conn)))
     }
 
     fn listener(pool: &sqlx::Pool<Postgres>, table: &TableName) -> Option<StartListener> {
@@ -646,54 +648,133 @@ impl Dialect for PostgresDialect {
     }
 }
 
-/// `statement` with its `$n` placeholders replaced by literals: integers
-/// in decimal, text as an escape string constant `E'…'::text` with `\`
-/// and `'` doubled — read the same whatever `standard_conforming_strings`
-/// says, and a constant, so `lock_name = E'…'` is an index condition. (An
-/// earlier form, `convert_from(decode('<hex>', 'hex'), 'UTF8')`, kept the
-/// planner off the primary key: every grant scanned the whole table, 92 s
-/// to take 10 000 locks in benchmark P6.) Names, owners and lease ids
-/// hold no control characters (core validates them), so no NUL reaches
-/// the server. The statement texts have no `$` other than placeholders.
-fn inline<'v>(statement: &Statement, value: &dyn Fn(Param) -> Value<'v>) -> String {
-    let sql = &*statement.sql;
-    let mut out = String::with_capacity(sql.len() + 256);
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        let param = after[..digits]
-            .parse::<usize>()
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .and_then(|i| statement.params.get(i));
-        match param.map(|p| value(*p)) {
-            Some(Value::Int(int)) => {
-                let _ = write!(out, "({int})");
-            }
-            Some(Value::Text(text)) => {
-                out.push_str("E'");
-                for c in text.chars() {
-                    match c {
-                        '\\' => out.push_str("\\\\"),
-                        '\'' => out.push_str("''"),
-                        c => out.push(c),
+/// The grant's statements, run as `EXECUTE`s of statements prepared (SQL
+/// `PREPARE`) on the connection the first time it runs them.
+///
+/// Sent as literal text, the two statements cost the server about 1 ms
+/// of planning each per grant, more than they take to run; prepared, the
+/// server plans each a few times and then keeps a generic plan (the
+/// default `plan_cache_mode`), and a grant costs about a third of the CPU
+/// (measured with `pgbench` on this recipe: 290 → 1300 grants/s on one
+/// connection). The `EXECUTE`s go as one simple-protocol request, so the
+/// grant stays one round trip and one implicit transaction.
+///
+/// A connection that has not prepared them yet (a new one, or one whose
+/// session lost them: `DISCARD ALL` by a proxy) answers the request with
+/// SQLSTATE 26000 before anything ran; the statements are prepared then
+/// and the request is sent again, once. The names carry a hash of the
+/// text, so backends on other tables that share a pool never mix them
+/// up. (A transaction-pooling proxy that moves the session between
+/// server connections is not supported — sqlx's own prepared statements
+/// need the session too.)
+struct PreparedGrant {
+    /// `PREPARE <name> (<types>) AS <text>`, one per statement.
+    prepare: Vec<String>,
+    /// `EXECUTE <name>(<literals>); …`: the grant.
+    execute: String,
+    /// How many results the batch returns.
+    expected: usize,
+}
+
+impl PreparedGrant {
+    fn new<'v>(statements: &[Statement], value: &dyn Fn(Param) -> Value<'v>) -> Self {
+        let mut prepare = Vec::with_capacity(statements.len());
+        let mut executes = Vec::with_capacity(statements.len());
+        for (index, statement) in statements.iter().enumerate() {
+            let name = prepared_name(index, &statement.sql);
+            let values: Vec<Value<'v>> = statement.params.iter().map(|p| value(*p)).collect();
+            let types = values
+                .iter()
+                .map(|v| match v {
+                    Value::Int(_) => "bigint",
+                    Value::Text(_) => "text",
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let args = values
+                .iter()
+                .map(|v| literal(*v))
+                .collect::<Vec<_>>()
+                .join(", ");
+            prepare.push(format!("PREPARE {name} ({types}) AS {}", statement.sql));
+            executes.push(format!("EXECUTE {name}({args})"));
+        }
+        Self {
+            prepare,
+            execute: executes.join("; "),
+            expected: statements.len(),
+        }
+    }
+
+    /// Sends the grant (preparing its statements first when the
+    /// connection has not) and returns the rows of the last statement.
+    ///
+    /// # Errors
+    /// The classified database error of the grant or of a `PREPARE`.
+    async fn run(self, conn: &mut sqlx::PgConnection) -> Result<Vec<(i64, i64)>> {
+        let rows_of = self.expected - 1;
+        match read_grant_rows::<PostgresDialect>(conn, self.execute.clone(), self.expected, rows_of)
+            .await
+        {
+            Err(err) if sqlstate(&err).as_deref() == Some(INVALID_STATEMENT_NAME) => {
+                for prepare in self.prepare {
+                    match sqlx::raw_sql(AssertSqlSafe(prepare))
+                        .execute(&mut *conn)
+                        .await
+                    {
+                        Ok(_) => {}
+                        // Prepared already (the other statement was not).
+                        Err(sqlx::Error::Database(db))
+                            if db.code().as_deref() == Some(DUPLICATE_PREPARED_STATEMENT) => {}
+                        Err(e) => {
+                            return Err(classify::<PostgresDialect>(e, "preparing the grant"));
+                        }
                     }
                 }
-                out.push_str("'::text");
+                read_grant_rows::<PostgresDialect>(conn, self.execute, self.expected, rows_of).await
             }
-            // Not a placeholder of this statement: leave it, so the
-            // server reports the statement instead of guessing.
-            None => {
-                out.push('$');
-                out.push_str(&after[..digits]);
-            }
+            other => other,
         }
-        rest = &after[digits..];
     }
-    out.push_str(rest);
-    out
+}
+
+/// SQLSTATE `invalid_sql_statement_name`: no prepared statement of that name.
+const INVALID_STATEMENT_NAME: &str = "26000";
+/// SQLSTATE `duplicate_prepared_statement`.
+const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+
+/// The session-wide name of grant statement `index` with text `sql`.
+fn prepared_name(index: usize, sql: &str) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    // SipHash with fixed keys: the same name for the same text in every
+    // process of one build (names only need to be stable per session).
+    let mut hasher = std::hash::DefaultHasher::new();
+    sql.hash(&mut hasher);
+    format!("lockkit_grant{index}_{:016x}", hasher.finish())
+}
+
+/// `value` as a literal of an `EXECUTE`'s argument list: an integer in
+/// decimal, text as an escape string constant `E'…'::text` with `\` and
+/// `'` doubled — read the same whatever `standard_conforming_strings`
+/// says. Names, owners and lease ids hold no control characters (core
+/// validates them), so no NUL reaches the server.
+fn literal(value: Value<'_>) -> String {
+    match value {
+        Value::Int(int) => format!("({int})"),
+        Value::Text(text) => {
+            let mut out = String::with_capacity(text.len() + 10);
+            out.push_str("E'");
+            for c in text.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\'' => out.push_str("''"),
+                    c => out.push(c),
+                }
+            }
+            out.push_str("'::text");
+            out
+        }
+    }
 }
 
 /// Forwards `NOTIFY` payloads (lock names) to waiters until the backend is
@@ -782,18 +863,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inlined_text_is_an_escape_string_constant() {
-        let statement = Statement::rows(
-            "SELECT 1 FROM t WHERE lock_name = $1 AND fence > $2".to_owned(),
-            &[Param::Name, Param::Permits],
-        );
+    fn a_grant_executes_prepared_statements_with_literal_arguments() {
+        let statements = [
+            Statement::rows(
+                "SELECT 1 FROM t WHERE lock_name = $1 AND fence > $2".to_owned(),
+                &[Param::Name, Param::Permits],
+            ),
+            Statement::rows("SELECT $1".to_owned(), &[Param::LeaseId]),
+        ];
         let value = |p| match p {
             Param::Name => Value::Text("it's a \\ 🔒 $1"),
+            Param::LeaseId => Value::Text("l"),
             _ => Value::Int(3),
         };
-        assert_eq!(
-            inline(&statement, &value),
-            "SELECT 1 FROM t WHERE lock_name = E'it''s a \\\\ 🔒 $1'::text AND fence > (3)"
+        let grant = PreparedGrant::new(&statements, &value);
+        let (first, second) = (
+            prepared_name(0, &statements[0].sql),
+            prepared_name(1, &statements[1].sql),
         );
+        assert_ne!(first, second);
+        assert_eq!(
+            grant.prepare,
+            [
+                format!(
+                    "PREPARE {first} (text, bigint) AS SELECT 1 FROM t WHERE lock_name = $1 AND fence > $2"
+                ),
+                format!("PREPARE {second} (text) AS SELECT $1"),
+            ]
+        );
+        assert_eq!(
+            grant.execute,
+            format!(
+                "EXECUTE {first}(E'it''s a \\\\ 🔒 $1'::text, (3)); EXECUTE {second}(E'l'::text)"
+            )
+        );
+        assert_eq!(grant.expected, 2);
     }
 }

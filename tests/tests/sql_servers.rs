@@ -1238,6 +1238,60 @@ mod postgres {
 
     /// A table created before the `waiters` flag existed gets the column
     /// at start-up and then works as a new one; its rows are kept.
+    /// A fresh table has no index on `expires_at`, and connecting to a
+    /// table of an earlier release drops the one it had (it made every
+    /// renewal a non-HOT update and lured the grant's purge into scanning
+    /// it); the table's rows and the primary key stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_expires_at_index_of_earlier_releases_is_dropped() {
+        let harness = SqlHarness::start(SqlKind::Postgres).await;
+        let indexes = |table: String| {
+            format!(
+                "SELECT indexrelid::regclass::text FROM pg_index \
+                 WHERE indrelid = to_regclass('\"{table}\"') ORDER BY 1"
+            )
+        };
+        let t = harness.table().table().to_owned();
+        assert_eq!(
+            raw_sql(&harness, indexes(t.clone())).await,
+            [format!("{t}_pkey")],
+            "a fresh table has its primary key only"
+        );
+        raw_sql(
+            &harness,
+            format!("CREATE INDEX \"{t}_expires_at\" ON \"{t}\" (expires_at)"),
+        )
+        .await;
+        let name = unique_name("indexed");
+        let holder = harness.client().await;
+        let held = holder
+            .try_acquire(&request(&name, "holder", Duration::from_secs(60)))
+            .await
+            .expect("try")
+            .expect("free");
+        let options = SqlOptions {
+            table: harness.table().clone(),
+            ..SqlOptions::default()
+        };
+        let upgraded = lockkit_sql::postgres::connect_with(harness.url(), options)
+            .await
+            .expect("connect drops the index");
+        assert_eq!(
+            raw_sql(&harness, indexes(t.clone())).await,
+            [format!("{t}_pkey")]
+        );
+        let info = upgraded
+            .current(&name)
+            .await
+            .expect("current")
+            .expect("the held row stays");
+        assert_eq!(
+            (info.lease_id, info.token),
+            (held.lease_id.clone(), held.token)
+        );
+        assert!(holder.release(&held).await.expect("release"));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_table_from_before_the_waiters_flag_is_upgraded() {
         let harness = SqlHarness::start(SqlKind::Postgres).await;
