@@ -337,7 +337,7 @@ fn backend_limit(id: &str) -> Option<&'static str> {
             "a lease row's hand-off is three commits in a row — the holder's DELETE with its NOTIFY, the delivery to the waiter's LISTEN connection, the waiter's grant (counter + upsert + leaving the queue) — against an RTT of an empty `SELECT 1`; the raw upsert + DELETE pair alone is about 4 RTT. `pg_advisory_lock` hands over inside the server without a client round trip, but it is no lease: a holder that hangs keeps it for as long as its connection lives, and it has no fencing token."
         }
         "mariadb" => {
-            "no push channel: waiters poll (5–250 ms, jittered), so a released lock goes to whoever retries first; a row lease needs a transaction per grant (counter + upsert), and MariaDB has no one-statement batched renewal."
+            "no push channel: waiters poll (5–250 ms, jittered), so a released lock goes to whoever retries first; a row lease needs a transaction per grant (counter + locking count + upsert), sent as one batch after a read."
         }
         "redis" | "redis-unfair" => {
             "a grant is one script call; a hand-off adds the pub/sub message to the waiter and its script call."

@@ -771,7 +771,7 @@ where
     }
 
     /// Renewals due at once: the dialect's one-statement batch where it
-    /// has one (Postgres), else one transaction of extends on one
+    /// has one (Postgres, MySQL), else one transaction of extends on one
     /// connection (one commit, one log flush, one SQLite write lock).
     async fn extend_many(&self, batch: &[(Lease, Duration)]) -> Vec<Result<Lease>> {
         if batch.len() <= 1 {

@@ -49,6 +49,11 @@
 //!   the release returns `false` (MySQL has no `RETURNING` to tell both
 //!   apart in one statement; other permits may have been granted past the
 //!   expired row).
+//! - Renewals due at once go as one request per 500 leases and TTL: an
+//!   `UPDATE` of every `(lock_name, lease_id)` pair still live, with the
+//!   expiry from one reading of the server's clock, and a `SELECT` of the
+//!   rows that now carry it (MySQL's `UPDATE` has no `RETURNING`); see
+//!   [`RENEW_CHUNK`].
 //! - No notifications: waiters poll, jittered, from 5 ms up to 250 ms.
 //!
 //! ## Schema for DBAs
@@ -70,21 +75,24 @@
 //! CREATE TABLE locks_fence (lock_name VARBINARY(255) NOT NULL PRIMARY KEY, fence BIGINT NOT NULL) ENGINE=InnoDB;
 //! ```
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::time::Duration;
 
-use lockkit_core::Result;
-use sqlx::MySql;
+use futures::TryStreamExt as _;
+use lockkit_core::spi::ttl_millis;
+use lockkit_core::{Error, Lease, Result};
 use sqlx::mysql::MySqlQueryResult;
+use sqlx::{AssertSqlSafe, MySql, Row as _};
 
 use crate::backend::{SqlBackend, SqlOptions};
 use crate::connect::{server_pool, server_url};
 use crate::dialect::{
-    Dialect, GrantFuture, Param, Schema, SchemaStep, Statement, Statements, Value,
+    BatchFuture, Dialect, GrantFuture, Param, Schema, SchemaStep, Statement, Statements, Value,
 };
+use crate::error::classify;
 use crate::grant_batch::read_grant_rows;
 use crate::table::TableName;
-#[cfg(doc)]
-use lockkit_core::Error;
 
 /// The URL schemes of the MySQL / MariaDB dialect.
 pub const URL_SCHEMES: &[&str] = &["mysql", "mariadb"];
@@ -333,6 +341,32 @@ impl Dialect for MySqlDialect {
         sqlstate == "40001" || sqlstate == "70100" || sqlstate.starts_with("08")
     }
 
+    /// Renewals due at once go as one request per chunk of
+    /// [`RENEW_CHUNK`] leases (see [`renew_chunk`]).
+    const HAS_EXTEND_MANY: bool = true;
+
+    fn extend_many<'a>(
+        conn: &'a mut sqlx::MySqlConnection,
+        table: &'a TableName,
+        batch: &'a [(Lease, Duration)],
+    ) -> Option<BatchFuture<'a>> {
+        Some(Box::pin(async move {
+            let mut held = vec![false; batch.len()];
+            for (chunk, start) in batch.chunks(RENEW_CHUNK).zip((0..).step_by(RENEW_CHUNK)) {
+                // One request per TTL in the chunk (leases of one locker
+                // usually share theirs).
+                let mut by_ttl: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+                for (i, (_, ttl)) in chunk.iter().enumerate() {
+                    by_ttl.entry(ttl_millis(*ttl)).or_default().push(start + i);
+                }
+                for (ttl_ms, indexes) in by_ttl {
+                    renew_chunk(&mut *conn, table, batch, ttl_ms, &indexes, &mut held).await?;
+                }
+            }
+            Ok(held)
+        }))
+    }
+
     const HAS_GRANT_BATCH: bool = true;
 
     /// `SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START
@@ -369,6 +403,105 @@ impl Dialect for MySqlDialect {
     }
 }
 
+/// The most leases one renewal request names (two `IN` lists of
+/// `(name, lease id)` pairs, a few hundred bytes each: well inside the
+/// default `max_allowed_packet` and MySQL's range optimizer memory).
+pub const RENEW_CHUNK: usize = 500;
+
+/// Renews the leases `indexes` of `batch` (all with TTL `ttl_ms`) in one
+/// request and marks those still held in `held`:
+///
+/// ```sql
+/// SET @lockkit_renew = UTC_TIMESTAMP(6);
+/// UPDATE locks SET expires_at = @lockkit_renew + INTERVAL ttl
+///   WHERE (lock_name, lease_id) IN (…) AND expires_at > @lockkit_renew;
+/// SELECT lock_name, lease_id FROM locks
+///   WHERE (lock_name, lease_id) IN (…) AND expires_at = @lockkit_renew + INTERVAL ttl
+/// ```
+///
+/// A row that carries the new expiry was renewed by this request (a row
+/// deleted in between — released, force-released — reads as not held,
+/// which is the conservative answer). Each statement is its own
+/// transaction; the `UPDATE` finds the rows by the primary key and locks
+/// only them.
+///
+/// # Errors
+/// The classified database error; [`Error::Backend`] for a reply of
+/// another shape.
+async fn renew_chunk(
+    conn: &mut sqlx::MySqlConnection,
+    table: &TableName,
+    batch: &[(Lease, Duration)],
+    ttl_ms: i64,
+    indexes: &[usize],
+    held: &mut [bool],
+) -> Result<()> {
+    let t = table.quoted("", '`');
+    let mut pairs = String::with_capacity(indexes.len() * 96);
+    for (n, &i) in indexes.iter().enumerate() {
+        let lease = &batch[i].0;
+        pairs.push_str(if n == 0 { "(" } else { ", (" });
+        hex_text(&mut pairs, lease.name.as_str());
+        pairs.push_str(", ");
+        hex_text(&mut pairs, lease.lease_id.as_str());
+        pairs.push(')');
+    }
+    let at = "CAST(@lockkit_renew AS DATETIME(6))";
+    let expiry = format!("{at} + INTERVAL ({ttl_ms} * 1000) MICROSECOND");
+    let request = format!(
+        "SET @lockkit_renew = {NOW}; \
+         UPDATE {t} SET expires_at = {expiry} \
+           WHERE (lock_name, lease_id) IN ({pairs}) AND expires_at > {at}; \
+         SELECT lock_name, lease_id FROM {t} \
+           WHERE (lock_name, lease_id) IN ({pairs}) AND expires_at = {expiry}"
+    );
+    let position: HashMap<(&[u8], &str), usize> = indexes
+        .iter()
+        .map(|&i| {
+            let lease = &batch[i].0;
+            ((lease.name.as_str().as_bytes(), lease.lease_id.as_str()), i)
+        })
+        .collect();
+    let doing = "renewing leases";
+    let mut stream = sqlx::raw_sql(AssertSqlSafe(request)).fetch_many(conn);
+    let mut results = 0;
+    while let Some(item) = stream
+        .try_next()
+        .await
+        .map_err(|e| classify::<MySqlDialect>(e, doing))?
+    {
+        match item {
+            sqlx::Either::Left(_) => results += 1,
+            sqlx::Either::Right(row) => {
+                let read = |e| classify::<MySqlDialect>(e, "reading a renewal");
+                let name: Vec<u8> = row.try_get(0).map_err(read)?;
+                let lease_id: String = row.try_get(1).map_err(read)?;
+                if let Some(&i) = position.get(&(name.as_slice(), lease_id.as_str())) {
+                    held[i] = true;
+                }
+            }
+        }
+    }
+    if results != 3 {
+        return Err(Error::backend(
+            MySqlDialect::KIND,
+            format!("the renewal request returned {results} results instead of 3"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// Appends `text` as a `_utf8mb4 X'…'` hex literal: no quoting or
+/// escaping to get wrong, whatever the bytes.
+fn hex_text(out: &mut String, text: &str) {
+    out.push_str("_utf8mb4 X'");
+    for byte in text.as_bytes() {
+        let _ = write!(out, "{byte:02X}");
+    }
+    out.push('\'');
+}
+
 /// `statement` with its `?` placeholders replaced by literals: integers in
 /// decimal, text as `_utf8mb4 X'…'` hex literals (no quoting or escaping
 /// to get wrong, whatever the bytes). The statement texts have no `?`
@@ -384,13 +517,7 @@ fn inline<'v>(statement: &Statement, value: &dyn Fn(Param) -> Value<'v>) -> Stri
                     Some(Value::Int(int)) => {
                         let _ = write!(sql, "{int}");
                     }
-                    Some(Value::Text(text)) => {
-                        sql.push_str("_utf8mb4 X'");
-                        for byte in text.as_bytes() {
-                            let _ = write!(sql, "{byte:02X}");
-                        }
-                        sql.push('\'');
-                    }
+                    Some(Value::Text(text)) => hex_text(&mut sql, text),
                     // More placeholders than values: leave it, so the
                     // server reports the statement instead of guessing.
                     None => sql.push('?'),

@@ -1543,4 +1543,107 @@ mod mysql {
     async fn stored_rows_high_water_and_periodic_cleanup() {
         super::stored_rows_high_water_and_periodic_cleanup(SqlKind::MySql).await;
     }
+
+    /// A renewal batch longer than one request (`RENEW_CHUNK`), with two
+    /// TTLs, renews exactly the leases still held: each renewed row's
+    /// expiry moves to its own TTL by the server's clock; a released lease
+    /// and one whose name was granted again to another lease come back as
+    /// lost, and the other holder's row is untouched.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_renewal_batch_renews_exactly_the_leases_still_held() {
+        const HELD: usize = lockkit_sql::mysql::RENEW_CHUNK + 20;
+        const SHORT: Duration = Duration::from_secs(20);
+        let harness = SqlHarness::start(SqlKind::MySql).await;
+        let backend = harness.client().await;
+        let mut batch = Vec::with_capacity(HELD);
+        for i in 0..HELD {
+            let name = unique_name(&format!("renew-{i}"));
+            let lease = backend
+                .try_acquire(&request(&name, "holder", SHORT))
+                .await
+                .expect("try")
+                .expect("free");
+            let ttl = Duration::from_secs(if i % 2 == 0 { 60 } else { 90 });
+            batch.push((lease, ttl));
+        }
+        let (released, regranted) = (batch[3].0.clone(), batch[4].0.clone());
+        assert!(backend.release(&released).await.expect("release"));
+        assert!(backend.release(&regranted).await.expect("release"));
+        let other = backend
+            .try_acquire(&request(&regranted.name, "other", SHORT))
+            .await
+            .expect("try")
+            .expect("free again");
+
+        // The server's clock in µs since the epoch, and every row's
+        // expiry in the same unit, by lease id.
+        let t = harness.table().table().to_owned();
+        let micros = |column: &str| {
+            format!("CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) AS CHAR)")
+        };
+        let server_now = async || -> i64 {
+            raw_sql(&harness, format!("SELECT {}", micros("UTC_TIMESTAMP(6)")))
+                .await
+                .first()
+                .and_then(|now| now.parse().ok())
+                .expect("the server's time")
+        };
+        let before = server_now().await;
+        let results = backend.extend_many(&batch).await;
+        let after = server_now().await;
+        assert_eq!(results.len(), HELD);
+        for (i, result) in results.iter().enumerate() {
+            match i {
+                3 | 4 => assert!(
+                    matches!(result, Err(Error::Lost { .. })),
+                    "lease {i} is not held: {result:?}"
+                ),
+                _ => assert!(result.is_ok(), "lease {i}: {result:?}"),
+            }
+        }
+        let rows = raw_sql(
+            &harness,
+            format!(
+                "SELECT CONCAT(lease_id, ' ', {}) FROM `{t}`",
+                micros("expires_at")
+            ),
+        )
+        .await;
+        let expiry: std::collections::HashMap<String, i64> = rows
+            .iter()
+            .filter_map(|row| row.split_once(' '))
+            .map(|(lease, at)| (lease.to_owned(), at.parse().expect("µs")))
+            .collect();
+        for (i, (lease, ttl)) in batch.iter().enumerate() {
+            let stored = expiry.get(lease.lease_id.as_str()).copied();
+            match i {
+                3 | 4 => assert_eq!(stored, None, "lease {i} has no row"),
+                _ => {
+                    let renewed_at = stored.expect("a renewed row")
+                        - i64::try_from(ttl.as_micros()).expect("ttl");
+                    assert!(
+                        (before..=after).contains(&renewed_at),
+                        "lease {i}: expiry minus its new TTL ({renewed_at} µs) lies outside \
+                         the renewal ({before}..={after} µs)"
+                    );
+                }
+            }
+        }
+        let kept = expiry
+            .get(other.lease_id.as_str())
+            .copied()
+            .expect("the other holder's row");
+        assert!(
+            kept <= before + i64::try_from(SHORT.as_micros()).expect("ttl"),
+            "the other holder's row is untouched"
+        );
+        let mut all = batch
+            .into_iter()
+            .map(|(lease, _)| lease)
+            .collect::<Vec<_>>();
+        all.push(other);
+        for lease in &all {
+            let _ = backend.release(lease).await;
+        }
+    }
 }
