@@ -342,7 +342,7 @@ impl Dialect for MySqlDialect {
     }
 
     /// Renewals due at once go as one request per chunk of
-    /// [`RENEW_CHUNK`] leases (see [`renew_chunk`]).
+    /// [`RENEW_CHUNK`] leases (see the module docs).
     const HAS_EXTEND_MANY: bool = true;
 
     fn extend_many<'a>(

@@ -74,6 +74,12 @@
 //!   one `LISTEN` connection, started on the first wait, and still step
 //!   again (jittered, up to 500 ms) in case a notification is missed —
 //!   after a reconnect of the listener every waiter is woken to re-check.
+//! - The grant's statements are prepared (SQL `PREPARE`) by each
+//!   connection the first time it grants; a session that lost them (a new
+//!   connection, `DISCARD ALL`) answers SQLSTATE 26000 before anything
+//!   ran, and they are prepared again. A transaction-pooling proxy that
+//!   moves a session between server connections is not supported (nor
+//!   are sqlx's own prepared statements behind one).
 //! - Schema creation runs in one transaction under
 //!   `pg_advisory_xact_lock`, so processes starting at once on an empty
 //!   database serialise instead of colliding on the catalog.
@@ -593,7 +599,7 @@ impl Dialect for PostgresDialect {
     /// `EXECUTE`s of statements the connection keeps prepared: Postgres
     /// runs them as one implicit transaction, each statement with a fresh
     /// snapshot — one round trip, and no planning once the plans are
-    /// cached (see [`PreparedGrant`]).
+    /// cached (see the module docs).
     const HAS_GRANT_BATCH: bool = true;
 
     fn grant_batch<'a, 'v>(
