@@ -26,13 +26,25 @@
 //! that start private servers on free ports from the binaries on `PATH`, or
 //! use `LOCKKIT_TEST_<BACKEND>_URL`; a missing server is a test failure
 //! that says how to get it, never a silent skip.
+//!
+//! [`provision`]: `LOCKKIT_TEST_PROVISION` chooses how the shared single
+//! servers start: `process` (the default) as above, or `docker` — as
+//! containers through `testcontainers` (module `docker`, cargo feature
+//! `docker`), from the images of `docker/build-images.sh`, with host
+//! networking on free loopback ports. Clusters, ensembles and the servers
+//! that tests stop or kill stay processes in both modes. An unknown mode,
+//! or `docker` without the feature, fails the test.
 
 pub mod faults;
 pub mod memory;
 pub mod netns;
+pub mod provision;
 pub mod proxy;
 pub mod server;
 pub mod sqlite;
+
+#[cfg(feature = "docker")]
+pub mod docker;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;

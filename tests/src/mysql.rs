@@ -3,6 +3,12 @@
 //! port with TLS (a self-signed certificate), a root password and a
 //! `lockkit` database, started once per test
 //! binary. `LOCKKIT_TEST_MYSQL_URL` points the suites at an existing server.
+//!
+//! With `LOCKKIT_TEST_PROVISION=docker` the shared server is a container
+//! of `lockkit-test/mariadb:latest` (or `LOCKKIT_TEST_MYSQL_IMAGE`) on a
+//! free loopback port, with the same root password, `lockkit` database and
+//! TLS (made when the image is built) and the same settings.
+//! [`MySqlServer::start_private`] always starts a child process.
 
 use std::process::Command;
 use std::sync::OnceLock;
@@ -10,6 +16,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::provision::{Provision, provision};
 use crate::server::{
     ServerProcess, env_url, free_port, require_binary, run_to_completion, test_certificates,
 };
@@ -30,6 +37,9 @@ pub struct MySqlServer {
         std::path::PathBuf,
     )>,
     _dir: Option<TempDir>,
+    /// The container of the shared server in docker mode.
+    #[cfg(feature = "docker")]
+    _container: Option<crate::docker::ServerContainer>,
 }
 
 impl MySqlServer {
@@ -87,11 +97,14 @@ impl MySqlServer {
     }
 }
 
-/// The server shared by every test of this binary, started on first use.
+/// The server shared by every test of this binary, started on first use:
+/// `LOCKKIT_TEST_MYSQL_URL`, else a child process, or a container with
+/// `LOCKKIT_TEST_PROVISION=docker` ([`provision`]).
 ///
 /// # Panics
-/// When the MariaDB binaries are missing (with the package to install) or
-/// the server does not start.
+/// When the MariaDB binaries are missing (with the package to install),
+/// the docker-mode image or daemon is missing (with what to do), or the
+/// server does not start.
 pub fn server() -> &'static MySqlServer {
     static SERVER: OnceLock<MySqlServer> = OnceLock::new();
     SERVER.get_or_init(|| match env_url("LOCKKIT_TEST_MYSQL_URL") {
@@ -101,9 +114,49 @@ pub fn server() -> &'static MySqlServer {
             process: None,
             respawn: None,
             _dir: None,
+            #[cfg(feature = "docker")]
+            _container: None,
         },
-        None => start(),
+        None => match provision() {
+            Provision::Process => start(),
+            #[cfg(feature = "docker")]
+            Provision::Docker => start_container(),
+            #[cfg(not(feature = "docker"))]
+            Provision::Docker => unreachable!("provision() refuses docker without the feature"),
+        },
     })
+}
+
+/// The shared server as a container: `mariadbd --port=<free port>` on
+/// 127.0.0.1 with the settings of the process-mode server; ready once it
+/// logs that it is ready for connections and its port answers.
+#[cfg(feature = "docker")]
+fn start_container() -> MySqlServer {
+    use crate::docker::{ContainerSpec, Ready, ServerContainer};
+    let port = free_port();
+    let spec = ContainerSpec::new(
+        "mariadb",
+        "LOCKKIT_TEST_MYSQL_IMAGE",
+        Ready::Stderr("ready for connections"),
+    )
+    .args([format!("--port={port}")])
+    .args([
+        "--bind-address=127.0.0.1",
+        "--skip-log-bin",
+        "--innodb-buffer-pool-size=64M",
+        "--innodb-flush-log-at-trx-commit=2",
+        "--max-connections=600",
+    ]);
+    let container = ServerContainer::start(&spec);
+    container.wait_for_port(port, Duration::from_secs(60));
+    MySqlServer {
+        url: format!("mysql://root:{PASSWORD}@127.0.0.1:{port}/lockkit"),
+        port: Some(port),
+        process: None,
+        respawn: None,
+        _dir: None,
+        _container: Some(container),
+    }
 }
 
 fn start() -> MySqlServer {
@@ -183,5 +236,7 @@ fn start() -> MySqlServer {
         process: Some(process),
         respawn: Some(respawn),
         _dir: Some(dir),
+        #[cfg(feature = "docker")]
+        _container: None,
     }
 }

@@ -2,6 +2,13 @@
 //! directory, `postgres` on a free port with password (SCRAM) auth and TLS
 //! (a self-signed certificate) on TCP, started once per test binary. `LOCKKIT_TEST_POSTGRES_URL` points the
 //! suites at an existing server instead.
+//!
+//! With `LOCKKIT_TEST_PROVISION=docker` the shared server is a container
+//! of `lockkit-test/postgres:latest` (or `LOCKKIT_TEST_POSTGRES_IMAGE`) on
+//! a free loopback port, with the same superuser, password, SCRAM and TLS
+//! (its cluster and certificate are made when the image is built) and the
+//! same non-durable settings. [`PostgresServer::start_private`] always
+//! starts a child process.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,6 +17,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::provision::{Provision, provision};
 use crate::server::{
     ServerProcess, env_url, free_port, require_binary, run_to_completion, test_certificates,
 };
@@ -27,6 +35,9 @@ pub struct PostgresServer {
     /// probe), to start it again.
     respawn: Option<Respawn>,
     _dir: Option<TempDir>,
+    /// The container of the shared server in docker mode.
+    #[cfg(feature = "docker")]
+    _container: Option<crate::docker::ServerContainer>,
 }
 
 #[derive(Debug)]
@@ -108,11 +119,14 @@ fn wait_ready(process: &mut ServerProcess, pg_isready: &PathBuf, port: u16) {
     });
 }
 
-/// The server shared by every test of this binary, started on first use.
+/// The server shared by every test of this binary, started on first use:
+/// `LOCKKIT_TEST_POSTGRES_URL`, else a child process, or a container with
+/// `LOCKKIT_TEST_PROVISION=docker` ([`provision`]).
 ///
 /// # Panics
-/// When the Postgres binaries are missing (with the package to install) or
-/// the server does not start.
+/// When the Postgres binaries are missing (with the package to install),
+/// the docker-mode image or daemon is missing (with what to do), or the
+/// server does not start.
 pub fn server() -> &'static PostgresServer {
     static SERVER: OnceLock<PostgresServer> = OnceLock::new();
     SERVER.get_or_init(|| match env_url("LOCKKIT_TEST_POSTGRES_URL") {
@@ -122,9 +136,58 @@ pub fn server() -> &'static PostgresServer {
             process: None,
             respawn: None,
             _dir: None,
+            #[cfg(feature = "docker")]
+            _container: None,
         },
-        None => start_with(false),
+        None => match provision() {
+            Provision::Process => start_with(false),
+            #[cfg(feature = "docker")]
+            Provision::Docker => start_container(),
+            #[cfg(not(feature = "docker"))]
+            Provision::Docker => unreachable!("provision() refuses docker without the feature"),
+        },
     })
+}
+
+/// The shared server as a container: `postgres -p <free port>` on
+/// 127.0.0.1 with the settings of the process-mode server (no fsync, up to
+/// 400 connections); ready once it logs that it accepts connections and
+/// its port answers.
+#[cfg(feature = "docker")]
+fn start_container() -> PostgresServer {
+    use crate::docker::{ContainerSpec, Ready, ServerContainer};
+    let port = free_port();
+    let spec = ContainerSpec::new(
+        "postgres",
+        "LOCKKIT_TEST_POSTGRES_IMAGE",
+        Ready::Stderr("database system is ready to accept connections"),
+    )
+    .args(["-p".to_owned(), port.to_string()])
+    .args([
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "max_connections=400",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+    ])
+    // Dynamic shared memory (parallel queries) lives in /dev/shm, which is
+    // 64 MiB by default in a container.
+    .shm_size(256 << 20);
+    let container = ServerContainer::start(&spec);
+    container.wait_for_port(port, Duration::from_secs(60));
+    PostgresServer {
+        url: format!("postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"),
+        port: Some(port),
+        process: None,
+        respawn: None,
+        _dir: None,
+        _container: Some(container),
+    }
 }
 
 fn bin_dirs() -> Vec<String> {
@@ -241,5 +304,7 @@ fn start_with(durable: bool) -> PostgresServer {
         process: Some(process),
         respawn: Some(respawn),
         _dir: Some(dir),
+        #[cfg(feature = "docker")]
+        _container: None,
     }
 }

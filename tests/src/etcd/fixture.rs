@@ -15,6 +15,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use crate::netns::NetLab;
+use crate::provision::{Provision, provision};
 use crate::server::{ServerProcess, env_url, free_port, require_binary};
 
 /// The environment variable naming an existing etcd to use instead of a
@@ -204,21 +205,14 @@ impl EtcdCluster {
             Some(lab) => lab.command(i, &self.binary),
             None => Command::new(&self.binary),
         };
-        command
-            .arg("--name")
-            .arg(&m.name)
-            .arg("--data-dir")
-            .arg(&m.data_dir)
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-state", "new"])
-            .args(["--initial-cluster-token", &self.token])
-            .args(["--heartbeat-interval", "100"])
-            .args(["--election-timeout", &self.election_timeout_ms.to_string()])
-            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+        command.arg("--data-dir").arg(&m.data_dir).args(member_args(
+            &m.name,
+            &client,
+            &peer,
+            &self.initial_cluster,
+            &self.token,
+            self.election_timeout_ms,
+        ));
         if let Some(tls) = &self.tls {
             command
                 .arg("--cert-file")
@@ -394,6 +388,47 @@ impl EtcdCluster {
     }
 }
 
+/// The arguments of a member but its data directory: name, client and
+/// peer URLs, the initial cluster, 100 ms heartbeats, the election timeout
+/// and zap logs on stderr.
+fn member_args(
+    name: &str,
+    client_url: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+    token: &str,
+    election_timeout_ms: u32,
+) -> Vec<String> {
+    [
+        "--name",
+        name,
+        "--listen-client-urls",
+        client_url,
+        "--advertise-client-urls",
+        client_url,
+        "--listen-peer-urls",
+        peer_url,
+        "--initial-advertise-peer-urls",
+        peer_url,
+        "--initial-cluster",
+        initial_cluster,
+        "--initial-cluster-state",
+        "new",
+        "--initial-cluster-token",
+        token,
+        "--heartbeat-interval",
+        "100",
+        "--election-timeout",
+        &election_timeout_ms.to_string(),
+        "--logger",
+        "zap",
+        "--log-outputs",
+        "stderr",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// A server certificate and key (PEM files) for a TLS member.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
@@ -454,11 +489,13 @@ fn healthy(ip: Ipv4Addr, port: u16) -> bool {
 
 /// The etcd every suite of this test binary shares: `LOCKKIT_TEST_ETCD_URL`
 /// if set, else one private member started on first use (1 s minimum lease
-/// TTL) and killed when the test process exits. Lock names are unique per
-/// test, so tests can share it.
+/// TTL) and killed when the test process exits — a child process, or with
+/// `LOCKKIT_TEST_PROVISION=docker` a container ([`provision`]). Lock names
+/// are unique per test, so tests can share it.
 ///
 /// # Panics
-/// As [`EtcdCluster::start`].
+/// As [`EtcdCluster::start`], or in docker mode as
+/// `ServerContainer::start`.
 pub fn shared_url() -> String {
     static SHARED: OnceLock<String> = OnceLock::new();
     static SERVER: OnceLock<EtcdCluster> = OnceLock::new();
@@ -467,10 +504,53 @@ pub fn shared_url() -> String {
             if let Some(url) = env_url(URL_VAR) {
                 return url;
             }
+            match provision() {
+                Provision::Process => {}
+                #[cfg(feature = "docker")]
+                Provision::Docker => return start_container(),
+                #[cfg(not(feature = "docker"))]
+                Provision::Docker => unreachable!("provision() refuses docker without the feature"),
+            }
             let cluster = SERVER.get_or_init(|| EtcdCluster::start(1, 500));
             remove_when_process_exits(cluster.dir());
             cluster.url()
         })
+        .clone()
+}
+
+/// The shared member as a container, with the arguments of a one-member
+/// [`EtcdCluster`] (500 ms election timeout: 1 s minimum lease TTL) on
+/// free loopback ports; its data directory in the container. Returns
+/// `etcd://127.0.0.1:<client port>` once it reports itself healthy.
+#[cfg(feature = "docker")]
+fn start_container() -> String {
+    use crate::docker::{ContainerSpec, Ready, ServerContainer};
+    static CONTAINER: OnceLock<(ServerContainer, String)> = OnceLock::new();
+    CONTAINER
+        .get_or_init(|| {
+            let (client_port, peer_port) = (free_port(), free_port());
+            let client = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let token = format!("lockkit-{}", crate::server::random_suffix());
+            let spec = ContainerSpec::new(
+                "etcd",
+                "LOCKKIT_TEST_ETCD_IMAGE",
+                Ready::Stderr("serving client traffic"),
+            )
+            .args(["--data-dir", "/var/lib/lockkit/m0"])
+            .args(member_args(
+                "m0",
+                &client,
+                &peer,
+                &format!("m0={peer}"),
+                &token,
+                500,
+            ));
+            let container = ServerContainer::start(&spec);
+            container.wait_until(START_TIMEOUT, || healthy(Ipv4Addr::LOCALHOST, client_port));
+            (container, format!("etcd://127.0.0.1:{client_port}"))
+        })
+        .1
         .clone()
 }
 

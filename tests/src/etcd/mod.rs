@@ -3,7 +3,8 @@
 //! - [`fixture::EtcdCluster`]: private etcd members on free ports (data in a
 //!   temporary directory), one or several (3 for failover tests).
 //! - [`fixture::shared_url`]: the server a test binary shares
-//!   (`LOCKKIT_TEST_ETCD_URL` or a private member started once).
+//!   (`LOCKKIT_TEST_ETCD_URL` or a private member started once: a child
+//!   process, or a container with `LOCKKIT_TEST_PROVISION=docker`).
 //! - [`EtcdHarness`]: the conformance [`Harness`]: every client is a new
 //!   [`EtcdBackend`] (its own connection and session leases); `leftovers`
 //!   lists the raw keys under the lock's prefix (one per holder — every

@@ -11,8 +11,10 @@
 //!
 //! The shared servers (one standalone, one cluster per test binary) are
 //! started on first use, or taken from `LOCKKIT_TEST_REDIS_URL` and
-//! `LOCKKIT_TEST_REDIS_CLUSTER_URL`. Tests that kill connections, restart
-//! the server or need credentials start their own [`RedisServer`].
+//! `LOCKKIT_TEST_REDIS_CLUSTER_URL`; with `LOCKKIT_TEST_PROVISION=docker`
+//! the standalone one is a container (the cluster stays processes). Tests
+//! that kill connections, restart the server or need credentials start
+//! their own [`RedisServer`].
 
 mod cluster;
 mod server;
@@ -27,8 +29,11 @@ use lockkit_redis::{RedisBackend, RedisOptions};
 use redis::FromRedisValue;
 
 pub use self::cluster::{ClusterNode, RedisCluster};
+#[cfg(feature = "docker")]
+pub use self::server::shared_container_url;
 pub use self::server::{INSTALL_HINT, RedisConfig, RedisServer};
 pub use self::tls::write_certificates;
+use crate::provision::{Provision, provision};
 use crate::server::env_url;
 
 /// Environment variable naming an existing standalone server to test.
@@ -38,17 +43,25 @@ pub const URL_VAR: &str = "LOCKKIT_TEST_REDIS_URL";
 pub const CLUSTER_URL_VAR: &str = "LOCKKIT_TEST_REDIS_CLUSTER_URL";
 
 /// The URL of this test binary's shared standalone server: started on
-/// first use (and killed when the test process exits), or
-/// `LOCKKIT_TEST_REDIS_URL`.
+/// first use (and killed when the test process exits) as a child process
+/// or, with `LOCKKIT_TEST_PROVISION=docker`, as a container
+/// (`shared_container_url`, feature `docker`); or `LOCKKIT_TEST_REDIS_URL`.
+///
+/// # Panics
+/// When the server cannot be started (see [`provision`]).
 pub fn shared_server_url() -> String {
     static SHARED: OnceLock<String> = OnceLock::new();
     static SERVER: OnceLock<RedisServer> = OnceLock::new();
     SHARED
         .get_or_init(|| {
-            env_url(URL_VAR).unwrap_or_else(|| {
-                SERVER
+            env_url(URL_VAR).unwrap_or_else(|| match provision() {
+                Provision::Process => SERVER
                     .get_or_init(|| RedisServer::start_shared(RedisConfig::default()))
-                    .url()
+                    .url(),
+                #[cfg(feature = "docker")]
+                Provision::Docker => shared_container_url(),
+                #[cfg(not(feature = "docker"))]
+                Provision::Docker => unreachable!("provision() refuses docker without the feature"),
             })
         })
         .clone()

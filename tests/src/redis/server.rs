@@ -234,3 +234,55 @@ fn spawn(binary: &Path, dir: &Path, port: u16, config: &RedisConfig, run: u32) -
         &dir.join(format!("redis-{run}.log")),
     )
 }
+
+/// The URL of this test binary's standalone server in a container
+/// (`LOCKKIT_TEST_PROVISION=docker`), started on first use: the image
+/// `lockkit-test/redis:latest` (or `LOCKKIT_TEST_REDIS_IMAGE`) with host
+/// networking, `redis-server` on 127.0.0.1 at a free port, no persistence,
+/// no password; kept until the test process exits. Returns
+/// `redis://127.0.0.1:<port>/` once the server answers `PING`.
+///
+/// # Panics
+/// As [`ServerContainer::start`](crate::docker::ServerContainer::start),
+/// or when the server does not answer within 20 s.
+#[cfg(feature = "docker")]
+pub fn shared_container_url() -> String {
+    use crate::docker::{ContainerSpec, Ready, ServerContainer};
+    static SHARED: std::sync::OnceLock<(ServerContainer, String)> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let port = free_port().to_string();
+            let spec = ContainerSpec::new(
+                "redis",
+                "LOCKKIT_TEST_REDIS_IMAGE",
+                Ready::Stdout("Ready to accept connections"),
+            )
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                "/var/lib/lockkit",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+            let container = ServerContainer::start(&spec);
+            let url = format!("redis://127.0.0.1:{port}/");
+            container.wait_until(Duration::from_secs(20), || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            });
+            (container, url)
+        })
+        .1
+        .clone()
+}

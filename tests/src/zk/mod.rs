@@ -3,7 +3,8 @@
 //! - [`server::ZkServer`]: a private standalone server;
 //!   [`server::ZkEnsemble`]: a private 3-server ensemble for failover tests.
 //! - [`shared_url`]: one standalone server per test binary (or the server
-//!   named by `LOCKKIT_TEST_ZK_URL`, e.g. `zk://127.0.0.1:2181/ci`).
+//!   named by `LOCKKIT_TEST_ZK_URL`, e.g. `zk://127.0.0.1:2181/ci`); a
+//!   container with `LOCKKIT_TEST_PROVISION=docker`.
 //! - [`ZkHarness`]: the conformance harness; every harness works in its own
 //!   chroot on the shared server, so suites cannot see each other's nodes.
 
@@ -19,6 +20,7 @@ use lockkit_zk::{ZkBackend, ZkOptions};
 use zookeeper_client::Client;
 
 use self::server::ZkServer;
+use crate::provision::{Provision, provision};
 use crate::server::env_url;
 
 /// The environment variable naming an existing server to use.
@@ -31,13 +33,22 @@ static SHARED: OnceLock<Mutex<ZkServer>> = OnceLock::new();
 
 /// The base URL (`zk://hosts[/chroot]`) of the server shared by this test
 /// binary: `LOCKKIT_TEST_ZK_URL` if set, else a private standalone server
-/// started on first use (killed when the test process exits).
+/// started on first use (killed when the test process exits) — a child
+/// process, or with `LOCKKIT_TEST_PROVISION=docker` a container
+/// (`server::shared_container_url`, feature `docker`).
 ///
 /// # Panics
-/// When the server cannot be started.
+/// When the server cannot be started (see [`provision`]).
 pub fn shared_url() -> String {
     if let Some(url) = env_url(URL_VAR) {
         return url.trim_end_matches('/').to_owned();
+    }
+    match provision() {
+        Provision::Process => {}
+        #[cfg(feature = "docker")]
+        Provision::Docker => return server::shared_container_url(),
+        #[cfg(not(feature = "docker"))]
+        Provision::Docker => unreachable!("provision() refuses docker without the feature"),
     }
     let server = SHARED.get_or_init(|| Mutex::new(ZkServer::start()));
     server.lock().unwrap_or_else(|e| e.into_inner()).url()

@@ -27,6 +27,12 @@ const TICK_MS: u64 = 200;
 /// How long a server (a JVM on a loaded 2-core machine) may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What the server image logs (on stderr, through slf4j-simple) once it
+/// serves clients: the first snapshot of a fresh data directory, written
+/// after the client port is bound.
+#[cfg(feature = "docker")]
+const CONTAINER_READY_LINE: &str = "Snapshot taken";
+
 /// Ports of servers in a [`NetLab`] (each server has its own address).
 const LAB_PORTS: Ports = Ports {
     client: 2181,
@@ -93,14 +99,28 @@ struct Ports {
 /// Writes `zoo<id>.cfg` for server `id` (1-based) of `peers` (address and
 /// ports of every server, this one included).
 fn write_config(dir: &Path, id: usize, peers: &[(Ipv4Addr, Ports)]) -> PathBuf {
-    let (address, ports) = peers[id - 1];
     let data = dir.join(format!("data{id}"));
     std::fs::create_dir_all(&data).expect("create a ZooKeeper data dir");
+    if peers.len() > 1 {
+        std::fs::write(data.join("myid"), format!("{id}\n")).expect("write myid");
+    }
+    let cfg = config_text(&data.display().to_string(), id, peers);
+    let path = dir.join(format!("zoo{id}.cfg"));
+    std::fs::write(&path, cfg).expect("write the ZooKeeper config");
+    path
+}
+
+/// The configuration of server `id` (1-based) of `peers`, with its data in
+/// `data_dir`: 200 ms ticks, sessions of 0.4–30 s, the client port on the
+/// server's address only, the `srvr`, `ruok` and `mntr` commands, no admin
+/// server; `server.N` lines for an ensemble.
+fn config_text(data_dir: &str, id: usize, peers: &[(Ipv4Addr, Ports)]) -> String {
+    let (address, ports) = peers[id - 1];
     let mut cfg = format!(
         "tickTime={TICK_MS}\n\
          initLimit=50\n\
          syncLimit=5\n\
-         dataDir={}\n\
+         dataDir={data_dir}\n\
          clientPort={}\n\
          clientPortAddress={address}\n\
          admin.enableServer=false\n\
@@ -108,11 +128,9 @@ fn write_config(dir: &Path, id: usize, peers: &[(Ipv4Addr, Ports)]) -> PathBuf {
          minSessionTimeout=400\n\
          maxSessionTimeout=30000\n\
          maxClientCnxns=0\n",
-        data.display(),
         ports.client
     );
     if peers.len() > 1 {
-        std::fs::write(data.join("myid"), format!("{id}\n")).expect("write myid");
         for (i, (ip, p)) in peers.iter().enumerate() {
             cfg.push_str(&format!(
                 "server.{}={ip}:{}:{}\n",
@@ -122,9 +140,46 @@ fn write_config(dir: &Path, id: usize, peers: &[(Ipv4Addr, Ports)]) -> PathBuf {
             ));
         }
     }
-    let path = dir.join(format!("zoo{id}.cfg"));
-    std::fs::write(&path, cfg).expect("write the ZooKeeper config");
-    path
+    cfg
+}
+
+/// The standalone server of this test binary in a container
+/// (`LOCKKIT_TEST_PROVISION=docker`), started on first use: the image
+/// `lockkit-test/zookeeper:latest` (or `LOCKKIT_TEST_ZK_IMAGE`) with host
+/// networking, given the configuration of [`ZkServer::start`] line by line
+/// on its command line (client port: a free one on 127.0.0.1; data in the
+/// container); kept until the test process exits. Returns
+/// `zk://127.0.0.1:<port>` once `srvr` says `standalone`.
+///
+/// # Panics
+/// As [`ServerContainer::start`](crate::docker::ServerContainer::start),
+/// or when the server does not serve within 60 s.
+#[cfg(feature = "docker")]
+pub fn shared_container_url() -> String {
+    use crate::docker::{ContainerSpec, Ready, ServerContainer};
+    static SHARED: std::sync::OnceLock<(ServerContainer, String)> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let ports = Ports {
+                client: free_port(),
+                peer: 0,
+                election: 0,
+            };
+            let cfg = config_text("/var/lib/lockkit/data", 1, &[(Ipv4Addr::LOCALHOST, ports)]);
+            let spec = ContainerSpec::new(
+                "zookeeper",
+                "LOCKKIT_TEST_ZK_IMAGE",
+                Ready::Stderr(CONTAINER_READY_LINE),
+            )
+            .args(cfg.lines());
+            let container = ServerContainer::start(&spec);
+            container.wait_until(START_TIMEOUT, || {
+                mode(ports.client).is_some_and(|m| m == "standalone")
+            });
+            (container, format!("zk://127.0.0.1:{}", ports.client))
+        })
+        .1
+        .clone()
 }
 
 /// Starts server `id` (1-based) with `config`; in namespace `id - 1` of
