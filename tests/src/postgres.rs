@@ -149,6 +149,25 @@ pub fn server() -> &'static PostgresServer {
     })
 }
 
+/// Where every test server listens, and how many connections it takes.
+const LISTEN: [&str; 4] = [
+    "-c",
+    "listen_addresses=127.0.0.1",
+    "-c",
+    "max_connections=400",
+];
+
+/// Fast and forgetful: fine for the shared server, which no test crashes
+/// (the fault suite's private servers stay durable).
+const NOT_DURABLE: [&str; 6] = [
+    "-c",
+    "fsync=off",
+    "-c",
+    "synchronous_commit=off",
+    "-c",
+    "full_page_writes=off",
+];
+
 /// The shared server as a container: `postgres -p <free port>` on
 /// 127.0.0.1 with the settings of the process-mode server (no fsync, up to
 /// 400 connections); ready once it logs that it accepts connections and
@@ -163,18 +182,8 @@ fn start_container() -> PostgresServer {
         Ready::Stderr("database system is ready to accept connections"),
     )
     .args(["-p".to_owned(), port.to_string()])
-    .args([
-        "-c",
-        "listen_addresses=127.0.0.1",
-        "-c",
-        "max_connections=400",
-        "-c",
-        "fsync=off",
-        "-c",
-        "synchronous_commit=off",
-        "-c",
-        "full_page_writes=off",
-    ])
+    .args(LISTEN)
+    .args(NOT_DURABLE)
     // Dynamic shared memory (parallel queries) lives in /dev/shm, which is
     // 64 MiB by default in a container.
     .shm_size(256 << 20);
@@ -265,24 +274,10 @@ fn start_with(durable: bool) -> PostgresServer {
         .args(["-p", &port.to_string()])
         .arg("-k")
         .arg(dir.path())
-        .args([
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "max_connections=400",
-            "-c",
-            "ssl=on",
-        ]);
+        .args(LISTEN)
+        .args(["-c", "ssl=on"]);
     if !durable {
-        // Fast and forgetful: fine for suites that never crash the server.
-        command.args([
-            "-c",
-            "fsync=off",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-        ]);
+        command.args(NOT_DURABLE);
     }
     command
         .arg("-c")
