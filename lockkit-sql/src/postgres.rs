@@ -674,8 +674,9 @@ impl Dialect for PostgresDialect {
 /// server connections is not supported — sqlx's own prepared statements
 /// need the session too.)
 struct PreparedGrant {
-    /// `PREPARE <name> (<types>) AS <text>`, one per statement.
-    prepare: Vec<String>,
+    /// Per statement: its name, parameter types and text, for the
+    /// `PREPARE` — written out only when the connection lacks it.
+    prepare: Vec<(String, String, Arc<str>)>,
     /// `EXECUTE <name>(<literals>); …`: the grant.
     execute: String,
     /// How many results the batch returns.
@@ -702,8 +703,8 @@ impl PreparedGrant {
                 .map(|v| literal(*v))
                 .collect::<Vec<_>>()
                 .join(", ");
-            prepare.push(format!("PREPARE {name} ({types}) AS {}", statement.sql));
             executes.push(format!("EXECUTE {name}({args})"));
+            prepare.push((name, types, Arc::clone(&statement.sql)));
         }
         Self {
             prepare,
@@ -723,7 +724,8 @@ impl PreparedGrant {
             .await
         {
             Err(err) if sqlstate(&err).as_deref() == Some(INVALID_STATEMENT_NAME) => {
-                for prepare in self.prepare {
+                for (name, types, sql) in self.prepare {
+                    let prepare = format!("PREPARE {name} ({types}) AS {sql}");
                     match sqlx::raw_sql(AssertSqlSafe(prepare))
                         .execute(&mut *conn)
                         .await
@@ -888,13 +890,20 @@ mod tests {
             prepared_name(1, &statements[1].sql),
         );
         assert_ne!(first, second);
+        let prepare: Vec<(&str, &str, &str)> = grant
+            .prepare
+            .iter()
+            .map(|(name, types, sql)| (name.as_str(), types.as_str(), &**sql))
+            .collect();
         assert_eq!(
-            grant.prepare,
+            prepare,
             [
-                format!(
-                    "PREPARE {first} (text, bigint) AS SELECT 1 FROM t WHERE lock_name = $1 AND fence > $2"
+                (
+                    first.as_str(),
+                    "text, bigint",
+                    "SELECT 1 FROM t WHERE lock_name = $1 AND fence > $2"
                 ),
-                format!("PREPARE {second} (text) AS SELECT $1"),
+                (second.as_str(), "text", "SELECT $1"),
             ]
         );
         assert_eq!(
