@@ -709,8 +709,18 @@ async fn semaphore_permits_follow_the_documented_layout() {
         .await;
     assert_eq!(members.len(), 3, "{members:?}");
     let ttl_ms = i64::try_from(TTL.as_millis()).unwrap();
-    for (lease, (member, score)) in leases.iter().zip(&members) {
-        assert_eq!(member, lease.lease_id.as_str());
+    // Scores are whole server milliseconds: grants within the same one
+    // tie and sort by member, so pair members with leases by lease id.
+    let mut ids: Vec<&str> = members.iter().map(|(m, _)| m.as_str()).collect();
+    let mut expected: Vec<&str> = leases.iter().map(|l| l.lease_id.as_str()).collect();
+    ids.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "one member per granted lease");
+    for (member, score) in &members {
+        let lease = leases
+            .iter()
+            .find(|l| l.lease_id.as_str() == member)
+            .expect("a granted lease");
         assert!(
             (before + ttl_ms..=after + ttl_ms).contains(score),
             "scored by its expiry on the server's clock: {score}"
